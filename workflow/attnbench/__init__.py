@@ -1,0 +1,3 @@
+"""attnbench: reproducible vLLM attention-backend benchmarks."""
+
+__version__ = "0.1.0"

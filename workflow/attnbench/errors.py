@@ -1,0 +1,24 @@
+"""The one exception type for errors a user can act on (bad config, dead server, tampered bundle...).
+
+The CLI prints its message as one line, without a traceback, and exits non-zero; the message must name the cause.
+Subclasses say which part failed so callers can catch narrowly."""
+
+
+class AttnbenchError(Exception):
+    pass
+
+
+class ConfigError(AttnbenchError):
+    pass
+
+
+class ServerError(AttnbenchError):
+    pass
+
+
+class SweepError(AttnbenchError):
+    pass
+
+
+class BundleError(AttnbenchError):
+    pass

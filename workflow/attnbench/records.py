@@ -1,0 +1,106 @@
+"""Raw measurement records: one JSON line per request and per finished level.
+
+These files are written first and appended as data arrives; every derived number is computed from them
+(docs/DESIGN.md fixes the fields). Keeping them flat JSON lines means a crash loses at most the line in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class RequestRecord:
+    experiment: str
+    arm: str
+    repeat: int
+    workload: str
+    concurrency: int
+    phase: str  # "measure" | "warmup" | "probe"
+    index: int
+    request_id: str
+    start: float  # wall clock (time.time()) when the request was sent
+    end: float | None = None  # wall clock when the stream ended (or failed)
+    ttft: float | None = None  # seconds to the first content token
+    itl: list[float] = field(default_factory=list)  # seconds between content chunks
+    prompt_tokens: int | None = None  # from the server's usage
+    completion_tokens: int | None = None
+    http_status: int | None = None
+    ok: bool = False
+    error: str | None = None
+    prompt_seed: int | None = None
+    schema: int = SCHEMA_VERSION
+    type: str = "request"
+
+
+@dataclass
+class LevelRecord:
+    experiment: str
+    arm: str
+    repeat: int
+    workload: str
+    concurrency: int
+    requests: int  # measured requests asked for (warmup excluded)
+    warmup: int
+    start: float  # wall window of the measured requests
+    end: float
+    latency_ms: list[float] = field(default_factory=list)  # llmapibenchmark-style GET round trips
+    failed: int = 0
+    complete: bool = True
+    schema: int = SCHEMA_VERSION
+    type: str = "level"
+
+
+def to_json(record: Any) -> str:
+    return json.dumps(asdict(record), separators=(",", ":"), sort_keys=True)
+
+
+def append_jsonl(path: str | os.PathLike, record: Any) -> None:
+    """Append one record and flush it to disk now, so a crash keeps everything already measured."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(to_json(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class RecordError(ValueError):
+    """A raw file holds a line that is not a valid record; the message names file and line."""
+
+
+def _from_dict(cls: type, data: dict, where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise RecordError(f"{where}: unknown field(s) {sorted(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise RecordError(f"{where}: {exc}") from None
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+
+
+def read_requests(path: str | os.PathLike) -> list[RequestRecord]:
+    return [_from_dict(RequestRecord, d, f"{path}:{n}") for n, d in iter_jsonl(path)]
+
+
+def read_levels(path: str | os.PathLike) -> list[LevelRecord]:
+    return [_from_dict(LevelRecord, d, f"{path}:{n}") for n, d in iter_jsonl(path)]
