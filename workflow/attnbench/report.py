@@ -1,5 +1,276 @@
-"""Stub: replaced by its owner (docs/DESIGN.md)."""
+"""The report of one experiment: report.md, and report.html rendered from it with the PNGs embedded.
 
+It is assembled from what `aggregate` and `plots` wrote (tables/, plots/) plus the config and each run's run.json,
+so it shows nothing that is not in those files. Sections: what ran (config, engine versions, host/GPU), flags, the
+answer block (each arm against its baseline and the config's extra `analysis.compare` pairs, with intervals), the
+decode efficiency, the kernels table, the article-format tables, the comparisons and the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import re
+from pathlib import Path
+
+from attnbench import aggregate, plots
+
+ANSWER_METRICS = [("generation_throughput_tps", "generation"), ("prompt_throughput_tps", "prompt")]
+
+def _shift_headings(md: str, by: int) -> str:
+    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + by) + " ", md, flags=re.M)
+
+def _read_table(exp_dir: Path, name: str) -> str | None:
+    path = aggregate.tables_dir(exp_dir) / name
+    return path.read_text(encoding="utf-8") if path.exists() else None
+
+def what_ran(cfg: dict) -> str:
+    eng, model, sweep = cfg["engine"], cfg["model"], cfg.get("sweep", {})
+    lines = [
+        "## What ran\n",
+        f"- Engine: vLLM {eng['version']}, runtime `{eng['runtime']}`, device `{eng.get('device', 'n/a')}`"
+        + (f", image `{eng['image']}`" if eng.get("image") else ""),
+        f"- Model: `{model['name']}`"
+        + (f" (synthetic, dummy weights, architecture `{model['architecture']}`)" if model.get("architecture") else "")
+        + (f" (`{model['path']}`)" if model.get("path") else "")
+        + f", dtype {model.get('dtype', 'auto')}, max_model_len {model.get('max_model_len', 'n/a')}"
+        + (f", quantization {model['quantization']}" if model.get("quantization") else ""),
+        f"- Sweep: api `{sweep.get('api', 'chat')}`, {sweep.get('repeats', 1)} repeat(s), "
+        f"{sweep.get('warmup_requests', 'n/a')} warmup request(s) per level, requests per level "
+        f"{sweep.get('requests_per_level') or 'max(4N, 16)'}, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
+        f"temperature {sweep.get('temperature', 'n/a')}",
+        f"- Baseline arm: `{aggregate.baseline_of(cfg)}`",
+        "",
+        "Workloads:\n",
+    ]
+    wl_rows = [
+        [name, str(w["prompt_tokens"]), str(w["output_tokens"]), ", ".join(str(c) for c in w["concurrency"])]
+        for name, w in cfg["workloads"].items()
+    ]
+    lines.append(aggregate.md_table(["Workload", "Prompt tokens", "Output tokens", "Concurrency"], wl_rows,
+                                    right={1, 2}))  # fmt: skip
+    lines.append("Arms:\n")
+    arm_rows = []
+    for arm in aggregate.arms_of(cfg):
+        expect = arm.get("expect_kernels") or {}
+        arm_rows.append(
+            [
+                arm["name"],
+                arm.get("backend") or "(default)",
+                str(arm.get("flash_attn_version") or "-"),
+                arm.get("variant") or "-",
+                arm.get("article_backend") or "-",
+                ", ".join(f"{k} {'+'.join(v)}" for k, v in expect.items() if v) or "-",
+            ]
+        )
+    lines.append(aggregate.md_table(["Arm", "Backend", "FA version", "Variant", "Article backend", "Expect kernels"],
+                                    arm_rows, right=set()))  # fmt: skip
+    return "\n".join(lines)
+
+def provenance(runs: list[aggregate.RunInfo]) -> str:
+    rows = []
+    for info in runs:
+        run = info.run
+        versions = (run.get("engine") or {}).get("versions") or {}
+        host = run.get("host") or {}
+        gpus = host.get("gpus") or []
+        gpu = ", ".join(g.get("name", str(g)) if isinstance(g, dict) else str(g) for g in gpus) or "none"
+        rows.append(
+            [
+                aggregate.arm_label(info.arm, bool(info.flags)), str(info.repeat), info.status,
+                " ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v) or "n/a",
+                host.get("gpu_type") or "n/a", gpu, str(host.get("driver") or "n/a"), str(host.get("cpu") or "n/a"),
+                str((run.get("server") or {}).get("ready_s", "n/a")),
+            ]  # fmt: skip
+        )
+    return "## Runs and hosts\n\n" + aggregate.md_table(
+        ["Arm", "Repeat", "Status", "Engine versions", "GPU type", "GPUs", "Driver", "CPU", "Server ready (s)"],
+        rows, right={1},
+    )  # fmt: skip
+
+def flags_section(runs: list[aggregate.RunInfo]) -> str:
+    flagged = [r for r in runs if r.flags]
+    if not flagged:
+        return "## Flags\n\nNo run is flagged: every run finished and no kernel expectation was contradicted.\n"
+    lines = [
+        "## Flags\n",
+        f"These runs are marked {aggregate.FLAG_MARK} in every table and with a red cross in the plots; their "
+        "numbers do not measure what their arm claims.\n",
+    ]
+    lines += [f"- `{r.arm}` repeat {r.repeat}: {'; '.join(r.flags)}" for r in flagged]
+    return "\n".join(lines) + "\n"
+
+def answer_block(exp_dir: Path, cfg: dict) -> str:
+    """Each comparison pair as 'speedup' = arm throughput / baseline throughput, with the bootstrap interval."""
+    pairs = aggregate.comparison_pairs(cfg)
+    if not pairs:
+        return "## Answer\n\nOne arm only: no speedup to report.\n"
+    df = aggregate.read_levels_csv(exp_dir)
+    parts = [
+        "## Answer: speedups\n",
+        "Speedup = mean throughput of the arm / mean throughput of the other arm over repeats, with a 95% percentile "
+        "bootstrap interval over repeats (n/a with one repeat). An interval that excludes 1 is a difference the "
+        f"repeats resolve. {aggregate.FLAG_MARK} marks a level with a flagged run.\n",
+    ]
+    for arm, base in pairs:
+        parts.append(f"### {arm} over {base}\n")
+        rows, resolved, total, ratios = [], 0, 0, []
+        for workload in aggregate.workload_names(cfg):
+            by_metric = {m: aggregate.compare_arms(df, cfg, arm, base, m, workload) for m, _ in ANSWER_METRICS}
+            for conc in sorted({c.concurrency for cs in by_metric.values() for c in cs}):
+                row, flagged = [workload, str(conc)], False
+                for m, _ in ANSWER_METRICS:
+                    c = next((c for c in by_metric[m] if c.concurrency == conc), None)
+                    row.append("n/a" if c is None else aggregate.fmt_ratio(c.ratio, c.interval))
+                    flagged = flagged or bool(c and c.flagged)
+                    if c is not None and m == "generation_throughput_tps":
+                        ratios.append(c.ratio)
+                        total += 1
+                        resolved += bool(c.interval and (c.interval[0] > 1 or c.interval[1] < 1))
+                row[1] = aggregate.arm_label(row[1], flagged)
+                rows.append(row)
+        if not rows:
+            parts.append("No level measured by both arms.\n")
+            continue
+        parts.append(
+            f"Generation speedup ranges {min(ratios):.3f} to {max(ratios):.3f} over {total} level(s); "
+            f"{resolved} of them have an interval excluding 1.\n"
+        )
+        parts.append(aggregate.md_table(["Workload", "Concurrency", "Generation speedup [95% CI]",
+                                         "Prompt speedup [95% CI]"], rows, right={1, 2, 3}))  # fmt: skip
+    return "\n".join(parts)
+
+def build_report_md(exp_dir: Path, cfg: dict) -> str:
+    exp_dir = Path(exp_dir)
+    runs = aggregate.load_runs(exp_dir, cfg)
+    parts = [f"# attnbench report: {cfg['experiment']}\n"]
+    if cfg.get("description"):
+        parts.append(cfg["description"].strip() + "\n")
+    parts += [what_ran(cfg), provenance(runs), flags_section(runs)]
+    missing = _read_table(exp_dir, "missing_runs.txt")
+    if missing:
+        parts.append("Runs the config names that hold no records yet: " + ", ".join(missing.split()) + "\n")
+    parts.append(answer_block(exp_dir, cfg))
+    for name in ("decode_efficiency.md", "kernels.md"):
+        text = _read_table(exp_dir, name)
+        if text:
+            parts.append(_shift_headings(text, 1))
+    parts.append("## Article-format tables\n\nOne per arm and workload, mean over repeats (tables/article_*.md).\n")
+    for arm in aggregate.arms_of(cfg):
+        for workload in aggregate.workload_names(cfg):
+            text = _read_table(exp_dir, f"article_{arm['name']}_{workload}.md")
+            if text:
+                parts.append(_shift_headings(text, 2))
+    for name in ("arms_vs_baseline.md", "vs_published.md"):
+        text = _read_table(exp_dir, name)
+        if text:
+            parts.append(_shift_headings(text, 1))
+    parts.append("## Plots\n")
+    captions = {
+        "throughput": "Generation and prompt throughput vs concurrency per arm (mean ± sd over repeats).",
+        "ttft": "TTFT vs concurrency: median (line, ± sd), min to max (band).",
+        "speedup": "Throughput of each arm over its baseline, with the 95% bootstrap interval over repeats.",
+    }
+    for workload in aggregate.workload_names(cfg):
+        for kind in plots.KINDS:
+            png = Path(plots.PLOTS_DIR) / f"{kind}_{workload}.png"
+            if (exp_dir / png).exists():
+                parts.append(f"**{workload}: {captions[kind]}**\n\n![{kind} {workload}]({png.as_posix()})\n")
+    parts.append(
+        "Raw records: runs/<arm>/rep<k>/records.jsonl and levels.jsonl; all numbers above are derived from them "
+        "(tables/levels.csv has every level).\n"
+    )
+    return "\n".join(parts)
+
+# --------------------------------------------------------------------------------------------------------------
+# Markdown -> HTML for the subset the report uses (headings, paragraphs, lists, pipe tables, images, code spans).
+
+CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #bbb;padding:2px 6px}"
+    "th{background:#eee}td.r{text-align:right}img{max-width:100%}code{background:#f4f4f4}"
+)
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+
+def _table_html(lines: list[str]) -> str:
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    head, rule, body = cells(lines[0]), cells(lines[1]), [cells(x) for x in lines[2:]]
+    right = [c.endswith(":") for c in rule]
+    out = ["<table>", "<tr>" + "".join(f"<th>{_inline(h)}</th>" for h in head) + "</tr>"]
+    for row in body:
+        out.append(
+            "<tr>"
+            + "".join(f"<td{' class=r' if r else ''}>{_inline(c)}</td>" for c, r in zip(row, right))
+            + "</tr>"
+        )
+    return "\n".join(out + ["</table>"])
+
+def _image_html(alt: str, src: str, base: Path) -> str:
+    path = base / src
+    if path.exists() and path.suffix == ".png":
+        src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img alt="{html.escape(alt)}" src="{src}"></p>'
+
+def md_to_html(md: str, base: Path, title: str) -> str:
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+        elif m := re.match(r"^(#{1,6}) (.*)$", line):
+            level = len(m.group(1))
+            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            out.append(_table_html(block))
+        elif m := re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", line):
+            out.append(_image_html(m.group(1), m.group(2), base))
+            i += 1
+        elif line.startswith("- "):
+            out.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                out.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("</ul>")
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and not re.match(r"^(#|\||!\[|- )", lines[i]):
+                para.append(lines[i])
+                i += 1
+            out.append(f"<p>{'<br>'.join(_inline(p) for p in para)}</p>")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
+
+def write_report(exp_dir: Path, cfg: dict) -> list[Path]:
+    exp_dir = Path(exp_dir)
+    md = build_report_md(exp_dir, cfg)
+    md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
+    md_path.write_text(md, encoding="utf-8", newline="\n")
+    html_path.write_text(md_to_html(md, exp_dir, f"attnbench report: {cfg['experiment']}"), encoding="utf-8")
+    return [md_path, html_path]
+
+def _cmd(args: argparse.Namespace) -> int:
+    cfg = aggregate.load_cfg(args.config)
+    for path in write_report(Path(args.exp_dir), cfg):
+        print(path)
+    return 0
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser("report", help="write report.md and report.html of one experiment (after aggregate, plots)")
+    p.add_argument("exp_dir", metavar="EXP_DIR", help="results/<experiment>")
+    p.add_argument("--config", required=True, help="the experiment's config YAML")
+    p.set_defaults(func=_cmd)
+
