@@ -22,3 +22,11 @@ class SweepError(AttnbenchError):
 
 class BundleError(AttnbenchError):
     pass
+
+
+class CompatibilityError(AttnbenchError):
+    """An engine image, arm, model and GPU that cannot work together (found before anything is built)."""
+
+
+class ContainerError(AttnbenchError):
+    """An image could not be rendered, built, inspected or run."""
