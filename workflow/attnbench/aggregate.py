@@ -344,8 +344,14 @@ def comparison_pairs(cfg: dict) -> list[tuple[str, str]]:
     """Each arm against the baseline, then the extra pairs of `analysis.compare` (e.g. FLASH_ATTN vs XFORMERS)."""
     base = baseline_of(cfg)
     pairs = [(a["name"], base) for a in arms_of(cfg) if a["name"] != base]
+    names = {a["name"] for a in arms_of(cfg)}
     for extra in (cfg.get("analysis") or {}).get("compare") or []:
         pair = (extra["arm"], extra["baseline"])
+        unknown = [n for n in pair if n not in names]
+        if unknown:
+            raise AggregateError(
+                f"analysis.compare: {', '.join(unknown)} is not an arm; allowed values: {', '.join(sorted(names))}"
+            )
         if pair not in pairs:
             pairs.append(pair)
     return pairs
@@ -355,7 +361,7 @@ def compare_arms(
     df: pd.DataFrame, cfg: dict, arm: str, baseline: str, metric: str, workload: str | None = None
 ) -> list[Comparison]:
     """arm against baseline for one metric, per workload (all, or the one given) and shared concurrency."""
-    seed = (cfg.get("analysis") or {}).get("seed", cfg.get("sweep", {}).get("seed", 0))
+    seed = (cfg.get("analysis") or {}).get("seed", 0)
     out = []
     if metric not in df:
         return out
