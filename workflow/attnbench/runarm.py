@@ -1,5 +1,262 @@
-"""Stub: replaced by its owner (docs/DESIGN.md)."""
+"""`attnbench run-arm`: one server start for one (arm, repeat), every workload swept against it, then stop.
+
+Writes the run folder (docs/DESIGN.md): records.jsonl and levels.jsonl (appended by the sweep as data arrives),
+server.log, kernels.json (probe) and run.json, which is written in a `finally` block so a failed run says why.
+The server runs in its own process group and is stopped on success, failure, Ctrl-C and SIGTERM.
+
+A failed run's folder is copied to results/<exp>/failed/ before exiting non-zero, because Snakemake deletes the
+outputs of a failed job and the raw records already measured must survive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from attnbench import provenance
+from attnbench.config import arm_by_name, load_config, workloads_of
+from attnbench.engine import engine_python, launch_spec
+from attnbench.errors import AttnbenchError, ServerError
+
+RUN_FILES = ("records.jsonl", "levels.jsonl", "server.log", "run.json")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so every `finally` (server stop, run.json) still runs."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def model_paths(cfg: dict, exp_dir: Path) -> tuple[Path, Path | None]:
+    """(model dir, tokenizer dir) the server loads: the synthetic pair under results/<exp>/models/, or the real path
+    (its tokenizer defaults to the model folder itself, which vLLM uses when --tokenizer is absent)."""
+    model = cfg["model"]
+    if model.get("architecture"):
+        base = exp_dir / "models" / model["name"]
+        tokenizer = Path(model["tokenizer"]) if model.get("tokenizer") else base / "tokenizer"
+        return base / "model", tokenizer
+    return Path(model["path"]), Path(model["tokenizer"]) if model.get("tokenizer") else None
+
+
+def expected_backend(arm: dict) -> str | None:
+    return arm.get("expect_backend") or arm.get("backend")
+
+
+def check_backend(arm: dict, parsed: dict) -> dict:
+    """Compare what the log names with what the arm expects. No expectation (engine default): always a match."""
+    expected = expected_backend(arm)
+    logged = parsed.get("logged")
+    match = expected is None or (logged is not None and logged.upper() == expected.upper())
+    return {
+        "requested": arm.get("backend"),
+        "expected": expected,
+        "logged": logged,
+        "flash_attn_version": parsed.get("flash_attn_version"),
+        "log_lines": parsed.get("lines", [])[:20],
+        "match": match,
+    }
+
+
+def _get_json(client: httpx.Client, url: str) -> dict | None:
+    try:
+        reply = client.get(url, timeout=30)
+        reply.raise_for_status()
+        return reply.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _make_server(spec, log_path: Path, base_url: str, startup_timeout_s: float):
+    if spec.runtime == "docker":
+        from attnbench.containers import DockerServer  # type: ignore[attr-defined]
+
+        return DockerServer(spec, log_path, base_url, startup_timeout_s)
+    from attnbench.server import Server
+
+    return Server(spec, log_path, base_url, startup_timeout_s)
+
+
+def _versions_argv(cfg: dict, spec) -> list[str] | None:
+    runtime = cfg["engine"]["runtime"]
+    if runtime in ("venv", "native"):
+        return [engine_python(cfg)]
+    if runtime == "apptainer":
+        return ["apptainer", "exec", spec.description["image"], "python3"]
+    return None  # docker: containers.py records the image's versions
+
+
+def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_key) -> dict:
+    from attnbench import kernels
+    from attnbench.sweep import send_probe
+
+    workloads = workloads_of(cfg)
+    name = cfg["kernels"].get("probe_workload")
+    workload = next((w for w in workloads if w.name == name), workloads[0])
+    with httpx.Client(headers=headers) as client:
+        client.post(f"{server_url}/start_profile", timeout=120).raise_for_status()
+        try:
+            asyncio.run(send_probe(server_url, model_name, workload, cfg["kernels"]["probe_requests"],
+                                   cfg["sweep"], out_dir, api_key=api_key, **ids))  # fmt: skip
+        finally:
+            client.post(f"{server_url}/stop_profile", timeout=600).raise_for_status()
+    attribution = kernels.attribute(out_dir / "trace")
+    (out_dir / "kernels.json").write_text(json.dumps(attribution, indent=1, sort_keys=True), encoding="utf-8")
+    violations = kernels.check_expectations(attribution, arm.get("expect_kernels") or {})
+    return {"attribution": attribution, "violations": violations}
+
+
+def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
+    """Run one (arm, repeat) into out_dir and return the run.json content; raises AttnbenchError on failure
+    after writing run.json with status failed."""
+    from attnbench.server import free_port, parse_backend
+    from attnbench.sweep import run_sweep
+
+    arm = arm_by_name(cfg, arm_name)
+    exp_dir = Path(exp_dir) if exp_dir else Path("results") / cfg["experiment"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("records.jsonl", "levels.jsonl"):
+        (out_dir / name).touch()
+    engine = cfg["engine"]
+    api_key_env = cfg["sweep"].get("api_key_env")
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        raise AttnbenchError(f"sweep.api_key_env: environment variable {api_key_env} is not set")
+    secrets = provenance.secret_values(extra=[api_key])
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    ids = {"experiment": cfg["experiment"], "arm": arm_name, "repeat": repeat}
+
+    run: dict = {
+        "schema": 1, **ids, "status": "failed", "error": None, "started": _now(), "finished": None,
+        "base_url": None, "engine": {"runtime": engine["runtime"], "version": engine["version"],
+                                      "image": engine.get("image"), "digest": None, "lock": None, "versions": {}},
+        "server": {}, "backend": None, "kernels": None, "host": provenance.host_info(cfg),
+        "git": provenance.git_commit(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "config": provenance.redact(cfg, secrets),
+    }  # fmt: skip
+    if engine["runtime"] == "venv":
+        from attnbench.config import engine_venv_dir
+
+        lock = engine_venv_dir(cfg) / "engine-lock.txt"
+        run["engine"]["lock"] = str(lock) if lock.exists() else None
+
+    def on_sigterm(signum, frame):
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    server = None
+    try:
+        model_dir, tokenizer_dir = model_paths(cfg, exp_dir)
+        port = free_port(engine["host"])
+        base_url = f"http://{engine['host']}:{port}"
+        run["base_url"] = base_url
+        trace_dir = (out_dir / "trace").resolve() if cfg["kernels"]["probe"] else None
+        spec = launch_spec(cfg, arm, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+                           host=engine["host"], port=port, trace_dir=trace_dir)  # fmt: skip
+        if api_key:
+            spec.env["VLLM_API_KEY"] = api_key  # vLLM reads it; never on the command line
+        run["server"] = {"argv": provenance.redact(spec.argv, secrets), "env": provenance.redact(spec.env, secrets)}
+        run["engine"]["image"] = spec.description.get("image", run["engine"]["image"])
+        versions_argv = _versions_argv(cfg, spec)
+        if versions_argv:
+            run["engine"]["versions"] = provenance.engine_versions(versions_argv, spec.env)
+
+        server = _make_server(spec, out_dir / "server.log", base_url, engine["startup_timeout_s"])
+        with server:
+            server.start()
+            run["server"]["pid"] = getattr(server, "pid", None)
+            run["server"]["ready_s"] = round(server.wait_ready(), 2)
+            with httpx.Client(headers=headers) as client:
+                run["server"]["version_endpoint"] = _get_json(client, f"{base_url}/version")
+                run["server"]["models_endpoint"] = _get_json(client, f"{base_url}/v1/models")
+
+            parsed = parse_backend((out_dir / "server.log").read_text(encoding="utf-8", errors="replace"))
+            run["backend"] = check_backend(arm, parsed)
+            if not run["backend"]["match"] and not arm.get("allow_backend_mismatch"):
+                raise ServerError(
+                    f"arm {arm_name} asked for backend {run['backend']['expected']} but the server log names "
+                    f"{run['backend']['logged'] or 'no backend'} (set allow_backend_mismatch to record and go on)"
+                )
+
+            if cfg["kernels"]["probe"]:
+                probe = _kernel_probe(cfg, arm, base_url, cfg["model"]["name"], out_dir, headers, ids, api_key)
+                run["kernels"] = {"violations": probe["violations"],
+                                  "families": {k: v.get("share") for k, v in
+                                               probe["attribution"].get("families", {}).items()}}  # fmt: skip
+                if probe["violations"]:
+                    raise AttnbenchError(f"arm {arm_name}: kernel expectations failed: {'; '.join(probe['violations'])}")
+
+            def abort_check() -> str | None:
+                if server.alive():
+                    return None
+                return f"server died ({server.exit_reason() or 'no reason known'})"
+
+            asyncio.run(run_sweep(base_url, cfg["model"]["name"], workloads_of(cfg), cfg["sweep"], out_dir,
+                                  api_key=api_key, abort_check=abort_check, **ids))  # fmt: skip
+            if not server.alive():
+                raise ServerError(f"server died during the sweep ({server.exit_reason() or 'no reason known'})")
+            run["server"]["exit_code"] = server.stop(engine["stop_grace_s"])
+        run["status"] = "ok"
+        return run
+    except (AttnbenchError, Terminated, KeyboardInterrupt, OSError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, KeyboardInterrupt):
+            reason = "interrupted (Ctrl-C)"
+        if server is not None and "exit_code" not in run["server"]:
+            reason_server = server.exit_reason() if hasattr(server, "exit_reason") else None
+            if reason_server and "server" not in reason:
+                reason += f"; server: {reason_server}"
+        run["error"] = provenance.redact_text(reason, secrets)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        run["finished"] = _now()
+        provenance.redact_file(out_dir / "server.log", secrets)
+        (out_dir / "server.log").touch()
+        (out_dir / "run.json").write_text(json.dumps(run, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        if run["status"] != "ok":
+            keep_failed(out_dir, exp_dir, arm_name, repeat)
+
+
+def keep_failed(out_dir: Path, exp_dir: Path, arm: str, repeat: int) -> Path:
+    """Copy a failed run folder where Snakemake will not delete it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = exp_dir / "failed" / f"{arm}-rep{repeat}-{stamp}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in out_dir.iterdir():
+        if item.is_file():
+            shutil.copy2(item, dest / item.name)
+    return dest
+
+
+def _cmd_run_arm(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    try:
+        run = run_arm(cfg, args.arm, args.repeat, Path(args.out), Path(args.exp_dir) if args.exp_dir else None)
+    except (AttnbenchError, Terminated) as exc:
+        exp_dir = Path(args.exp_dir) if args.exp_dir else Path("results") / cfg["experiment"]
+        raise AttnbenchError(f"{exc} (raw records kept in {exp_dir / 'failed'})") from None
+    print(f"run-arm {args.arm} rep{args.repeat}: ok, server ready in {run['server'].get('ready_s')} s, "
+          f"backend logged {run['backend']['logged'] if run['backend'] else None}")  # fmt: skip
+    return 0
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser("run-arm", help="start the server for one arm, sweep every workload, stop it")
+    p.add_argument("--config", required=True, help="experiment config (YAML)")
+    p.add_argument("--arm", required=True, help="arm name")
+    p.add_argument("--repeat", type=int, default=0, help="repeat index (0-based)")
+    p.add_argument("--out", required=True, help="run folder (results/<exp>/runs/<arm>/rep<k>)")
+    p.add_argument("--exp-dir", default=None, help="experiment folder (default: results/<experiment>)")
+    p.set_defaults(func=_cmd_run_arm)

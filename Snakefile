@@ -1,0 +1,46 @@
+"""attnbench: vLLM attention-backend benchmarks as one Snakemake workflow.
+
+GPU host (the article):  snakemake --cores 1 --use-singularity
+CPU demo (any machine):  snakemake --cores 1 --configfile config/demo.yaml
+"""
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/article.yaml"
+
+
+# The schema fills defaults; attnbench.config then checks the rules spanning fields (common.smk).
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    arm="|".join(ARMS),
+    repeat=r"\d+",
+
+
+include: "workflow/rules/engine.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/serve.smk"
+
+
+for _optional in ["containers", "aggregate", "bundle"]:
+    if Path(workflow.basedir, "workflow", "rules", f"{_optional}.smk").exists():
+
+        include: f"workflow/rules/{_optional}.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),
+
+
+# Under a cluster executor (profiles/slurm) only the server+sweep runs (and the builds, if so configured) become
+# cluster jobs; every other rule runs on the submit host. Local runs are unaffected. docs/cluster.md
+workflow.localrules(*(r.name for r in workflow.rules if r.name not in remote_rules(config)))

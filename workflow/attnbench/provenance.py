@@ -1,0 +1,194 @@
+"""What a run records about where it ran: host, GPUs, engine versions, git commit; and `redact`, which every
+writer of logs, argv or environments passes its data through so that secrets never reach run folders or bundles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+REDACTED = "***"
+
+# Environment variable names and CLI flags whose values are secrets.
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
+SECRET_FLAGS = {"--api-key", "--hf-token", "--token", "--password"}
+# Token shapes worth catching even when nobody told us the value.
+SECRET_PATTERNS = [
+    re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
+    re.compile(r"\bsk-[A-Za-z0-9_-]{16,}\b"),
+    re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+]
+
+
+def secret_values(env: dict[str, str] | None = None, extra: Iterable[str | None] = ()) -> list[str]:
+    """Values that must be blanked wherever they show up: those of secret-named variables plus `extra`."""
+    env = os.environ if env is None else env
+    values = [v for k, v in env.items() if SECRET_NAME.search(k) and v and len(v) >= 4]
+    values += [v for v in extra if v]
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    for value in secrets:
+        if value:
+            text = text.replace(value, REDACTED)
+    for pattern in SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+    return text
+
+
+def redact_argv(argv: list[str], secrets: Iterable[str] = ()) -> list[str]:
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in SECRET_FLAGS:
+            if eq:
+                out.append(f"{flag}={REDACTED}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(redact_text(arg, secrets))
+    return out
+
+
+def redact(obj: Any, secrets: Iterable[str] = ()) -> Any:
+    """A copy of obj (dict, list, str, scalars) with secrets blanked: values of secret-named keys, values after
+    secret flags in argument lists, and any occurrence of a known secret value or token shape in strings."""
+    secrets = list(secrets)
+    if isinstance(obj, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and SECRET_NAME.search(k) and isinstance(v, str) and v else redact(v, secrets))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        if all(isinstance(a, str) for a in obj):
+            return redact_argv(obj, secrets)
+        return [redact(v, secrets) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj, secrets)
+    return obj
+
+
+def redact_file(path: Path, secrets: Iterable[str] = ()) -> None:
+    """Rewrite a text file (a server log) with secrets blanked."""
+    path = Path(path)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        clean = redact_text(text, secrets)
+        if clean != text:
+            path.write_text(clean, encoding="utf-8")
+
+
+def _cmd(argv: list[str], timeout: float = 30) -> str | None:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def git_commit(repo: Path | None = None) -> dict:
+    cwd = ["-C", str(repo)] if repo else []
+    commit = _cmd(["git", *cwd, "rev-parse", "HEAD"])
+    dirty = _cmd(["git", *cwd, "status", "--porcelain", "--untracked-files=no"])
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def nvidia_gpus() -> list[dict]:
+    """GPUs as nvidia-smi lists them (empty without a driver)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = _cmd(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,compute_cap", "--format=csv,noheader,nounits"])
+    gpus = []
+    for line in (out or "").splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4:
+            gpus.append({"name": parts[0], "memory_mib": int(float(parts[1])), "driver": parts[2], "compute_cap": parts[3]})
+    return gpus
+
+
+def gpu_type_key(cfg: dict, gpus: list[dict]) -> str:
+    """The GPU type key that names bundles: the config's fixed key, gpu.py's detection, or cpu-<arch>."""
+    fixed = cfg.get("gpu", {}).get("type", "auto")
+    if fixed != "auto":
+        return fixed
+    if cfg["engine"].get("device") == "cpu" or not gpus:
+        return f"cpu-{platform.machine()}"
+    try:
+        from attnbench.gpu import gpu_type  # type: ignore[attr-defined]
+
+        return gpu_type()
+    except (ImportError, Exception):  # gpu.py not there yet or detection failed: name it from nvidia-smi
+        g = gpus[0]
+        name = re.sub(r"[^a-z0-9]+", "-", g["name"].lower().replace("nvidia", "")).strip("-")
+        return f"{name}-sm{g['compute_cap'].replace('.', '')}-{round(g['memory_mib'] / 1024)}g"
+
+
+def host_info(cfg: dict) -> dict:
+    gpus = nvidia_gpus() if cfg["engine"].get("device") == "cuda" else []
+    return {
+        "hostname_hash": hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12],
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "os": platform.platform(),
+        "gpus": gpus,
+        "gpu_type": gpu_type_key(cfg, gpus),
+        "driver": gpus[0]["driver"] if gpus else None,
+        "cuda": None,  # the engine's CUDA runtime is in engine.versions.cuda
+    }
+
+
+VERSIONS_SNIPPET = (
+    "import json\n"
+    "out = {}\n"
+    "for name in ('vllm', 'torch', 'xformers', 'transformers'):\n"
+    "    try:\n"
+    "        out[name] = __import__(name).__version__\n"
+    "    except Exception:\n"
+    "        out[name] = None\n"
+    "try:\n"
+    "    import torch\n"
+    "    out['cuda'] = torch.version.cuda\n"
+    "except Exception:\n"
+    "    out['cuda'] = None\n"
+    "print('ATTNBENCH_VERSIONS ' + json.dumps(out))\n"
+)
+
+
+def engine_versions(python_argv: list[str], env: dict[str, str] | None = None) -> dict:
+    """Package versions as the engine itself imports them. python_argv runs a Python inside the engine's
+    environment: [venv/bin/python], or ['apptainer', 'exec', IMAGE, 'python3']."""
+    try:
+        proc = subprocess.run(
+            [*python_argv, "-c", VERSIONS_SNIPPET],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, **(env or {}), "VLLM_LOGGING_LEVEL": "ERROR"},
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"cannot run {python_argv[0]}: {exc}"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("ATTNBENCH_VERSIONS "):
+            return json.loads(line.split(" ", 1)[1])
+    return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ''}"}

@@ -1,0 +1,76 @@
+# Helpers only: paths and wildcard -> config lookups. No rules here.
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from attnbench.config import check_cross_fields, engine_id, engine_venv_dir
+from attnbench.cluster import remote_rules, run_resources
+from attnbench.errors import ConfigError
+
+try:
+    check_cross_fields(config)
+except ConfigError as exc:
+    raise WorkflowError(f"bad config: {exc}") from None
+
+EXP = config["experiment"]
+EXP_DIR = f"results/{EXP}"
+ARMS = [arm["name"] for arm in config["arms"]]
+REPEATS = list(range(config["sweep"]["repeats"]))
+RUN_DIR = f"{EXP_DIR}/runs/{{arm}}/rep{{repeat}}"
+RUN_FILES = ["records.jsonl", "levels.jsonl", "run.json", "server.log"]
+SYNTHETIC = config["model"].get("architecture") is not None
+MODEL_DIR = f"{EXP_DIR}/models/{config['model']['name']}"
+ENGINE_LOCK = f"{EXP_DIR}/engine/{engine_id(config)}/engine-lock.txt"
+
+
+def effective_config_path():
+    """The validated config with defaults filled, which every attnbench command reads. Rewritten only when its
+    content changes, so its timestamp does not trigger reruns by itself."""
+    path = Path(EXP_DIR) / "config.effective.json"
+    text = json.dumps(config, indent=1, sort_keys=True) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+CONFIG_FILE = effective_config_path()
+
+
+def arm_fingerprint(wildcards):
+    """What a run of this arm depends on, as a params value: Snakemake reruns a run when it changes (the
+    'params' rerun trigger) and leaves the other arms alone."""
+    arm = next(a for a in config["arms"] if a["name"] == wildcards.arm)
+    parts = {k: config[k] for k in ("engine", "model", "workloads", "sweep", "kernels")}
+    return json.dumps({"arm": arm, **parts}, sort_keys=True, separators=(",", ":"))
+
+
+def model_inputs():
+    if not SYNTHETIC:
+        return []
+    files = [f"{MODEL_DIR}/model/config.json"]
+    if not config["model"].get("tokenizer"):
+        files.append(f"{MODEL_DIR}/tokenizer/tokenizer.json")
+    return files
+
+
+def engine_inputs():
+    return [ENGINE_LOCK] if config["engine"]["runtime"] == "venv" else []
+
+
+def run_files(arms=None, repeats=None):
+    return expand(
+        f"{RUN_DIR}/{{name}}",
+        arm=arms or ARMS,
+        repeat=REPEATS if repeats is None else repeats,
+        name=RUN_FILES,
+    )
+
+
+def final_outputs():
+    """Targets of the default target: every run, plus what aggregate.smk and bundle.smk declare as their targets (when included)."""
+    targets = run_files()
+    for name in ("AGGREGATE_TARGETS", "BUNDLE_TARGETS"):
+        targets += globals().get(name, [])
+    return targets
