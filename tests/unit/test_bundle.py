@@ -1,0 +1,336 @@
+"""Bundle writing and `attnbench verify`: a clean bundle passes, is reproducible byte for byte and holds no secret;
+every kind of tampering is detected and named; extraction never writes outside its folder."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from bundlefixture import HF_SECRET, KEY_ENV, SECRET, make_experiment, write_derived
+
+from attnbench import bundle, verify
+from attnbench.cli import main
+from attnbench.errors import BundleError
+from attnbench.records import read_requests
+
+
+def _build_tables():
+    from attnbench import aggregate
+
+    return aggregate.build_tables
+
+
+@pytest.fixture
+def built(tmp_path):
+    exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables())
+    path = bundle.build_bundle(exp_dir, cfg, tmp_path / "out", environ={KEY_ENV: SECRET})
+    return path, exp_dir, cfg
+
+
+def extract(path: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    assert verify.safe_extract(path, dest) == []
+    return dest
+
+
+def pack(src: Path, out: Path, extra_members: list[tuple[tarfile.TarInfo, bytes | None]] = ()) -> Path:
+    """Re-pack an extracted (and possibly edited) bundle folder, plus any hand-made members."""
+    with tarfile.open(out, "w:gz") as tar:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                tar.add(p, arcname=p.relative_to(src).as_posix())
+        for info, data in extra_members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def reseal(root: Path, rebuild_tables: bool = False) -> None:
+    """What a careful forger does after editing files: rebuild tables, checksums and the manifest digest, so only
+    the deeper checks (recompute, consistency) can catch the edit."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    if rebuild_tables:
+        for name, text in _build_tables()(root, manifest["config"]).items():
+            (root / "tables" / name).write_text(text, encoding="utf-8")
+    manifest["files"] = {rel: {"sha256": bundle.sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+                         for rel in manifest["files"] if (root / rel).exists()}
+    manifest["manifest_sha256"] = bundle.manifest_digest(manifest)
+    (root / "manifest.json").write_text(bundle.canonical_json(manifest))
+
+
+def findings_of(path: Path) -> list[verify.Finding]:
+    return verify.verify_bundle(path).findings
+
+
+def test_clean_bundle_passes_and_describes_the_run(built, capsys):
+    path, _, cfg = built
+    assert path.name.startswith("bundle-cpu-x86_64-2025") and path.name.endswith(".tar.gz")
+    result = verify.verify_bundle(path)
+    assert result.findings == []
+    m = result.manifest
+    assert m["bundle_schema"] == 1 and m["experiment"] == "unit" and m["gpu_type"] == "cpu-x86_64"
+    assert m["complete"] is True and m["missing"] == []
+    assert [a["name"] for a in m["arms"]] == ["fast", "slow"]
+    assert all(r["status"] == "ok" and r["logged_backend"] == "CPU_ATTN" for a in m["arms"] for r in a["runs"])
+    assert m["engine"]["versions"]["torch"] == "2.13.0+cpu"
+    assert "runs/fast/rep1/records.jsonl" in m["files"] and "tables/levels.csv" in m["files"]
+    assert main(["verify", str(path)]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_same_inputs_give_the_same_archive(built, tmp_path):
+    path, exp_dir, cfg = built
+    for p in exp_dir.rglob("*"):  # new mtimes must not change a byte
+        os.utime(p, (1, 1))
+    again = bundle.build_bundle(exp_dir, cfg, tmp_path / "again.tar.gz", environ={KEY_ENV: SECRET})
+    assert again.read_bytes() == path.read_bytes()
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+        assert names[0] == "manifest.json" and names[1:] == sorted(names[1:])
+        assert {(m.mtime, m.uid, m.gid, m.mode) for m in tar.getmembers()} == {(0, 0, 0, 0o644)}
+
+
+def test_no_secret_reaches_the_bundle(built, tmp_path):
+    path, exp_dir, _ = built
+    assert SECRET in (exp_dir / "runs/fast/rep0/server.log").read_text()  # the fixture really has secrets
+    root = extract(path, tmp_path / "x")
+    blobs = [p.read_bytes() for p in root.rglob("*") if p.is_file()]
+    assert len(blobs) > 10
+    for blob in blobs + [path.read_bytes()]:
+        for secret in (SECRET, HF_SECRET):
+            assert secret.encode() not in blob
+    assert bundle.REDACTED in (root / "runs/fast/rep0/server.log").read_text()
+
+
+def test_scrub_patterns_without_env():
+    text = ('argv ["--api-key", "abcdefgh123"] --api-key=zzzzzzzz9 Authorization: Bearer tok.en-1 '
+            '{"HF_TOKEN": "plain-value-1"} OPENAI_API_KEY=qqqqqq77 hf_0123456789abcdefXYZ')
+    out = bundle.scrub(text, [])
+    for leaked in ("abcdefgh123", "zzzzzzzz9", "tok.en-1", "plain-value-1", "qqqqqq77", "hf_0123456789abcdefXYZ"):
+        assert leaked not in out
+    assert json.loads(bundle.scrub(json.dumps({"argv": ["--api-key", "secretvalue"]}), []))  # stays valid JSON
+
+
+def test_partial_bundle_says_what_is_missing_and_verifies(tmp_path):
+    exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables(), missing_arm=True)
+    path = bundle.build_bundle(exp_dir, cfg, tmp_path)
+    result = verify.verify_bundle(path)
+    assert result.findings == []
+    assert result.manifest["complete"] is False
+    assert result.manifest["missing"] == [{"arm": "slow", "repeat": 0, "reason": "not run"},
+                                          {"arm": "slow", "repeat": 1, "reason": "not run"}]
+
+
+# --- tampering ---------------------------------------------------------------------------------------------------
+
+
+def _change_digit(text: str, after: str) -> str:
+    i = text.index(after) + len(after)
+    while not text[i].isdigit():
+        i += 1
+    return text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1:]
+
+
+def test_changed_digit_in_raw_record_is_named(built, tmp_path):
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+    rec = root / "runs/slow/rep1/records.jsonl"
+    lines = rec.read_text().splitlines(keepends=True)
+    assert '"phase":"measure"' in lines[1]  # line 1 is a warmup request, which no table uses
+    lines[1] = _change_digit(lines[1], '"ttft":')
+    rec.write_text("".join(lines))
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert any(f.file == "runs/slow/rep1/records.jsonl" and f.field == "sha256" for f in found)
+    # A forger who also fixes the checksums is caught by recomputing the tables from the raw records.
+    reseal(root)
+    found = findings_of(pack(root, tmp_path / "t2.tar.gz"))
+    assert found and all(f.file.startswith("tables/") for f in found), found
+    assert any(f.file == "tables/levels.csv" and "slow" in f.field for f in found), found
+
+
+def test_changed_table_cell_is_named(built, tmp_path):
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+    table = root / "tables/levels.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    lines[2] = _change_digit(lines[2], ",")
+    table.write_text("".join(lines))
+    reseal(root)
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert len(found) == 1 and found[0].file == "tables/levels.csv" and found[0].field.startswith("line 3")
+    assert found[0].expected != found[0].found
+
+
+def test_removed_file_is_named(built, tmp_path):
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+    (root / "runs/fast/rep0/server.log").unlink()
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert verify.Finding("runs/fast/rep0/server.log", "file", "listed in manifest and present", "missing") in found
+
+
+def test_added_file_is_named(built, tmp_path):
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+    (root / "plots/extra.png").write_bytes(b"not from the run")
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert [(f.file, f.found) for f in found] == [("plots/extra.png", "extra file")]
+
+
+def test_edited_manifest_field_is_named(built, tmp_path):
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["arms"][1]["runs"][0]["logged_backend"] = "FLASH_ATTN"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert any(f.field == "manifest_sha256" for f in found)
+    # with a recomputed digest the field itself is still named, by comparison with run.json
+    manifest["manifest_sha256"] = bundle.manifest_digest(manifest)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    found = findings_of(pack(root, tmp_path / "t2.tar.gz"))
+    assert verify.Finding("manifest.json", "arms[slow].runs[0].logged_backend", "CPU_ATTN", "FLASH_ATTN") in found
+
+
+def test_manifest_schema_violation_is_named(built, tmp_path):
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files"]["runs/fast/rep0/run.json"]["sha256"] = "xyz"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert [f.field for f in found] == ["files.runs/fast/rep0/run.json.sha256"]
+
+
+def test_truncated_archive_is_a_clear_error(built, tmp_path, capsys):
+    path, _, _ = built
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with pytest.raises(BundleError, match="truncated or corrupt"):
+        verify.verify_bundle(cut)
+    assert main(["verify", str(cut)]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"this is not a gzip file at all")
+    assert main(["verify", str(garbage)]) == 2
+
+
+def _member(name: str, data: bytes = b"x", **kw) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data) if "type" not in kw else 0
+    for k, v in kw.items():
+        setattr(info, k, v)
+    return info, (data if "type" not in kw else None)
+
+
+@pytest.mark.parametrize("member, reason", [
+    (("../x",), "escapes"),
+    (("sub/../../x",), "escapes"),
+    (("ABSOLUTE",), "absolute path"),
+    (("plots/link.png", b"", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}), "link"),
+    (("plots/hard.png", b"", {"type": tarfile.LNKTYPE, "linkname": "manifest.json"}), "link"),
+    (("dev", b"", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}), "special file"),
+])
+def test_unsafe_members_are_named_and_nothing_is_written(built, tmp_path, member, reason):
+    path, _, _ = built
+    root = extract(path, tmp_path / "src")
+    outside = tmp_path / "victim"
+    outside.mkdir()
+    name = member[0] if member[0] != "ABSOLUTE" else str(outside / "abs.txt")
+    data = member[1] if len(member) > 1 else b"pwned"
+    info, blob = _member(name, data, **(member[2] if len(member) > 2 else {}))
+    evil = pack(root, tmp_path / "evil.tar.gz", [(info, blob)])
+    target = tmp_path / "deep" / "target"
+    target.mkdir(parents=True)
+    found = verify.safe_extract(evil, target)
+    assert [(f.file, reason in f.found) for f in found] == [(name, True)]
+    assert list(target.iterdir()) == []  # nothing extracted at all
+    assert not (tmp_path / "deep" / "x").exists() and not (tmp_path / "x").exists()
+    assert list(outside.iterdir()) == []
+    result = verify.verify_bundle(evil)
+    assert not result.ok and result.findings[0].file == name
+
+
+# --- consistency checks (files resealed, so only these can catch them) --------------------------------------------
+
+
+def _edit_records(root: Path, rel: str, edit) -> None:
+    path = root / rel
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    edit(lines)
+    path.write_text("".join(json.dumps(d, sort_keys=True, separators=(",", ":")) + "\n" for d in lines))
+
+
+def test_token_count_off_target_is_named(built, tmp_path):
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+
+    def edit(lines):
+        lines[3]["prompt_tokens"] = 9  # a measured request whose prompt was one token long
+
+    _edit_records(root, "runs/fast/rep0/records.jsonl", edit)
+    reseal(root, rebuild_tables=True)
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    rid = read_requests(root / "runs/fast/rep0/records.jsonl")[3].request_id
+    assert found == [verify.Finding("runs/fast/rep0/records.jsonl", f"{rid} prompt_tokens", 8, 9)]
+
+
+def test_unaccounted_failure_and_missing_level_are_named(built, tmp_path):
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+
+    def fail_one(lines):
+        lines[1].update(ok=False, error="timeout", completion_tokens=None)
+
+    _edit_records(root, "runs/slow/rep0/records.jsonl", fail_one)
+    _edit_records(root, "runs/fast/rep1/levels.jsonl", lambda lines: lines.pop())
+    reseal(root, rebuild_tables=True)
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert verify.Finding("runs/slow/rep0/levels.jsonl", "short c1 failed", 1, 0) in found
+    assert verify.Finding("runs/fast/rep1/levels.jsonl", "short c2", "level present (complete or failed)",
+                          "missing") in found
+
+
+def test_backend_mismatch_fails_unless_allowed(tmp_path):
+    exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables())
+    run_json = exp_dir / "runs/slow/rep0/run.json"
+    run = json.loads(run_json.read_text())
+    run["backend"]["logged"] = "TORCH_SDPA"
+    run_json.write_text(json.dumps(run))
+    write_derived(exp_dir, cfg, _build_tables())
+    found = findings_of(bundle.build_bundle(exp_dir, cfg, tmp_path / "a.tar.gz"))
+    assert found == [verify.Finding("runs/slow/rep0/run.json", "backend.logged", "CPU_ATTN", "TORCH_SDPA")]
+    cfg["arms"][1]["allow_backend_mismatch"] = True
+    write_derived(exp_dir, cfg, _build_tables())
+    result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "b.tar.gz"))
+    assert result.ok and any("TORCH_SDPA" in n and "allowed" in n for n in result.notes)
+
+
+def test_forbidden_kernel_family_fails(tmp_path):
+    exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables())
+    cfg["arms"][0]["expect_kernels"] = {"require": ["paged_attention"], "forbid": ["flash_attn2"]}
+    for k in (0, 1):
+        kernels = {"families": {"flash_attn2": {"gpu_time_us": 5.0, "share": 0.5, "kernels": ["flash_fwd"]},
+                                "paged_attention": {"gpu_time_us": 5.0, "share": 0.5, "kernels": ["pa"]}}}
+        (exp_dir / f"runs/fast/rep{k}/kernels.json").write_text(json.dumps(kernels))
+    write_derived(exp_dir, cfg, _build_tables())
+    result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "k.tar.gz"))
+    assert result.manifest["arms"][0]["kernel_families"] == ["flash_attn2", "paged_attention"]
+    assert [f.file for f in result.findings] == ["runs/fast/rep0/kernels.json", "runs/fast/rep1/kernels.json"]
+    assert all("flash_attn2" in str(f.found) for f in result.findings), result.findings
+
+
+def test_bundle_cli_writes_receipt(built, tmp_path, monkeypatch, capsys):
+    _, exp_dir, cfg = built
+    from attnbench import config as config_mod
+
+    monkeypatch.setattr(config_mod, "load_config", lambda path: cfg, raising=False)
+    receipt = tmp_path / "bundle.sha256"
+    assert main(["bundle", str(exp_dir), "--config", "unused.yaml", "--out", str(tmp_path / "cli"),
+                 "--receipt", str(receipt)]) == 0
+    written = Path(capsys.readouterr().out.split()[0])
+    assert written.parent == tmp_path / "cli"
+    assert receipt.read_text() == f"{bundle.sha256_file(written)}  {written.name}\n"

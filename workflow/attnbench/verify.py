@@ -1,0 +1,401 @@
+"""`attnbench verify BUNDLE`: check that a result bundle is intact, internally consistent and reproducible.
+
+Order of checks, each building on the one before:
+1. safe extraction into a fresh folder: only plain files with relative paths inside it (no `..`, no absolute
+   paths, no links or devices); a truncated or corrupt archive is an error of its own (exit 2);
+2. the manifest against workflow/schemas/bundle.schema.yaml, and its own digest (catches hand edits);
+3. every file's SHA-256 and size; no file missing, none extra;
+4. the derived manifest fields (host, engine, arms, statuses, missing runs) recomputed from the run.json files;
+5. every derived table recomputed from the raw records with `aggregate.build_tables` and compared exactly;
+6. raw-data consistency: token counts vs workload targets, every configured level present, failed requests
+   accounted for, backend and kernel evidence vs each arm's expectation.
+A failure is reported as (file, field, expected, found); PASS only when the list is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import jsonschema
+import yaml
+
+from attnbench import bundle as bundle_mod
+from attnbench.errors import BundleError
+from attnbench.records import RecordError, read_levels, read_requests
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "bundle.schema.yaml"
+MAX_TOTAL_BYTES = 8 << 30  # refuse archives that expand beyond this (a bundle is MBs; this stops a tar bomb)
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    field: str
+    expected: object
+    found: object
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: expected {_short(self.expected)}, found {_short(self.found)}"
+
+
+def _short(value: object, limit: int = 160) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- safe extraction --------------------------------------------------------------------------------------------
+
+
+def unsafe_reason(member: tarfile.TarInfo) -> str | None:
+    """Why a member must not be extracted, or None when it is a plain file with a clean relative path."""
+    name = member.name
+    if member.issym() or member.islnk():
+        return f"link to {member.linkname!r}"
+    if not (member.isfile() or member.isdir()):
+        return "device, fifo or other special file"
+    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if ".." in parts:
+        return "path escapes the target folder (..)"
+    if any(p in ("", ".") for p in name.replace("\\", "/").split("/")[:-1]) or "\x00" in name:
+        return "unclean path"
+    return None
+
+
+def _corrupt(path: Path, exc: BaseException) -> BundleError:
+    return BundleError(f"{path}: truncated or corrupt archive ({type(exc).__name__}: {exc})")
+
+
+def safe_extract(archive: Path, target: Path) -> list[Finding]:
+    """Extract a bundle into target (an empty folder). Returns findings for unsafe members; when there are any,
+    nothing at all is extracted. Raises BundleError when the archive cannot be read to its end."""
+    archive, target = Path(archive), Path(target).resolve()
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            members = tar.getmembers()  # reads every header to the end: truncation shows here or below
+            unsafe = [Finding(m.name, "member", "plain file with a relative path inside the bundle", reason)
+                      for m in members if (reason := unsafe_reason(m))]
+            names = [m.name for m in members if m.isfile()]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            unsafe += [Finding(n, "member", "one member per path", "duplicate member") for n in dupes]
+            if sum(m.size for m in members) > MAX_TOTAL_BYTES:
+                unsafe.append(Finding(str(archive), "size", f"<= {MAX_TOTAL_BYTES} bytes", "larger"))
+            if unsafe:
+                return unsafe
+            for member in members:
+                if member.isdir():
+                    continue
+                dest = (target / member.name).resolve()
+                if target not in dest.parents:  # belt and braces after unsafe_reason
+                    return [Finding(member.name, "member", "path inside the target folder", str(dest))]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                with open(dest, "xb") as out:  # "x": never follow or overwrite something already there
+                    while block := src.read(1 << 20):
+                        out.write(block)
+                if dest.stat().st_size != member.size:
+                    raise BundleError(f"{archive}: member {member.name} is truncated")
+    except FileNotFoundError:
+        raise BundleError(f"{archive}: no such file") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise _corrupt(archive, exc) from None
+    return []
+
+
+# --- table comparison -------------------------------------------------------------------------------------------
+
+
+def first_difference(name: str, expected: str, found: str) -> Finding:
+    """Name the first line (and, for CSV, the column and row key) where a stored table differs from the
+    recomputed one."""
+    exp_lines, got_lines = expected.splitlines(), found.splitlines()
+    if name.endswith(".csv"):
+        exp_rows, got_rows = list(csv.reader(io.StringIO(expected))), list(csv.reader(io.StringIO(found)))
+        header = exp_rows[0] if exp_rows else []
+        for i, (e, g) in enumerate(zip(exp_rows, got_rows)):
+            if e != g:
+                for j in range(max(len(e), len(g))):
+                    ev, gv = (e[j] if j < len(e) else None), (g[j] if j < len(g) else None)
+                    if ev != gv:
+                        column = header[j] if i > 0 and j < len(header) else f"column {j + 1}"
+                        key = ",".join(e[: min(5, len(e))]) if i > 0 else "header"
+                        return Finding(name, f"line {i + 1} ({key}) {column}", ev, gv)
+        return Finding(name, "rows", f"{len(exp_rows)} rows", f"{len(got_rows)} rows")
+    for i, (e, g) in enumerate(zip(exp_lines, got_lines)):
+        if e != g:
+            return Finding(name, f"line {i + 1}", e, g)
+    if len(exp_lines) != len(got_lines):
+        return Finding(name, "lines", f"{len(exp_lines)} lines", f"{len(got_lines)} lines")
+    return Finding(name, "bytes", "identical text", "differs in line endings or trailing newline")
+
+
+def _default_build_tables() -> Callable[[Path, dict], dict[str, str]]:
+    from attnbench.aggregate import build_tables  # noqa: PLC0415
+
+    return build_tables
+
+
+def check_tables(root: Path, manifest: dict, build_tables: Callable | None = None) -> list[Finding]:
+    builder = build_tables or _default_build_tables()
+    try:
+        recomputed = builder(root, manifest["config"])
+    except Exception as exc:  # noqa: BLE001  (any failure to recompute is a finding, not a crash)
+        return [Finding("tables/", "recompute", "tables rebuilt from raw records", f"{type(exc).__name__}: {exc}")]
+    findings = []
+    for name, text in sorted(recomputed.items()):
+        rel = name if "/" in name else f"tables/{name}"
+        path = root / rel
+        if not path.is_file():
+            findings.append(Finding(rel, "file", "present (recomputable from raw records)", "missing"))
+            continue
+        stored = path.read_text(encoding="utf-8")
+        if stored != text:
+            findings.append(first_difference(rel, text, stored))
+    return findings
+
+
+# --- manifest ---------------------------------------------------------------------------------------------------
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def check_manifest_schema(manifest: dict) -> list[Finding]:
+    validator = jsonschema.Draft202012Validator(load_schema())
+    out = []
+    for err in sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path)):
+        field = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        out.append(Finding(bundle_mod.MANIFEST, field, f"schema: {err.validator} {_short(err.validator_value, 80)}",
+                           err.message))
+    return out
+
+
+def diff_fields(expected, found, path: str = "") -> list[tuple[str, object, object]]:
+    """Leaf-level differences between two JSON values, as (dotted path, expected, found)."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        out = []
+        for key in sorted(set(expected) | set(found), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in found:
+                out.append((sub, expected[key], "(absent)"))
+            elif key not in expected:
+                out.append((sub, "(absent)", found[key]))
+            else:
+                out += diff_fields(expected[key], found[key], sub)
+        return out
+    if isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
+        out = []
+        for i, (e, f) in enumerate(zip(expected, found)):
+            label = e.get("name") if isinstance(e, dict) and "name" in e else i
+            out += diff_fields(e, f, f"{path}[{label}]")
+        return out
+    return [] if expected == found else [(path, expected, found)]
+
+
+def check_files(root: Path, manifest: dict) -> list[Finding]:
+    listed = manifest.get("files") or {}
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {bundle_mod.MANIFEST}
+    findings = [Finding(rel, "file", "listed in manifest and present", "missing") for rel in sorted(set(listed) - present)]
+    findings += [Finding(rel, "file", "not in the bundle (unlisted in manifest)", "extra file")
+                 for rel in sorted(present - set(listed))]
+    for rel in sorted(set(listed) & present):
+        entry, path = listed[rel], root / rel
+        size = path.stat().st_size
+        if entry.get("bytes") != size:
+            findings.append(Finding(rel, "bytes", entry.get("bytes"), size))
+        digest = bundle_mod.sha256_file(path)
+        if entry.get("sha256") != digest:
+            findings.append(Finding(rel, "sha256", entry.get("sha256"), digest))
+    return findings
+
+
+def check_derived_manifest(root: Path, manifest: dict) -> list[Finding]:
+    try:
+        derived = bundle_mod.describe(root, manifest["config"])
+    except BundleError as exc:
+        return [Finding(bundle_mod.MANIFEST, "derived fields", "recomputable from run.json files", str(exc))]
+    return [Finding(bundle_mod.MANIFEST, field, exp, got)
+            for field, exp, got in diff_fields(derived, {k: manifest.get(k) for k in derived})]
+
+
+# --- raw-data consistency ---------------------------------------------------------------------------------------
+
+
+def check_consistency(root: Path, manifest: dict) -> list[Finding]:
+    cfg = manifest["config"]
+    workloads = cfg.get("workloads") or {}
+    ignore_eos = (cfg.get("sweep") or {}).get("ignore_eos", True)
+    findings: list[Finding] = []
+    for arm_entry in manifest.get("arms", []):
+        arm_cfg = next((a for a in cfg.get("arms", []) if a.get("name") == arm_entry["name"]), {})
+        for run in arm_entry.get("runs", []):
+            rdir = root / run["path"]
+            rel = run["path"]
+            try:
+                requests = read_requests(rdir / "records.jsonl") if (rdir / "records.jsonl").exists() else []
+                levels = read_levels(rdir / "levels.jsonl") if (rdir / "levels.jsonl").exists() else []
+            except RecordError as exc:
+                findings.append(Finding(rel, "raw records", "valid JSON records", str(exc)))
+                continue
+            findings += _check_tokens(f"{rel}/records.jsonl", requests, workloads, ignore_eos)
+            if run.get("status") == "ok":
+                findings += _check_levels(rel, requests, levels, workloads)
+            findings += _check_backend(rel, run, arm_entry, arm_cfg, rdir)
+    return findings
+
+
+def _check_tokens(rel: str, requests, workloads: dict, ignore_eos: bool) -> list[Finding]:
+    out = []
+    for n, rec in enumerate(requests, 1):
+        wl = workloads.get(rec.workload)
+        if rec.phase not in ("measure", "warmup") or not rec.ok or wl is None:
+            continue
+        where = f"{rec.request_id or 'line ' + str(n)}"
+        if rec.prompt_tokens != wl["prompt_tokens"]:
+            out.append(Finding(rel, f"{where} prompt_tokens", wl["prompt_tokens"], rec.prompt_tokens))
+        want = wl["output_tokens"]
+        if (rec.completion_tokens != want) if ignore_eos else not (0 < (rec.completion_tokens or 0) <= want):
+            out.append(Finding(rel, f"{where} completion_tokens", want if ignore_eos else f"1..{want}",
+                               rec.completion_tokens))
+    return out
+
+
+def _check_levels(rel: str, requests, levels, workloads: dict) -> list[Finding]:
+    out = []
+    by_key = {}
+    for lv in levels:
+        key = (lv.workload, lv.concurrency)
+        if key in by_key:
+            out.append(Finding(f"{rel}/levels.jsonl", f"{lv.workload} c{lv.concurrency}", "one line", "duplicate"))
+        by_key[key] = lv
+    for name, wl in workloads.items():
+        for conc in wl.get("concurrency", []):
+            lv = by_key.get((name, conc))
+            label = f"{name} c{conc}"
+            if lv is None:
+                out.append(Finding(f"{rel}/levels.jsonl", label, "level present (complete or failed)", "missing"))
+                continue
+            measured = [r for r in requests if r.phase == "measure" and r.workload == name and r.concurrency == conc]
+            failed = sum(1 for r in measured if not r.ok)
+            if lv.failed != failed:
+                out.append(Finding(f"{rel}/levels.jsonl", f"{label} failed", failed, lv.failed))
+            if lv.complete and len(measured) != lv.requests:
+                out.append(Finding(f"{rel}/records.jsonl", f"{label} measured requests", lv.requests, len(measured)))
+            if not lv.complete and lv.failed == 0:
+                out.append(Finding(f"{rel}/levels.jsonl", f"{label} complete", "true, or failed > 0", "false, 0 failed"))
+    return out
+
+
+def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Path) -> list[Finding]:
+    out = []
+    expected, logged = arm_entry.get("expect_backend"), run.get("logged_backend")
+    if run.get("status") == "ok" and expected and logged != expected and not arm_entry.get("allow_backend_mismatch"):
+        out.append(Finding(f"{rel}/run.json", "backend.logged", expected, logged))
+    expect_kernels = arm_cfg.get("expect_kernels") or {}
+    if run.get("status") == "ok" and (expect_kernels.get("require") or expect_kernels.get("forbid")):
+        from attnbench.kernels import check_expectations  # noqa: PLC0415  (kernels.py owns the policy)
+
+        attribution = bundle_mod._load_json(rdir / "kernels.json")
+        if attribution is None:
+            out.append(Finding(f"{rel}/kernels.json", "file", "kernel attribution (the arm expects kernels)",
+                               "missing"))
+        else:
+            out += [Finding(f"{rel}/kernels.json", "expect_kernels", expect_kernels, violation)
+                    for violation in check_expectations(attribution, expect_kernels)]
+    return out
+
+
+def allowed_mismatches(manifest: dict) -> list[str]:
+    """Arms whose logged backend differs from the expectation but which opted out; printed as notes, not failures."""
+    notes = []
+    for arm in manifest.get("arms", []):
+        for run in arm.get("runs", []):
+            if arm.get("allow_backend_mismatch") and run.get("logged_backend") != arm.get("expect_backend"):
+                notes.append(f"{run['path']}: backend {run.get('logged_backend')} != expected "
+                             f"{arm.get('expect_backend')} (allowed by allow_backend_mismatch)")
+    return notes
+
+
+# --- entry points -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VerifyResult:
+    findings: list[Finding]
+    notes: list[str]
+    manifest: dict | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def verify_extracted(root: Path, build_tables: Callable | None = None) -> VerifyResult:
+    """Checks 2-6 on an already extracted bundle folder."""
+    try:
+        manifest = json.loads((root / bundle_mod.MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return VerifyResult([Finding(bundle_mod.MANIFEST, "file", "present", "missing")], [], None)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return VerifyResult([Finding(bundle_mod.MANIFEST, "json", "valid JSON", str(exc))], [], None)
+    findings = check_manifest_schema(manifest)
+    if findings:  # the later checks read fields the schema guarantees
+        return VerifyResult(findings, [], manifest)
+    digest = bundle_mod.manifest_digest(manifest)
+    if manifest["manifest_sha256"] != digest:
+        findings.append(Finding(bundle_mod.MANIFEST, "manifest_sha256", digest, manifest["manifest_sha256"]))
+    findings += check_files(root, manifest)
+    findings += check_derived_manifest(root, manifest)
+    findings += check_tables(root, manifest, build_tables)
+    findings += check_consistency(root, manifest)
+    return VerifyResult(findings, allowed_mismatches(manifest), manifest)
+
+
+def verify_bundle(archive: Path, *, workdir: Path | None = None, build_tables: Callable | None = None
+                  ) -> VerifyResult:
+    """Verify a bundle file. Extracts into workdir (kept, for inspection) or a temporary folder (removed)."""
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if any(workdir.iterdir()):
+            raise BundleError(f"{workdir}: extraction folder must be empty")
+        return _verify_into(Path(archive), workdir, build_tables)
+    with tempfile.TemporaryDirectory(prefix="attnbench-verify-") as tmp:
+        return _verify_into(Path(archive), Path(tmp), build_tables)
+
+
+def _verify_into(archive: Path, root: Path, build_tables: Callable | None) -> VerifyResult:
+    unsafe = safe_extract(archive, root)
+    if unsafe:
+        return VerifyResult(unsafe, ["nothing was extracted: the archive has unsafe members"], None)
+    return verify_extracted(root, build_tables)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    result = verify_bundle(Path(args.bundle), workdir=Path(args.extract_to) if args.extract_to else None)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.ok:
+        print(f"PASS {args.bundle}")
+        return 0
+    print(f"FAIL {args.bundle}: {len(result.findings)} problem(s)")
+    for finding in result.findings:
+        print(f"  {finding}")
+    return 1
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("verify", help="check a result bundle: checksums, schema, recomputed tables, consistency")
+    p.add_argument("bundle", help="bundle-<gpu-type>-<yyyymmdd>.tar.gz")
+    p.add_argument("--extract-to", help="keep the extracted bundle in this (empty) folder")
+    p.set_defaults(func=_cmd_verify)
