@@ -159,3 +159,13 @@ def test_parse_backend(log, logged, fa, refused):
     got = parse_backend(log)
     assert (got["logged"], got["flash_attn_version"], got["refused"]) == (logged, fa, refused)
     assert all(line in log for line in got["lines"])
+
+
+def test_start_is_idempotent_inside_with(tmp_path):
+    srv = Server(LaunchSpec(argv=[sys.executable, "-c", "import time; time.sleep(60)"]), tmp_path / "s.log",
+                 "http://127.0.0.1:9", 5)
+    with srv:
+        pid = srv.pid
+        srv.start()  # run-arm calls start() inside the with block
+        assert srv.pid == pid
+    assert not srv.alive()

@@ -69,8 +69,9 @@ class Server:
 
     # --- start ------------------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the process (a no-op when already started, so `with server: server.start()` is harmless)."""
         if self.proc is not None:
-            raise ServerError("server already started")
+            return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_fh = self.log_path.open("ab")
         env = {**os.environ, **self.spec.env}
