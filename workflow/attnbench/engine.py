@@ -16,18 +16,7 @@ from pathlib import Path
 
 from attnbench.config import ATTENTION_FLAG_VERSION, engine_venv_dir, version_tuple
 from attnbench.errors import AttnbenchError, ConfigError
-
-try:
-    from attnbench.server import LaunchSpec
-except ImportError:  # TEMPORARY until server.py lands (docs/DESIGN.md: LaunchSpec lives in server.py)
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class LaunchSpec:  # type: ignore[no-redef]
-        argv: list[str]
-        env: dict[str, str]
-        runtime: str
-        description: dict = field(default_factory=dict)
+from attnbench.server import LaunchSpec
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -78,16 +67,10 @@ def engine_python(cfg: dict) -> str:
 
 
 def image_path(cfg: dict, arm: dict) -> str:
-    """The image an apptainer/docker arm runs. containers.py (which owns images) may provide `image_for`;
-    until then the convention is results/images/<key>[-<variant>].sif."""
-    try:
-        from attnbench.containers import image_for  # type: ignore[attr-defined]
-    except ImportError:
-        image_for = None
-    if image_for is not None:
-        return str(image_for(cfg["engine"]["image"], variant=arm.get("variant"), runtime=cfg["engine"]["runtime"]))
-    name = cfg["engine"]["image"] + (f"-{arm['variant']}" if arm.get("variant") else "")
-    return str(Path("results") / "images" / f"{name}.sif")
+    """The image an apptainer/docker arm runs (containers.py owns images and where they live)."""
+    from attnbench.containers import image_for
+
+    return image_for(cfg, arm)
 
 
 def server_args(cfg: dict, arm: dict, *, model_dir, tokenizer_dir, host: str, port: int) -> list[str]:
@@ -149,16 +132,12 @@ def launch_spec(
         description["python"] = argv[0]
     elif runtime == "apptainer":
         image = image_path(cfg, arm)
+        from attnbench.containers import apptainer_exec_argv
+
         binds = sorted({str(Path(p).resolve()) for p in (model_dir, tokenizer_dir, trace_dir) if p is not None})
-        argv = ["apptainer", "exec"]
-        if engine.get("device") == "cuda":
-            argv.append("--nv")
-        for bind in binds:
-            argv += ["--bind", bind]
-        # Apptainer passes the host environment through; --env makes the engine settings visible in the argv.
-        for key, value in sorted(env.items()):
-            argv += ["--env", f"{key}={value}"]
-        argv += [image, "python3", "-m", API_SERVER_MODULE, *args]
+        # --env as well as the inherited environment: the engine settings are then visible in the recorded argv.
+        argv = apptainer_exec_argv(image, ["python3", "-m", API_SERVER_MODULE, *args], env=env, binds=binds,
+                                   apptainer_args="--nv" if engine.get("device") == "cuda" else "")  # fmt: skip
         description["image"] = image
     elif runtime == "docker":
         # containers.DockerServer runs this argv inside the image with env and the GPU request.

