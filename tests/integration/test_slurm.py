@@ -1,0 +1,158 @@
+"""The SLURM profile (profiles/slurm) with Snakemake's real SLURM executor plugin.
+
+Dry runs (no cluster needed; the plugin must be installed: pip install -e '.[slurm]'): each server+sweep job of the
+article asks for a GPU of the type it targets, the CPU demo asks for none.
+
+`test_demo_runs_through_slurm` (marked slurm, engine, slow) runs the CPU demo through a real one-node SLURM
+cluster: start it with `tests/slurm/start-cluster.sh` (root; Debian's slurm-wlm), then
+    ATTNBENCH_ENGINE_PYTHON=/path/to/engine/python pytest -m slurm tests/integration/test_slurm.py
+Without a running cluster the test skips, saying so; with ATTNBENCH_REQUIRE_SLURM=1 it fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+H100 = "h100-80gb-hbm3-sm90-80g"
+
+
+def require_plugin() -> None:
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        reason = "snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def workdir(tmp_path: Path) -> Path:
+    """A shared-directory stand-in: config paths in the experiment files are relative to the working dir."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("config", "containers"):
+        (work / name).symlink_to(ROOT / name)
+    return work
+
+
+def snakemake(work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(work),
+           "--workflow-profile", str(ROOT / "profiles" / "slurm"), *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+
+
+def job_blocks(output: str) -> list[dict]:
+    """The job descriptions a dry run prints: rule name plus its `resources:` line parsed to a dict."""
+    jobs = []
+    for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", output, re.M):
+        res = re.search(r"^    resources: (.*)$", match.group(2), re.M)
+        pairs = dict(item.split("=", 1) for item in res.group(1).split(", ")) if res else {}
+        jobs.append({"rule": match.group(1), "resources": pairs})
+    return jobs
+
+
+def test_article_dry_run_shows_each_server_jobs_gpu_request(tmp_path):
+    require_plugin()
+    work = workdir(tmp_path)
+    proc = snakemake(work, "-n", "--configfile", str(ROOT / "config/article.yaml"),
+                     str(ROOT / "profiles/slurm/site.example.yaml"), "--config", f"gpu={{type: {H100}}}")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    article = yaml.safe_load((ROOT / "config/article.yaml").read_text(encoding="utf-8"))
+    servers = [j for j in job_blocks(proc.stdout) if j["rule"] == "serve_sweep"]
+    assert len(servers) == len(article["arms"]) * article["sweep"]["repeats"]
+    for job in servers:
+        res = job["resources"]
+        assert (res["gpu"], res["gpu_model"], res["slurm_partition"]) == ("1", "h100", "gpu-h100"), res
+        assert res["cpus_per_gpu"] == "8" and res["mem_mb"] == "64000" and res["runtime"] == "240"
+        assert "cpus_per_task" not in res  # it would override --cpus-per-gpu in the plugin
+
+
+def test_demo_dry_run_asks_for_cpus_and_no_gpu(tmp_path):
+    require_plugin()
+    work = workdir(tmp_path)
+    proc = snakemake(work, "-n", "--configfile", str(ROOT / "config/demo.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    servers = [j for j in job_blocks(proc.stdout) if j["rule"] == "serve_sweep"]
+    assert servers
+    for job in servers:
+        assert "gpu" not in job["resources"] and "gpu_model" not in job["resources"]
+        assert job["resources"]["cpus_per_task"] == "2" and job["resources"]["mem_mb"] == "6000"
+
+
+# --- a real one-node SLURM cluster -------------------------------------------------------------------------------
+
+
+def cluster_or_skip() -> None:
+    reason = None
+    if shutil.which("sinfo") is None:
+        reason = "no SLURM client (sinfo) on PATH; start one with tests/slurm/start-cluster.sh"
+    else:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+        states = proc.stdout.split()
+        if proc.returncode != 0 or not any(s in ("idle", "mix", "alloc") for s in states):
+            reason = f"no schedulable SLURM node (sinfo: {proc.stdout.strip() or proc.stderr.strip()})"
+    if reason:
+        if os.environ.get("ATTNBENCH_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.mark.slurm
+@pytest.mark.engine
+@pytest.mark.slow
+def test_demo_runs_through_slurm(tmp_path, engine_python):
+    require_plugin()
+    cluster_or_skip()
+    work = workdir(tmp_path)
+    # The engine the demo builds as a venv is replaced by the already built one (runtime native), and one repeat
+    # keeps this to two SLURM jobs; everything else is config/demo.yaml.
+    overlay = work / "test-overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"engine": {"runtime": "native", "python": engine_python},
+                                       "sweep": {"repeats": 1}}), encoding="utf-8")  # fmt: skip
+    proc = snakemake(work, "--configfile", str(ROOT / "config/demo.yaml"), str(overlay),
+                     "--slurm-init-seconds-before-status-checks", "5", timeout=3000)  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+
+    submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log))
+    # Only the server+sweep runs are cluster jobs; the model, tables, plots, report (and bundle) run locally.
+    assert len(submitted) == 2, log[-6000:]
+    assert re.search(r"^localrule synthetic_model:", log, re.M) and re.search(r"^localrule report:", log, re.M)
+    exp = work / "results" / "demo"
+    runs = sorted(exp.glob("runs/*/rep*/run.json"))
+    assert len(runs) == 2
+    job_ids = set()
+    for path in runs:
+        run = json.loads(path.read_text(encoding="utf-8"))
+        assert run["status"] == "ok"
+        assert run["slurm_job_id"] in submitted.values(), (run["slurm_job_id"], submitted)
+        job_ids.add(run["slurm_job_id"])
+        # The SLURM log of the job is kept and names the job that wrote this run.
+        slurm_logs = list(work.glob(f".snakemake/slurm_logs/rule_serve_sweep/*/{run['slurm_job_id']}.log"))
+        assert slurm_logs, f"no SLURM log for job {run['slurm_job_id']}"
+        assert (path.parent / "records.jsonl").stat().st_size > 0
+    assert len(job_ids) == 2  # one SLURM job per (arm, repeat)
+    assert (exp / "report.md").exists()
+
+    bundles = sorted(exp.glob("bundle-*.tar.gz"))
+    if (ROOT / "workflow/rules/bundle.smk").exists():
+        assert bundles, "bundle.smk is included but no bundle was written"
+        with tarfile.open(bundles[0]) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("manifest.json"))
+            manifest_text = tar.extractfile(member).read().decode()
+        assert all(job_id in manifest_text for job_id in job_ids)
+        verify = subprocess.run([str(Path(sys.executable).with_name("attnbench")), "verify", str(bundles[0])],
+                                capture_output=True, text=True)  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
