@@ -2,61 +2,49 @@
 # Every output meant for `snakemake --report report.html` is wrapped in report() with a caption in workflow/report/.
 from attnbench.plots import FORMATS as PLOT_FORMATS, KINDS as PLOT_KINDS
 
-TABLES_DIR = EXP_DIR + "/tables"
-PLOTS_DIR = EXP_DIR + "/plots"
 WORKLOADS = list(config["workloads"])
-PUBLISHED_CSV = "config/reference/article_published.csv"
-
-
-def article_tables():
-    return expand(
-        TABLES_DIR + "/article_{arm}_{workload}.md", arm=ARMS, workload=WORKLOADS
-    )
-
-
-def plot_files(ext):
-    return expand(
-        PLOTS_DIR + "/{kind}_{workload}.{ext}",
-        kind=PLOT_KINDS,
-        workload=WORKLOADS,
-        ext=ext,
-    )
 
 
 rule aggregate:
     input:
         run_files(),
         config=CONFIG_FILE,
-        published=PUBLISHED_CSV,
+        published="config/reference/article_published.csv",
     output:
         levels=report(
-            TABLES_DIR + "/levels.csv",
+            f"{EXP_DIR}/tables/levels.csv",
             caption="../report/levels.rst",
             category="Tables",
         ),
-        parquet=TABLES_DIR + "/levels.parquet",
-        articles=article_tables(),
+        parquet=f"{EXP_DIR}/tables/levels.parquet",
+        articles=expand(
+            f"{EXP_DIR}/tables/article_{{arm}}_{{workload}}.md",
+            arm=ARMS,
+            workload=WORKLOADS,
+        ),
         vs_baseline=report(
-            TABLES_DIR + "/arms_vs_baseline.md",
+            f"{EXP_DIR}/tables/arms_vs_baseline.md",
             caption="../report/arms_vs_baseline.rst",
             category="Tables",
         ),
         vs_published=report(
-            TABLES_DIR + "/vs_published.csv",
+            f"{EXP_DIR}/tables/vs_published.csv",
             caption="../report/vs_published.rst",
             category="Tables",
         ),
-        vs_published_md=TABLES_DIR + "/vs_published.md",
+        vs_published_md=f"{EXP_DIR}/tables/vs_published.md",
         kernels=report(
-            TABLES_DIR + "/kernels.md",
+            f"{EXP_DIR}/tables/kernels.md",
             caption="../report/kernels.rst",
             category="Tables",
         ),
-        decode=TABLES_DIR + "/decode_efficiency.md",
+        decode=f"{EXP_DIR}/tables/decode_efficiency.md",
     log:
-        EXP_DIR + "/logs/aggregate.log",
+        f"{EXP_DIR}/logs/aggregate.log",
+    conda:
+        "../envs/attnbench.yaml"
     params:
-        exp_dir=EXP_DIR,
+        exp_dir=lambda wildcards, output: Path(output.levels).parents[1],
     shell:
         "attnbench aggregate {params.exp_dir} --config {input.config} > {log} 2>&1"
 
@@ -67,14 +55,25 @@ rule plots:
         config=CONFIG_FILE,
     output:
         png=[
-            report(p, caption="../report/plots.rst", category="Plots")
-            for p in plot_files("png")
+            report(path, caption="../report/plots.rst", category="Plots")
+            for path in expand(
+                f"{EXP_DIR}/plots/{{kind}}_{{workload}}.png",
+                kind=PLOT_KINDS,
+                workload=WORKLOADS,
+            )
         ],
-        svg=plot_files([e for e in PLOT_FORMATS if e != "png"]),
+        other=expand(
+            f"{EXP_DIR}/plots/{{kind}}_{{workload}}.{{ext}}",
+            kind=PLOT_KINDS,
+            workload=WORKLOADS,
+            ext=[ext for ext in PLOT_FORMATS if ext != "png"],
+        ),
     log:
-        EXP_DIR + "/logs/plots.log",
+        f"{EXP_DIR}/logs/plots.log",
+    conda:
+        "../envs/attnbench.yaml"
     params:
-        exp_dir=EXP_DIR,
+        exp_dir=lambda wildcards, input: Path(input.levels).parents[1],
     shell:
         "attnbench plots {params.exp_dir} --config {input.config} > {log} 2>&1"
 
@@ -85,16 +84,18 @@ rule report:
         rules.plots.output,
         config=CONFIG_FILE,
     output:
-        md=EXP_DIR + "/report.md",
+        md=f"{EXP_DIR}/report.md",
         html=report(
-            EXP_DIR + "/report.html",
+            f"{EXP_DIR}/report.html",
             caption="../report/report.rst",
             category="Report",
         ),
     log:
-        EXP_DIR + "/logs/report.log",
+        f"{EXP_DIR}/logs/report.log",
+    conda:
+        "../envs/attnbench.yaml"
     params:
-        exp_dir=EXP_DIR,
+        exp_dir=lambda wildcards, output: Path(output.md).parent,
     shell:
         "attnbench report {params.exp_dir} --config {input.config} > {log} 2>&1"
 
