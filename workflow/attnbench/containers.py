@@ -49,6 +49,9 @@ LABEL_PREFIX = "org.attnbench"
 # Containers started by DockerServer carry these labels, so ones orphaned by a SIGKILLed parent can be found.
 OWNER_LABEL = f"{LABEL_PREFIX}.owner-pid"
 ROLE_LABEL = f"{LABEL_PREFIX}.role"
+# vLLM's engine core talks to its workers through /dev/shm rings (160 MiB and up); Docker's default is 64 MiB.
+# A size, not --ipc=host, so the container does not share the host's IPC namespace.
+SHM_SIZE = "8g"
 
 
 # --- lock file ------------------------------------------------------------------------------------------------
@@ -457,8 +460,9 @@ class DockerServer:
         try:
             self.container = self.client.containers.run(
                 self.image,
-                command=container_argv(self.spec.argv),
-                entrypoint=[],
+                # entrypoint=argv[0]: an empty entrypoint means "keep the image's" to podman, so set it explicitly.
+                entrypoint=container_argv(self.spec.argv)[:1],
+                command=container_argv(self.spec.argv)[1:],
                 environment=dict(self.spec.env),
                 ports={f"{url.port}/tcp": ("127.0.0.1", url.port)},
                 volumes=_bind_paths(self.spec),
@@ -466,7 +470,7 @@ class DockerServer:
                 device_requests=device_requests,
                 labels={OWNER_LABEL: str(os.getpid()), ROLE_LABEL: "server"},
                 name=self.name,
-                ipc_mode="host" if self.device == "cuda" else None,  # vLLM's workers share tensors through /dev/shm
+                shm_size=SHM_SIZE,
                 detach=True,
             )
         except docker.errors.ImageNotFound:
