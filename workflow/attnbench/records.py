@@ -104,3 +104,34 @@ def read_requests(path: str | os.PathLike) -> list[RequestRecord]:
 
 def read_levels(path: str | os.PathLike) -> list[LevelRecord]:
     return [_from_dict(LevelRecord, d, f"{path}:{n}") for n, d in iter_jsonl(path)]
+
+
+class JsonlAppender:
+    """An open JSONL file for a stream of records: each line is written and flushed to the OS at once (a crash of
+    this process loses nothing), while the fsync that also survives a machine crash is deferred to `sync()` /
+    `close()`, because an fsync per request would stall an event loop that is timing hundreds of streams."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def append(self, record: Any) -> None:
+        self._fh.write(to_json(record) + "\n")
+        self._fh.flush()
+
+    def sync(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self.sync()
+            self._fh.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
