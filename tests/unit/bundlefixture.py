@@ -36,7 +36,7 @@ def make_config(experiment: str = "unit", repeats: int = 2) -> dict:
 
 
 def write_run(exp_dir: Path, cfg: dict, arm: dict, repeat: int, *, speed: float, rng: random.Random,
-              status: str = "ok") -> None:
+              status: str = "ok", gpu_type: str = "cpu-x86_64") -> None:
     rdir = exp_dir / "runs" / arm["name"] / f"rep{repeat}"
     rdir.mkdir(parents=True, exist_ok=True)
     t = 1764072000.0 + 1000 * repeat + (0 if arm["name"] == "fast" else 500)
@@ -46,6 +46,7 @@ def write_run(exp_dir: Path, cfg: dict, arm: dict, repeat: int, *, speed: float,
             n = cfg["sweep"]["requests_per_level"]
             ids = dict(experiment=cfg["experiment"], arm=arm["name"], repeat=repeat, workload=wname, concurrency=conc)
             for phase, count in (("warmup", cfg["sweep"]["warmup_requests"]), ("measure", n)):
+                window_start = t
                 for i in range(count):
                     dur = (0.5 + rng.random() * 0.05) / speed
                     append_jsonl(rdir / "records.jsonl", RequestRecord(
@@ -56,7 +57,7 @@ def write_run(exp_dir: Path, cfg: dict, arm: dict, repeat: int, *, speed: float,
                         http_status=200, ok=True, prompt_seed=i))
                     t += dur
             append_jsonl(rdir / "levels.jsonl", LevelRecord(
-                **ids, requests=n, warmup=cfg["sweep"]["warmup_requests"], start=round(t - n * 0.5, 6),
+                **ids, requests=n, warmup=cfg["sweep"]["warmup_requests"], start=round(window_start, 6),
                 end=round(t, 6), latency_ms=[1.0, 1.1, 0.9]))
     (rdir / "server.log").write_text(
         "INFO Using CPU_ATTN backend.\n"
@@ -74,7 +75,7 @@ def write_run(exp_dir: Path, cfg: dict, arm: dict, repeat: int, *, speed: float,
         "backend": {"requested": arm["backend"], "logged": "CPU_ATTN", "log_lines": ["Using CPU_ATTN backend."],
                     "match": True},
         "kernels": None,
-        "host": {"hostname_hash": "abc123", "cpu": "x86_64", "gpus": [], "gpu_type": "cpu-x86_64",
+        "host": {"hostname_hash": "abc123", "cpu": "x86_64", "gpus": [], "gpu_type": gpu_type,
                  "driver": None, "cuda": None},
         "slurm_job_id": None,
     }
@@ -100,7 +101,9 @@ def write_derived(exp_dir: Path, cfg: dict, build_tables) -> None:
 
 
 def make_experiment(root: Path, build_tables, *, experiment: str = "unit", slow_factor: float = 0.5,
-                    missing_arm: bool = False, seed: int = 1) -> tuple[Path, dict]:
+                    missing_arm: bool = False, seed: int = 1, speedup: float = 1.0,
+                    gpu_type: str = "cpu-x86_64") -> tuple[Path, dict]:
+    """speedup scales both arms' speed (a faster machine); slow_factor is the slow arm's speed relative to fast."""
     cfg = make_config(experiment)
     exp_dir = root / experiment
     rng = random.Random(seed)
@@ -108,6 +111,7 @@ def make_experiment(root: Path, build_tables, *, experiment: str = "unit", slow_
         if missing_arm and arm["name"] == "slow":
             continue
         for k in range(cfg["sweep"]["repeats"]):
-            write_run(exp_dir, cfg, arm, k, speed=1.0 if arm["name"] == "fast" else slow_factor, rng=rng)
+            speed = speedup * (1.0 if arm["name"] == "fast" else slow_factor)
+            write_run(exp_dir, cfg, arm, k, speed=speed, rng=rng, gpu_type=gpu_type)
     write_derived(exp_dir, cfg, build_tables)
     return exp_dir, cfg

@@ -311,16 +311,17 @@ def test_backend_mismatch_fails_unless_allowed(tmp_path):
 
 def test_forbidden_kernel_family_fails(tmp_path):
     exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables())
-    cfg["arms"][0]["expect_kernels"] = {"require": ["paged_attention"], "forbid": ["flash_attn2"]}
+    cfg["arms"][0]["expect_kernels"] = {"require": ["paged_attention"], "forbid": ["fa2"]}
     for k in (0, 1):
-        kernels = {"families": {"flash_attn2": {"gpu_time_us": 5.0, "share": 0.5, "kernels": ["flash_fwd"]},
-                                "paged_attention": {"gpu_time_us": 5.0, "share": 0.5, "kernels": ["pa"]}}}
+        kernels = {"families": {
+            "fa2": {"gpu_time_us": 5.0, "share": 0.5, "count": 3, "kernels": [{"name": "flash_fwd_splitkv"}]},
+            "paged_attention": {"gpu_time_us": 5.0, "share": 0.5, "count": 3, "kernels": [{"name": "pa_v1"}]}}}
         (exp_dir / f"runs/fast/rep{k}/kernels.json").write_text(json.dumps(kernels))
     write_derived(exp_dir, cfg, _build_tables())
     result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "k.tar.gz"))
-    assert result.manifest["arms"][0]["kernel_families"] == ["flash_attn2", "paged_attention"]
+    assert result.manifest["arms"][0]["kernel_families"] == ["fa2", "paged_attention"]
     assert [f.file for f in result.findings] == ["runs/fast/rep0/kernels.json", "runs/fast/rep1/kernels.json"]
-    assert all("flash_attn2" in str(f.found) for f in result.findings), result.findings
+    assert all("fa2" in str(f.found) and "flash_fwd_splitkv" in str(f.found) for f in result.findings)
 
 
 def test_bundle_cli_writes_receipt(built, tmp_path, monkeypatch, capsys):

@@ -29,7 +29,7 @@ import jsonschema
 import yaml
 
 from attnbench import bundle as bundle_mod
-from attnbench.errors import BundleError
+from attnbench.errors import AttnbenchError, BundleError
 from attnbench.records import RecordError, read_levels, read_requests
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "bundle.schema.yaml"
@@ -311,8 +311,11 @@ def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Pa
             out.append(Finding(f"{rel}/kernels.json", "file", "kernel attribution (the arm expects kernels)",
                                "missing"))
         else:
-            out += [Finding(f"{rel}/kernels.json", "expect_kernels", expect_kernels, violation)
-                    for violation in check_expectations(attribution, expect_kernels)]
+            try:
+                violations = check_expectations(attribution, expect_kernels)
+            except AttnbenchError as exc:  # e.g. the config names a family kernels.py does not know
+                violations = [str(exc)]
+            out += [Finding(f"{rel}/kernels.json", "expect_kernels", expect_kernels, v) for v in violations]
     return out
 
 
