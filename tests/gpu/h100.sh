@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Runs the pipeline on the offline GPU host of issue 7 (one H100, no network, no containers, no vLLM; each command
+# there lasts at most 10 minutes and the machine is given back 30 s after a command returns).
+# The pipeline itself runs in the background (setsid), so it outlives one command; later commands poll it and copy
+# whatever it has finished into $OUT, so every completed run survives the loss of the machine.
+#
+#   bash tests/gpu/h100.sh install           # wheelhouse parts already copied into /tmp/wh (tests/gpu/README.md)
+#   bash tests/gpu/h100.sh start TARGET...   # snakemake targets in order (default: the plan below), in the background
+#   bash tests/gpu/h100.sh poll SECONDS      # wait up to SECONDS, print progress, copy results to $OUT
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+SITE=/tmp/site
+export PYTHONPATH=$SITE:$PWD/workflow PATH=/tmp/abin:$SITE/bin:$PATH PYTHONUNBUFFERED=1
+EXP=${ATTNBENCH_EXP:-h100}
+CONFIG=${ATTNBENCH_CONFIG:-config/$EXP.yaml}
+OUTBOX=/tmp/outbox
+DRIVE_LOG=/tmp/drive.log
+
+# Order matters when time runs out: one run of every arm first (kernel attribution for each), then repeats.
+PLAN=(fa3/rep0 triton/rep0 fa2/rep0 fa3/rep1 fa3/rep2)
+
+pack() {
+  mkdir -p "$OUTBOX"
+  # Raw records, logs, run.json, kernels.json, tables: everything but the model folder and the raw traces.
+  tar czf "$OUTBOX/results-$EXP.tgz.part" --exclude="results/$EXP/models" --exclude='*/trace' "results/$EXP" .snakemake/log 2>/dev/null
+  mv "$OUTBOX/results-$EXP.tgz.part" "$OUTBOX/results-$EXP.tgz"
+  for t in results/$EXP/runs/*/rep0/trace; do
+    [ -d "$t" ] || continue
+    arm=$(basename "$(dirname "$(dirname "$t")")")
+    [ -f "$OUTBOX/trace-$arm.tgz" ] || tar czf "$OUTBOX/trace-$arm.tgz" -C "$(dirname "$t")" trace
+  done
+}
+
+case "${1:-}" in
+install)
+  # The vLLM wheelhouse (shared/gpu/wheelhouse.sh) plus Snakemake and what it needs beyond the host's packages.
+  [ -f $SITE/.attnbench ] && { echo "already installed"; exit 0; }
+  bash /tmp/wh/install.sh /tmp/wh $SITE || exit 1
+  mkdir -p /tmp/abin
+  printf '#!/bin/sh\nexec python3 -m attnbench.cli "$@"\n' > /tmp/abin/attnbench
+  chmod +x /tmp/abin/attnbench
+  touch $SITE/.attnbench
+  python3 -c "import vllm, torch, snakemake; print('vllm', vllm.__version__, 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader
+  ;;
+start)
+  shift
+  targets=("$@")
+  [ ${#targets[@]} -gt 0 ] || targets=("${PLAN[@]/#/results/$EXP/runs/}")
+  targets=("${targets[@]/%//run.json}")
+  # setsid: the pipeline runs on after this command returns; it stops when the machine goes back.
+  setsid nohup bash -c '
+    for t in "$@"; do
+      echo "=== $(date +%T) $t"
+      snakemake --cores 1 --configfile '"$CONFIG"' --rerun-incomplete --keep-going "$t"
+      echo "=== $(date +%T) $t exit $?"
+      bash tests/gpu/h100.sh pack
+    done
+    echo "=== $(date +%T) analysis of the runs that exist"
+    for step in aggregate plots report; do
+      attnbench $step results/'"$EXP"' --config results/'"$EXP"'/config.effective.json || echo "$step failed"
+    done
+    attnbench bundle results/'"$EXP"' --config results/'"$EXP"'/config.effective.json || echo "bundle failed"
+    bash tests/gpu/h100.sh pack
+    echo "=== $(date +%T) DONE"
+  ' drive "${targets[@]}" > $DRIVE_LOG 2>&1 < /dev/null &
+  echo "started: ${targets[*]}"
+  ;;
+pack)
+  pack
+  ;;
+poll)
+  deadline=$(( $(date +%s) + ${2:-500} ))
+  while [ "$(date +%s)" -lt "$deadline" ] && ! grep -q "=== .* DONE" $DRIVE_LOG 2>/dev/null; do sleep 10; done
+  grep -E "^===|Error|error:|Finished job|failed" $DRIVE_LOG | tail -n 40
+  for f in results/$EXP/logs/serve_sweep/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 4 "$f"; }; done
+  cp $OUTBOX/* "$OUT"/ 2>/dev/null
+  cp $DRIVE_LOG "$OUT"/ 2>/dev/null
+  ls -la "$OUT"
+  ;;
+*)
+  echo "usage: $0 install|start [TARGET...]|poll SECONDS|pack" >&2
+  exit 2
+  ;;
+esac
