@@ -175,7 +175,9 @@ def _template(key: str, kind: str) -> string.Template:
 
 
 def _env(spec: ImageSpec) -> dict[str, str]:
-    env = dict(spec.backend_env)
+    # ATTNBENCH_* name the image from inside (probe_versions.py records them), whatever runs it.
+    env = {**spec.backend_env, "ATTNBENCH_ENGINE": spec.key, "ATTNBENCH_ARM": spec.arm,
+           "ATTNBENCH_GPU_TYPE": spec.gpu_type}  # fmt: skip
     if spec.variant:
         env["PYTHONPATH"] = VARIANT_TARGET
         env["ATTNBENCH_VARIANT"] = spec.variant
@@ -224,8 +226,11 @@ def resolve_digest(base: str) -> str | None:
     """The registry digest of `image:tag` via skopeo, when skopeo and the registry are reachable; else None."""
     if shutil.which("skopeo") is None:
         return None
-    proc = subprocess.run(["skopeo", "inspect", "--no-tags", f"docker://{base}"], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    try:
+        proc = subprocess.run(["skopeo", "inspect", "--no-tags", f"docker://{base}"], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
     if proc.returncode != 0:
         return None
     return json.loads(proc.stdout).get("Digest")
@@ -321,6 +326,51 @@ def inspect_docker_image(ref: str, client=None) -> dict:
     return {"image_id": image.id, "repo_digests": image.attrs.get("RepoDigests") or [], "labels": image.labels or {}}
 
 
+PROBE_SCRIPT = CONTAINERS_DIR / "probe_versions.py"
+
+
+def probe_docker_versions(ref: str, client=None) -> dict:
+    """Run containers/probe_versions.py in a throwaway container of `ref`: the versions as the engine sees them."""
+    import docker
+
+    client = docker_client(client)
+    try:
+        out = client.containers.run(ref, entrypoint=["python3", "-c", PROBE_SCRIPT.read_text(encoding="utf-8")],
+                                    command=[], remove=True, stdout=True, stderr=False)  # fmt: skip
+    except docker.errors.ContainerError as exc:
+        raise ContainerError(f"version probe in {ref} failed: {exc.stderr!r}"[:500]) from None
+    return json.loads(out)
+
+
+def image_provenance(cfg: dict, arm: dict, *, gpu_type: str | None = None,
+                     results_dir: str | os.PathLike | None = None) -> dict:  # fmt: skip
+    """What run.json records about the image an arm ran in: reference, digest (or unpinned), image ID and the
+    versions seen inside, from the image.json and versions.json that the build rules wrote. Missing files give
+    nulls, never a guess."""
+    from attnbench.gpu import resolve_gpu_type
+
+    gpu_type = resolve_gpu_type(cfg, gpu_type)
+    results_dir = results_dir or Path("results") / cfg["experiment"]
+    base = image_path(results_dir, cfg["engine"]["image"], arm=arm["name"], gpu_type=gpu_type).with_suffix("")
+    record = _read_json(base.with_suffix(".json")) or {}
+    versions = _read_json(base.with_suffix(".versions.json")) or record.get("versions") or {}
+    return {
+        "image": record.get("ref") or image_for(cfg, arm, gpu_type=gpu_type, results_dir=results_dir),
+        "digest": record.get("resolved_digest"),
+        "pinned": record.get("pinned"),
+        "image_id": record.get("image_id"),
+        "base": record.get("base_ref"),
+        "versions": {k: versions.get(k) for k in ("vllm", "torch", "cuda", "xformers")} if versions else {},
+    }
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def build_image(cfg: dict, arm: dict, gpu_type: str, out: Path, *, lock: dict | None = None, client=None) -> dict:
     """Check the pair, render, build, and write `out` (image.json: what was built and how it is pinned).
     Returns that record."""
@@ -340,6 +390,7 @@ def build_image(cfg: dict, arm: dict, gpu_type: str, out: Path, *, lock: dict | 
     elif runtime == "docker":
         built = build_docker(spec, out.with_suffix(".Dockerfile"), client)
         facts = inspect_docker_image(spec.tag, client)
+        built["versions"] = probe_docker_versions(spec.tag, client)
         if entry.get("local"):  # a local base has no registry digest; its image ID is what pins it
             facts_base = inspect_docker_image(spec.base, client)
             resolved = facts_base["image_id"]
@@ -415,7 +466,7 @@ class DockerServer:
     """
 
     def __init__(self, spec, log_path: Path, base_url: str, startup_timeout_s: float, *, image: str | None = None,
-                 device: str = "cpu", client=None, name: str | None = None):  # fmt: skip
+                 device: str | None = None, client=None, name: str | None = None):  # fmt: skip
         self.spec = spec
         self.log_path = Path(log_path)
         self.base_url = base_url.rstrip("/")
@@ -423,7 +474,7 @@ class DockerServer:
         self.image = image or spec.description.get("image")
         if not self.image:
             raise ContainerError("DockerServer needs an image (LaunchSpec.description['image'] or image=)")
-        self.device = device
+        self.device = device or spec.description.get("device") or "cpu"
         self._client = client
         self.name = name
         self.container = None
@@ -632,7 +683,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from attnbench.gpu import resolve_gpu_type
 
     cfg = load_config(args.config)
-    gpu_type = args.gpu_type or resolve_gpu_type(cfg)
+    gpu_type = resolve_gpu_type(cfg, args.gpu_type)
     record = build_image(cfg, arm_by_name(cfg, args.arm), gpu_type, Path(args.out), lock=load_lock(args.lock))
     state = "pinned" if record["pinned"] else "UNPINNED"
     print(f"built {record['ref']} ({state}, base {record['base_ref']}, resolved digest {record['resolved_digest']})")
@@ -645,7 +696,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     lock = load_lock(args.lock)
-    gpu_type = args.gpu_type or resolve_gpu_type(cfg)
+    gpu_type = resolve_gpu_type(cfg, args.gpu_type)
     arm = arm_by_name(cfg, args.arm)
     check_compatible(cfg, gpu_type, lock, [arm])
     spec = image_spec(cfg, arm, gpu_type, lock)

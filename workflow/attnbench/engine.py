@@ -126,6 +126,7 @@ def launch_spec(
         "backend": arm.get("backend"),
         "backend_args": backend_args,
         "backend_env": backend_env,
+        "device": engine.get("device"),  # containers.DockerServer requests the GPU from this
     }
     if runtime in ("venv", "native"):
         argv = [engine_python(cfg), "-m", API_SERVER_MODULE, *args]

@@ -155,13 +155,23 @@ def host_gpu_type(gpus: list[GpuInfo] | None = None) -> str:
     return gpus[0].key if gpus else cpu_key()
 
 
-def resolve_gpu_type(cfg: dict) -> str:
-    """`gpu.type` from the config, or the detected key when it is `auto`."""
-    configured = (cfg.get("gpu") or {}).get("type", "auto")
+def resolve_gpu_type(cfg: dict, override: str | None = None) -> str:
+    """`override` (a --gpu-type argument) or `gpu.type` from the config; `auto` means the detected key."""
+    configured = override or (cfg.get("gpu") or {}).get("type", "auto")
     if configured == "auto":
         return host_gpu_type()
     parse_gpu_type(configured)  # a typo fails here, naming the field
     return configured
+
+
+def planned_gpu_type(cfg: dict) -> str:
+    """The GPU type a workflow plans its images for: gpu.type when fixed, else the detected one. A host without a GPU
+    planning a cuda run (a login node, a laptop) gets `auto`: its images cannot be built there, and the build's GPU
+    check says so; a cluster run should fix gpu.type to the compute nodes' card."""
+    key = resolve_gpu_type(cfg)
+    if parse_gpu_type(key).is_cpu and (cfg.get("engine") or {}).get("device") == "cuda":
+        return "auto"
+    return key
 
 
 def parse_gpu_type(key: str) -> GpuType:
@@ -344,7 +354,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from attnbench.containers import load_lock
 
     cfg = load_config(args.config)
-    gpu_type = args.gpu_type or resolve_gpu_type(cfg)
+    gpu_type = resolve_gpu_type(cfg, args.gpu_type)
     arms = [arm_by_name(cfg, args.arm)] if args.arm else None
     check_compatible(cfg, gpu_type, load_lock(args.lock), arms)
     print(f"ok: {cfg['engine'].get('image') or cfg['engine']['runtime']} can run "

@@ -6,6 +6,7 @@ rule serve_sweep:
     input:
         model_inputs(),
         engine_inputs(),
+        image_inputs,
     output:
         records=f"{RUN_DIR}/records.jsonl",
         levels=f"{RUN_DIR}/levels.jsonl",
