@@ -19,6 +19,8 @@ from attnbench.aggregate import AggregateError, percentile, ratio_interval
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
 
 def frame(rows: list[tuple]) -> pd.DataFrame:
     """(arm, repeat, workload, concurrency, generation tps, tpot ms, flagged) -> a level frame."""
@@ -149,11 +151,18 @@ def test_decode_efficiency_hand_checked():
 
 
 def test_kernel_summaries():
-    fams = {"paged": {"share": 0.25, "gpu_time_us": 1}, "fa2": {"share": 0.75, "gpu_time_us": 3}}
-    assert aggregate.families_summary(fams) == "fa2 75.0%; paged 25.0%"
-    phases = {"decode": {"families": {"paged": {"share": 1.0}}}, "prefill": {"fa2": {"share": 1.0}}}
-    assert aggregate.phases_summary(phases) == "prefill: fa2 100.0% | decode: paged 100.0%"
+    # kernels.json entries: attention families carry attention_share, "other" (GEMMs...) has None and is left out
+    fams = {"paged_attention": {"share": 0.05, "attention_share": 0.25}, "fa2": {"share": 0.15, "attention_share": 0.75},
+            "other": {"share": 0.8, "attention_share": None}}  # fmt: skip
+    assert aggregate.families_summary(fams) == "fa2 75.0%, paged_attention 25.0%"
+    assert aggregate.families_summary({"b": 0.4, "a": 0.6}) == "a 60.0%, b 40.0%"  # plain shares
+    phases = {"decode": {"time_us": 1, "families": {"paged_attention": {"share": 0.1, "attention_share": 1.0}}},
+              "idle": {"time_us": 1, "families": {"other": {"share": 1.0, "attention_share": None}}},
+              "prefill": {"time_us": 1, "families": {"fa2": {"share": 0.2, "attention_share": 1.0}}}}  # fmt: skip
+    assert aggregate.phases_summary(phases) == "prefill: fa2 100.0%; decode: paged_attention 100.0%"
     assert aggregate.families_summary(None) == "" and aggregate.phases_summary(None) == ""
+    assert aggregate.attention_share_text({"attention_share": 0.0581}) == "5.8%"
+    assert aggregate.attention_share_text(None) == "n/a"
 
 
 def test_md_table_pads_and_aligns():
@@ -188,6 +197,16 @@ def test_build_tables_names_and_rows(experiment):
     assert list(levels["concurrency"][:3]) == [1, 2, 1]
     assert set(levels["requested_backend"]) == {"CPU_ATTN", "FLASH_ATTN"}
     assert not levels["flagged"].any()
+    # Hand-checked first row (base, speed 1, short, c=1): one request of 8 tokens, TTFT 0.05 s, 7 gaps of 0.02 s,
+    # window 0.19 s, latency 2 ms. llmapibenchmark's formulas (metrics.py): generation 8 / (0.19 - 0.002),
+    # prompt 45 / (0.05 - 0.002); TPOT 0.14 / 7 = 20 ms; decode efficiency 2 ms / 20 ms = 10%.
+    first = levels.iloc[0]
+    assert (first["arm"], first["repeat"], first["workload"], first["concurrency"]) == ("base", 0, "short", 1)
+    assert first["generation_throughput_tps"] == pytest.approx(8 / 0.188, rel=1e-5)
+    assert first["prompt_throughput_tps"] == pytest.approx(45 / 0.048, rel=1e-5)
+    assert first["min_ttft_s"] == pytest.approx(0.05) and first["tpot_ms_median"] == pytest.approx(20.0)
+    assert first["decode_efficiency_pct"] == pytest.approx(10.0, rel=1e-5)
+    assert tables["levels.csv"].splitlines()[1].split(",")[:5] == ["synth", "base", "0", "short", "1"]
     # decode efficiency only at concurrency 1: 2 ms bound / measured median TPOT
     one = levels[levels["concurrency"] == 1]
     assert (one["decode_bound_ms"] == 2).all()
@@ -251,22 +270,33 @@ def test_failed_run_is_flagged_in_every_table(tmp_path):
 
 
 def test_kernel_expectation_violation_is_flagged(tmp_path):
+    """A real H100 trace (vLLM 0.26, FLASH_ATTN -> FA3 kernels) attributed by kernels.py: the arm that forbids fa3
+    is flagged everywhere, the arm that requires it is not."""
+    from attnbench import kernels
+
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()
+    shutil.copy(FIXTURES / "traces" / "h100-vllm0.26-fa3.trace.json.gz", trace_dir)
+    seen = kernels.attribute(trace_dir)
     arms = [
-        {"name": "base", "backend": "XFORMERS", "expect_kernels": {"require": [], "forbid": ["fa2"]}},
-        {"name": "fast", "backend": "FLASH_ATTN", "expect_kernels": {"require": ["fa2"], "forbid": []}},
+        {"name": "base", "backend": "FLASH_ATTN", "expect_kernels": {"require": [], "forbid": ["fa3"]}},
+        {"name": "fast", "backend": "FLASH_ATTN", "expect_kernels": {"require": ["fa3"], "forbid": []}},
     ]
     cfg = synth_runs.config(arms=arms, repeats=1)
     exp = tmp_path / "synth"
-    seen = {"families": {"fa2": {"share": 0.8, "gpu_time_us": 8.0, "kernels": ["pytorch_flash::flash_fwd_kernel"]},
-                         "paged": {"share": 0.2, "gpu_time_us": 2.0, "kernels": ["paged_attention_v1"]}}}  # fmt: skip
     synth_runs.write_run(exp, cfg, "base", 0, 1.0, kernels=seen)
     synth_runs.write_run(exp, cfg, "fast", 0, 2.0, kernels=seen)
     tables = aggregate.build_tables(exp, cfg)
-    kernels_rows = [line for line in tables["kernels.md"].splitlines() if line.startswith("| base") or
-                    line.startswith("| fast")]  # fmt: skip
-    assert kernels_rows[0].startswith("| base (!)") and "forbid fa2: violated" in kernels_rows[0]
-    assert "fa2 80.0%; paged 20.0%" in kernels_rows[0]
-    assert kernels_rows[1].startswith("| fast ") and "require fa2: ok" in kernels_rows[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in tables["kernels.md"].splitlines()
+            if line.startswith("| base") or line.startswith("| fast")]  # fmt: skip
+    assert rows[0][:8] == ["base (!)", "0", "FLASH_ATTN", "FLASH_ATTN", "fa3 100.0%", "5.8%",
+                           "prefill: fa3 100.0%; decode: fa3 100.0%; mixed: fa3 100.0%", "forbid fa3: violated"]
+    assert rows[0][8].startswith("kernels: forbidden kernel family fa3 ran: 2738 kernels")
+    assert rows[1][0] == "fast" and rows[1][7] == "require fa3: ok" and rows[1][8] == "-"
+    levels = pd.read_csv(io.StringIO(tables["levels.csv"]))
+    assert levels.groupby("arm")["flagged"].all().to_dict() == {"base": True, "fast": False}
+    assert set(levels["expectation"]) == {"violated", "ok"}
+    assert "(!) FLAGGED: kernels: forbidden kernel family fa3" in tables["article_base_short.md"]
 
 
 def test_no_runs_is_a_clear_error(tmp_path):

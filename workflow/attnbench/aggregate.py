@@ -150,23 +150,24 @@ def missing_runs(exp_dir: Path, cfg: dict) -> list[str]:
 # Kernel summaries
 
 
-def _share(value: Any) -> float | None:
-    if isinstance(value, dict):
-        value = value.get("share")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def families_summary(families: dict | None) -> str:
-    """'fa3 91.2%; paged 8.8%': families by GPU-time share, largest first (name breaks ties)."""
+    """'fa3 91.2%, paged_attention 8.8%': attention families by their share of attention time (kernels.json's
+    `attention_share`), largest first, name breaking ties. Without attention shares (an older or hand-written
+    attribution) every family is listed with its share of all time."""
     if not families:
         return ""
-    items = [(name, _share(v)) for name, v in families.items()]
+    entries = {name: v if isinstance(v, dict) else {"share": v} for name, v in families.items()}
+    if any("attention_share" in v for v in entries.values()):
+        items = [(n, v.get("attention_share")) for n, v in entries.items() if v.get("attention_share") is not None]
+    else:
+        items = [(n, v.get("share")) for n, v in entries.items()]
     items.sort(key=lambda kv: (-(kv[1] or 0.0), kv[0]))
-    return "; ".join(name if share is None else f"{name} {100 * share:.1f}%" for name, share in items)
+    return ", ".join(name if share is None else f"{name} {100 * share:.1f}%" for name, share in items)
 
 
 def phases_summary(phases: Any) -> str:
-    """'prefill: fa2 100.0% | decode: paged 100.0%' from kernels.json's phase split, when the trace allowed one."""
+    """'prefill: pytorch_flash 100.0%; decode: paged_attention 100.0%' from kernels.json's phase split (phases
+    without attention kernels, such as idle time, are left out)."""
     if not isinstance(phases, dict) or not phases:
         return ""
     parts = []
@@ -174,9 +175,15 @@ def phases_summary(phases: Any) -> str:
         body = phases[phase]
         if isinstance(body, dict) and isinstance(body.get("families"), dict):
             body = body["families"]
-        if isinstance(body, dict):
-            parts.append(f"{phase}: {families_summary(body) or '-'}")
-    return " | ".join(parts)
+        text = families_summary(body) if isinstance(body, dict) else ""
+        if text:
+            parts.append(f"{phase}: {text}")
+    return "; ".join(parts)
+
+
+def attention_share_text(kernels: dict | None) -> str:
+    share = (kernels or {}).get("attention_share")
+    return f"{100 * share:.1f}%" if isinstance(share, (int, float)) else "n/a"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -575,11 +582,12 @@ def kernels_md(runs: list[RunInfo], cfg: dict) -> str:
     parts = [
         "# Attention kernels per run\n",
         "Requested backend (config), the backend the server log named, and the kernel families the profiler probe "
-        "saw with their share of GPU (or CPU) time; the phase split is shown where the trace allowed one. "
+        "saw with their share of attention time (GPU kernel time, or CPU op time on the CPU engine), the attention share "
+        "of all time, and the split into prefill and decode where the trace allowed one. "
         f"{FLAG_MARK} marks a run whose kernels contradict its arm's expectation or that did not finish.\n",
     ]
     headers = ["Arm", "Repeat", "Requested backend", "Logged backend", "Kernel families (share)",
-               "Prefill / decode", "Expectation", "Flags"]  # fmt: skip
+               "Attention share of time", "Prefill / decode", "Expectation", "Flags"]  # fmt: skip
     rows = []
     for info in runs:
         arm = arms[info.arm]
@@ -595,12 +603,13 @@ def kernels_md(runs: list[RunInfo], cfg: dict) -> str:
                 arm.get("backend") or "(default)",
                 info.logged_backend or "n/a",
                 families_summary(kern.get("families")) or ("no probe" if info.kernels is None else "none seen"),
+                attention_share_text(info.kernels),
                 phases_summary(kern.get("phases")) or "n/a",
                 f"{exp_text}: {_expectation_word(info, arm)}" if exp_text else "none",
                 "; ".join(info.flags) or "-",
             ]
         )
-    parts.append(md_table(headers, rows, right={1}))
+    parts.append(md_table(headers, rows, right={1, 5}))
     return "\n".join(parts)
 
 
