@@ -179,6 +179,10 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
             spec.env["VLLM_API_KEY"] = api_key  # vLLM reads it; never on the command line
         run["server"] = {"argv": provenance.redact(spec.argv, secrets), "env": provenance.redact(spec.env, secrets)}
         run["engine"]["image"] = spec.description.get("image", run["engine"]["image"])
+        if engine["runtime"] in ("docker", "apptainer"):  # digest, pinned, image ID, versions inside: from the build
+            from attnbench.containers import image_provenance
+
+            run["engine"].update(image_provenance(cfg, arm, results_dir=exp_dir))
         versions_argv = _versions_argv(cfg, spec)
         if versions_argv:
             run["engine"]["versions"] = provenance.engine_versions(versions_argv, spec.env)
