@@ -9,7 +9,12 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 
 
-configfile: "config/article.yaml"
+# The article is the default experiment. A --configfile replaces it rather than being merged over it (a merge
+# would leave article keys such as model.quantization in the demo); the remote jobs of cluster executors get the
+# same --configfile list, so they see the same config as the main process.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/article.yaml"
 
 
 # The schema fills defaults; attnbench.config then checks the rules spanning fields (common.smk).
@@ -44,4 +49,6 @@ rule all:
 
 # Under a cluster executor (profiles/slurm) only the server+sweep runs (and the builds, if so configured) become
 # cluster jobs; every other rule runs on the submit host. Local runs are unaffected. docs/cluster.md
-workflow.localrules(*(r.name for r in workflow.rules if r.name not in remote_rules(config)))
+workflow.localrules(
+    *(r.name for r in workflow.rules if r.name not in remote_rules(config))
+)
