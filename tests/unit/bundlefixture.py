@@ -1,6 +1,6 @@
 """A small but complete experiment folder, written from the record dataclasses, for the bundle/verify/compare
 unit tests: two arms x two repeats, one workload at two concurrency levels, run.json files, a server log holding
-secrets, derived tables from aggregate.build_tables, a plot and a report."""
+secrets, derived tables from aggregate.write_tables, a plot and a report."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+from attnbench import aggregate
 from attnbench.records import LevelRecord, RequestRecord, append_jsonl
 
 SECRET = "sk-test-0123456789abcdef"  # the API key the fixture's "server" was given
@@ -88,19 +89,15 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
-def write_derived(exp_dir: Path, cfg: dict, build_tables) -> None:
-    tables = exp_dir / "tables"
-    tables.mkdir(exist_ok=True)
-    for name, text in build_tables(exp_dir, cfg).items():
-        path = exp_dir / name if "/" in name else tables / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+def write_derived(exp_dir: Path, cfg: dict) -> None:
+    """Tables as the aggregate rule writes them (levels.csv, .parquet, markdown), a plot and a report."""
+    aggregate.write_tables(exp_dir, cfg)
     (exp_dir / "plots").mkdir(exist_ok=True)
     (exp_dir / "plots" / "throughput.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     (exp_dir / "report.md").write_text("# unit report\n", encoding="utf-8")
 
 
-def make_experiment(root: Path, build_tables, *, experiment: str = "unit", slow_factor: float = 0.5,
+def make_experiment(root: Path, *, experiment: str = "unit", slow_factor: float = 0.5,
                     missing_arm: bool = False, seed: int = 1, speedup: float = 1.0,
                     gpu_type: str = "cpu-x86_64") -> tuple[Path, dict]:
     """speedup scales both arms' speed (a faster machine); slow_factor is the slow arm's speed relative to fast."""
@@ -113,5 +110,5 @@ def make_experiment(root: Path, build_tables, *, experiment: str = "unit", slow_
         for k in range(cfg["sweep"]["repeats"]):
             speed = speedup * (1.0 if arm["name"] == "fast" else slow_factor)
             write_run(exp_dir, cfg, arm, k, speed=speed, rng=rng, gpu_type=gpu_type)
-    write_derived(exp_dir, cfg, build_tables)
+    write_derived(exp_dir, cfg)
     return exp_dir, cfg

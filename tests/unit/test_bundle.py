@@ -12,21 +12,17 @@ from pathlib import Path
 import pytest
 from bundlefixture import HF_SECRET, KEY_ENV, SECRET, make_experiment, write_derived
 
-from attnbench import bundle, verify
+from attnbench import aggregate, bundle, verify
 from attnbench.cli import main
 from attnbench.errors import BundleError
 from attnbench.records import read_requests
 
 
-def _build_tables():
-    from attnbench import aggregate
-
-    return aggregate.build_tables
 
 
 @pytest.fixture
 def built(tmp_path):
-    exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables())
+    exp_dir, cfg = make_experiment(tmp_path / "results")
     path = bundle.build_bundle(exp_dir, cfg, tmp_path / "out", environ={KEY_ENV: SECRET})
     return path, exp_dir, cfg
 
@@ -53,8 +49,7 @@ def reseal(root: Path, rebuild_tables: bool = False) -> None:
     the deeper checks (recompute, consistency) can catch the edit."""
     manifest = json.loads((root / "manifest.json").read_text())
     if rebuild_tables:
-        for name, text in _build_tables()(root, manifest["config"]).items():
-            (root / "tables" / name).write_text(text, encoding="utf-8")
+        aggregate.write_tables(root, manifest["config"])
     manifest["files"] = {rel: {"sha256": bundle.sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
                          for rel in manifest["files"] if (root / rel).exists()}
     manifest["manifest_sha256"] = bundle.manifest_digest(manifest)
@@ -115,7 +110,7 @@ def test_scrub_patterns_without_env():
 
 
 def test_partial_bundle_says_what_is_missing_and_verifies(tmp_path):
-    exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables(), missing_arm=True)
+    exp_dir, cfg = make_experiment(tmp_path / "results", missing_arm=True)
     path = bundle.build_bundle(exp_dir, cfg, tmp_path)
     result = verify.verify_bundle(path)
     assert result.findings == []
@@ -162,6 +157,20 @@ def test_changed_table_cell_is_named(built, tmp_path):
     found = findings_of(pack(root, tmp_path / "t.tar.gz"))
     assert len(found) == 1 and found[0].file == "tables/levels.csv" and found[0].field.startswith("line 3")
     assert found[0].expected != found[0].found
+
+
+def test_changed_parquet_value_is_named(built, tmp_path):
+    import pandas as pd
+
+    path, _, _ = built
+    root = extract(path, tmp_path / "x")
+    table = root / "tables/levels.parquet"
+    frame = pd.read_parquet(table)
+    frame.loc[1, "generation_throughput_tps"] *= 1.01
+    frame.to_parquet(table, index=False)
+    reseal(root)
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert [(f.file, f.field) for f in found] == [("tables/levels.parquet", "row 2 generation_throughput_tps")]
 
 
 def test_removed_file_is_named(built, tmp_path):
@@ -295,29 +304,29 @@ def test_unaccounted_failure_and_missing_level_are_named(built, tmp_path):
 
 
 def test_backend_mismatch_fails_unless_allowed(tmp_path):
-    exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables())
+    exp_dir, cfg = make_experiment(tmp_path / "results")
     run_json = exp_dir / "runs/slow/rep0/run.json"
     run = json.loads(run_json.read_text())
     run["backend"]["logged"] = "TORCH_SDPA"
     run_json.write_text(json.dumps(run))
-    write_derived(exp_dir, cfg, _build_tables())
+    write_derived(exp_dir, cfg)
     found = findings_of(bundle.build_bundle(exp_dir, cfg, tmp_path / "a.tar.gz"))
     assert found == [verify.Finding("runs/slow/rep0/run.json", "backend.logged", "CPU_ATTN", "TORCH_SDPA")]
     cfg["arms"][1]["allow_backend_mismatch"] = True
-    write_derived(exp_dir, cfg, _build_tables())
+    write_derived(exp_dir, cfg)
     result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "b.tar.gz"))
     assert result.ok and any("TORCH_SDPA" in n and "allowed" in n for n in result.notes)
 
 
 def test_forbidden_kernel_family_fails(tmp_path):
-    exp_dir, cfg = make_experiment(tmp_path / "results", _build_tables())
+    exp_dir, cfg = make_experiment(tmp_path / "results")
     cfg["arms"][0]["expect_kernels"] = {"require": ["paged_attention"], "forbid": ["fa2"]}
     for k in (0, 1):
         kernels = {"families": {
             "fa2": {"gpu_time_us": 5.0, "share": 0.5, "count": 3, "kernels": [{"name": "flash_fwd_splitkv"}]},
             "paged_attention": {"gpu_time_us": 5.0, "share": 0.5, "count": 3, "kernels": [{"name": "pa_v1"}]}}}
         (exp_dir / f"runs/fast/rep{k}/kernels.json").write_text(json.dumps(kernels))
-    write_derived(exp_dir, cfg, _build_tables())
+    write_derived(exp_dir, cfg)
     result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "k.tar.gz"))
     assert result.manifest["arms"][0]["kernel_families"] == ["fa2", "paged_attention"]
     assert [f.file for f in result.findings] == ["runs/fast/rep0/kernels.json", "runs/fast/rep1/kernels.json"]

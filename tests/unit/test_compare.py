@@ -19,9 +19,9 @@ from attnbench.errors import BundleError
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmp")
-    exp_a, cfg_a = make_experiment(root / "a", aggregate.build_tables, seed=1)
-    exp_b, cfg_b = make_experiment(root / "b", aggregate.build_tables, seed=2, speedup=2.0, gpu_type="h100-sxm-sm90-80g")
-    exp_c, cfg_c = make_experiment(root / "c", aggregate.build_tables, seed=1)  # a's twin
+    exp_a, cfg_a = make_experiment(root / "a", seed=1)
+    exp_b, cfg_b = make_experiment(root / "b", seed=2, speedup=2.0, gpu_type="h100-sxm-sm90-80g")
+    exp_c, cfg_c = make_experiment(root / "c", seed=1)  # a's twin
     return (bundle.build_bundle(exp_a, cfg_a, root / "out_a"), bundle.build_bundle(exp_b, cfg_b, root / "out_b"),
             bundle.build_bundle(exp_c, cfg_c, root / "out_c"))
 

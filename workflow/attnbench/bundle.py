@@ -348,12 +348,17 @@ def _load_cfg(path: str) -> dict:
 def _cmd_bundle(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args.config)
     path = build_bundle(Path(args.exp_dir), cfg, Path(args.out) if args.out else None)
-    manifest_note = "" if not args.receipt else f" (receipt {args.receipt})"
+    print(path)
+    if args.verify:  # the pipeline's last step checks its own bundle the way a peer will
+        from attnbench.verify import report_result, verify_bundle  # noqa: PLC0415
+
+        status = report_result(str(path), verify_bundle(path))
+        if status:
+            return status
     if args.receipt:
         receipt = Path(args.receipt)
         receipt.parent.mkdir(parents=True, exist_ok=True)
         receipt.write_text(f"{sha256_file(path)}  {path.name}\n", encoding="utf-8")
-    print(f"{path}{manifest_note}")
     return 0
 
 
@@ -363,6 +368,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help="the experiment config YAML")
     p.add_argument("--out", help="output folder or .tar.gz path (default: EXP_DIR/bundle-<gpu-type>-<yyyymmdd>.tar.gz)")
     p.add_argument("--receipt", help="also write '<sha256>  <bundle name>' to this file (the Snakemake target)")
+    p.add_argument("--verify", action="store_true", help="verify the written bundle; exit 1 (no receipt) if it fails")
     p.set_defaults(func=_cmd_bundle)
 
     from attnbench import verify  # noqa: PLC0415  (cli.py lists modules; verify rides along with bundle)

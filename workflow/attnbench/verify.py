@@ -161,7 +161,30 @@ def check_tables(root: Path, manifest: dict, build_tables: Callable | None = Non
         stored = path.read_text(encoding="utf-8")
         if stored != text:
             findings.append(first_difference(rel, text, stored))
+    if "levels.csv" in recomputed and (root / "tables/levels.parquet").is_file():
+        findings += _check_parquet(root / "tables/levels.parquet", recomputed["levels.csv"])
     return findings
+
+
+def _check_parquet(path: Path, csv_text: str) -> list[Finding]:
+    """levels.parquet holds the rows of levels.csv (aggregate writes it from the CSV text); Parquet bytes depend on
+    the pyarrow build, so compare values, not bytes."""
+    import pandas as pd  # noqa: PLC0415
+
+    rel = "tables/levels.parquet"
+    try:
+        stored = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001  (pyarrow raises several types for a damaged file)
+        return [Finding(rel, "parquet", "readable Parquet", f"{type(exc).__name__}: {exc}")]
+    expected = pd.read_csv(io.StringIO(csv_text))
+    if list(stored.columns) != list(expected.columns) or len(stored) != len(expected):
+        return [Finding(rel, "shape", f"{len(expected)} rows x {list(expected.columns)}",
+                        f"{len(stored)} rows x {list(stored.columns)}")]
+    for col in expected.columns:
+        for i, (e, g) in enumerate(zip(expected[col], stored[col])):
+            if not (e == g or (pd.isna(e) and pd.isna(g))):
+                return [Finding(rel, f"row {i + 1} {col}", e, g)]
+    return []
 
 
 # --- manifest ---------------------------------------------------------------------------------------------------
@@ -384,17 +407,22 @@ def _verify_into(archive: Path, root: Path, build_tables: Callable | None) -> Ve
     return verify_extracted(root, build_tables)
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    result = verify_bundle(Path(args.bundle), workdir=Path(args.extract_to) if args.extract_to else None)
+def report_result(name: str, result: VerifyResult) -> int:
+    """Print PASS or the findings, one per line; the exit status (0 pass, 1 findings)."""
     for note in result.notes:
         print(f"note: {note}")
     if result.ok:
-        print(f"PASS {args.bundle}")
+        print(f"PASS {name}")
         return 0
-    print(f"FAIL {args.bundle}: {len(result.findings)} problem(s)")
+    print(f"FAIL {name}: {len(result.findings)} problem(s)")
     for finding in result.findings:
         print(f"  {finding}")
     return 1
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    result = verify_bundle(Path(args.bundle), workdir=Path(args.extract_to) if args.extract_to else None)
+    return report_result(args.bundle, result)
 
 
 def register(subparsers) -> None:
