@@ -323,3 +323,18 @@ def test_cli_aggregate_writes_tables(experiment, tmp_path):
     cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     assert main(["aggregate", str(exp), "--config", str(cfg_path)]) == 0
     assert (exp / "tables" / "levels.csv").exists() and (exp / "tables" / "levels.parquet").exists()
+
+
+def test_arm_metadata_is_text_whatever_the_mix(tmp_path):
+    # An int next to None would make pandas write "2.0" in a float column; metadata is written as text instead.
+    arms = [{"name": "base", "backend": "FLASH_ATTN"}, {"name": "fast", "backend": "FLASH_ATTN", "flash_attn_version": 2}]
+    cfg = synth_runs.config(arms=arms, repeats=1)
+    exp = tmp_path / "synth"
+    synth_runs.write_run(exp, cfg, "base", 0, 1.0)
+    synth_runs.write_run(exp, cfg, "fast", 0, 2.0, logged="TRITON_ATTN")
+    lines = aggregate.build_tables(exp, cfg)["levels.csv"].splitlines()
+    header = lines[0].split(",")
+    col = {name: header.index(name) for name in ("flash_attn_version", "logged_backend", "backend_match")}
+    base, fast = lines[1].split(","), lines[-1].split(",")
+    assert [base[col["flash_attn_version"]], fast[col["flash_attn_version"]]] == ["", "2"]
+    assert [fast[col["logged_backend"]], fast[col["backend_match"]]] == ["TRITON_ATTN", "False"]

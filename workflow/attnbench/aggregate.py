@@ -202,12 +202,13 @@ def levels_frame(exp_dir: Path, cfg: dict) -> pd.DataFrame:
             continue
         arm = arms[info.arm]
         kern = info.kernels or {}
+        # Metadata as text, so the CSV reads the same whatever dtype pandas would infer from a mix of None and ints.
         meta = {
             "requested_backend": arm.get("backend") or "",
-            "flash_attn_version": arm.get("flash_attn_version"),
+            "flash_attn_version": _text(arm.get("flash_attn_version")),
             "article_backend": arm.get("article_backend") or "",
             "logged_backend": info.logged_backend or "",
-            "backend_match": info.backend_match,
+            "backend_match": _text(info.backend_match),
             "run_status": info.status,
             "kernel_families": families_summary(kern.get("families")),
             "kernel_phases": phases_summary(kern.get("phases")),
@@ -225,6 +226,10 @@ def levels_frame(exp_dir: Path, cfg: dict) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     df = _add_decode_efficiency(df, cfg)
     return order_frame(df, cfg)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
 def _expectation_word(info: RunInfo, arm: dict) -> str:
@@ -509,10 +514,14 @@ def arms_vs_baseline(df: pd.DataFrame, cfg: dict) -> str:
     return "\n".join(parts)
 
 
-def read_published(path: Path = PUBLISHED_CSV) -> pd.DataFrame:
-    if not path.exists():
-        raise AggregateError(f"{path}: published reference table is missing")
-    return pd.read_csv(path)
+def read_published(path: Path | None = None) -> pd.DataFrame:
+    """The article's numbers: from the checkout this package lives in, else from the working directory (a
+    non-editable install run from a checkout)."""
+    candidates = [path] if path else [PUBLISHED_CSV, Path.cwd() / "config" / "reference" / PUBLISHED_CSV.name]
+    for candidate in candidates:
+        if candidate.exists():
+            return pd.read_csv(candidate)
+    raise AggregateError(f"published reference table is missing (looked for {', '.join(map(str, candidates))})")
 
 
 def vs_published_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> pd.DataFrame:
@@ -699,7 +708,7 @@ def read_levels_csv(exp_dir: Path) -> pd.DataFrame:
     if not path.exists():
         raise AggregateError(f"{path} is missing: run `attnbench aggregate {exp_dir} --config CFG` first")
     text_cols = ["flag_reason", "kernel_families", "kernel_phases", "logged_backend", "requested_backend",
-                 "article_backend", "expectation", "run_status"]  # fmt: skip
+                 "article_backend", "expectation", "run_status", "flash_attn_version", "backend_match"]  # fmt: skip
     df = pd.read_csv(path, dtype={c: str for c in text_cols})
     for col in text_cols:
         if col in df:
