@@ -77,5 +77,5 @@ def test_bad_gpu_model_name_is_rejected_by_the_schema():
 def test_builds_stay_local_unless_configured():
     assert remote_rules(config("demo.yaml")) == {"serve_sweep"}
     cfg = config("demo.yaml", slurm={"builds": "cluster", "build": {"cpus": 8}})
-    assert remote_rules(cfg) == {"serve_sweep", "engine_venv", "container_image"}
+    assert remote_rules(cfg) == {"serve_sweep", "engine_venv", "build_image", "engine_versions"}
     assert build_resources(cfg) == {"cpus_per_task": 8, "mem_mb": 16000, "runtime": 120}

@@ -17,7 +17,7 @@ from attnbench.errors import ConfigError
 # nodes often lack internet, so builds stay on the submit host by default). Every other rule only reads results
 # and writes small files, and runs on the submit host.
 RUN_RULES = ("serve_sweep",)
-BUILD_RULES = ("engine_venv", "container_image")
+BUILD_RULES = ("engine_venv", "build_image", "engine_versions")
 
 
 def _common(cfg: dict, partition: str | None = None) -> dict:
