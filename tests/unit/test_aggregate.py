@@ -338,3 +338,11 @@ def test_arm_metadata_is_text_whatever_the_mix(tmp_path):
     base, fast = lines[1].split(","), lines[-1].split(",")
     assert [base[col["flash_attn_version"]], fast[col["flash_attn_version"]]] == ["", "2"]
     assert [fast[col["logged_backend"]], fast[col["backend_match"]]] == ["TRITON_ATTN", "False"]
+
+
+def test_damaged_raw_file_is_a_clear_error(experiment):
+    exp, cfg = experiment
+    with (exp / "runs" / "fast" / "rep1" / "records.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write("{not json\n")
+    with pytest.raises(AggregateError, match=r"raw records unreadable: .*fast/rep1/records.jsonl:\d+: not JSON"):
+        aggregate.build_tables(exp, cfg)

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from attnbench.errors import AttnbenchError
+from attnbench.records import RecordError
 
 TABLES_DIR = "tables"
 PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "config" / "reference" / "article_published.csv"
@@ -197,7 +198,10 @@ def levels_frame(exp_dir: Path, cfg: dict) -> pd.DataFrame:
     arms = {a["name"]: a for a in arms_of(cfg)}
     frames = []
     for info in load_runs(exp_dir, cfg):
-        df = metrics.read_run(info.run_dir)
+        try:
+            df = metrics.read_run(info.run_dir)
+        except RecordError as exc:  # a damaged raw file: name it, do not guess around it
+            raise AggregateError(f"raw records unreadable: {exc}") from None
         if df.empty:
             continue
         arm = arms[info.arm]
