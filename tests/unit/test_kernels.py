@@ -270,3 +270,15 @@ def test_summary_names_the_dominant_family_per_phase():
     short = kernels.summary(kernels.attribute(CPU_TRACE))
     assert short["dominant_by_phase"]["prefill"] == "cpu_attention"
     assert short["families_seen"] == ["cpu_attention"]
+
+
+def test_h100_torch_attention_trace_separates_pytorch_flash_from_cutlass(tmp_path):
+    # Real H100 trace of PyTorch's two attention kernels: what xformers' flash and cutlass ops run.
+    att = kernels.attribute(trace_dir_with(tmp_path, FIXTURES / "torch-cuda-sdpa.trace.json.gz"))
+    assert att["device"] == "cuda"
+    assert {f: v["count"] for f, v in att["families"].items()} == {"pytorch_flash": 3, "xformers_cutlass": 3}
+    assert att["attention_share"] == pytest.approx(1.0)
+    assert att["phase_source"] == "kernel_name"  # no vLLM step annotations in a bare torch trace
+    assert kernels.check_expectations(att, {"forbid": ["pytorch_flash"]})[0].startswith(
+        "forbidden kernel family pytorch_flash ran: 3 kernels"
+    )
