@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -383,7 +384,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     table = level_table(summary.records if summary else collected, summary.levels if summary else levels)
     print(format_table(table))
     if args.summary_json:
-        Path(args.summary_json).write_text(table.to_json(orient="records", double_precision=15) + "\n")
+        # json (not pandas' writer) keeps every float exactly, so the summary can be compared with a recomputation.
+        Path(args.summary_json).write_text(json.dumps(table.to_dict(orient="records")) + "\n", encoding="utf-8")
     if error:
         raise error
     if summary and summary.n_failed:
