@@ -53,7 +53,8 @@ start)
     for t in "$@"; do
       echo "=== $(date +%T) $t"
       snakemake --cores 1 --configfile '"$CONFIG"' --rerun-incomplete --keep-going "$t"
-      echo "=== $(date +%T) $t exit $?"
+      rc=$?
+      echo "=== $(date +%T) $t exit $rc"
       bash tests/gpu/h100.sh pack
     done
     echo "=== $(date +%T) analysis of the runs that exist"

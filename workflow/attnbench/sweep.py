@@ -27,7 +27,7 @@ import httpx
 
 from attnbench.client import DEFAULT_SYSTEM_PROMPT, Client, Sampling
 from attnbench.errors import AttnbenchError, SweepError
-from attnbench.records import JsonlAppender, LevelRecord, RequestRecord
+from attnbench.records import JsonlAppender, LevelRecord, RequestRecord, iter_jsonl
 from attnbench.workload import PromptBuilder
 
 SWEEP_DEFAULTS = {
@@ -135,10 +135,15 @@ async def latency_probe(http: httpx.AsyncClient, base_url: str, n: int) -> list[
 
 
 def _check_fresh(out_dir: Path) -> None:
+    """A sweep starts a run folder: it may only find the records of a kernel probe sent just before it (run-arm
+    profiles the server first, so a failed kernel expectation stops the run before the sweep's time is spent)."""
     for name in ("records.jsonl", "levels.jsonl"):
         path = out_dir / name
-        if path.exists() and path.stat().st_size > 0:
-            raise SweepError(f"{path} already holds records; write each run to a fresh folder")
+        if not path.exists() or path.stat().st_size == 0:
+            continue
+        if name == "records.jsonl" and all(d.get("phase") == "probe" for _, d in iter_jsonl(path)):
+            continue
+        raise SweepError(f"{path} already holds records; write each run to a fresh folder")
 
 
 class _Progress:
