@@ -15,6 +15,7 @@ set -euo pipefail
 SRC=$(realpath "${1:?usage: build-image.sh ENGINE_VENV [TAG] [CACHE_DIR]}")
 TAG=${2:-localhost/attnbench-vllm-cpu:0.32.0}
 CACHE=${3:-$HOME/.cache/attnbench/cpu-rootfs}
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$(cd "$(dirname "$0")" && pwd)/containers.conf}
 PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs)
 
 if "${PODMAN[@]}" image exists "$TAG"; then

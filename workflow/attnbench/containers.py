@@ -499,8 +499,8 @@ class DockerServer:
         import docker
         from docker.types import DeviceRequest
 
-        if self.container is not None:
-            raise ContainerError("server container already started")
+        if self.container is not None:  # idempotent like server.Server: `with srv: srv.start()` starts once
+            return
         cleanup_orphans(self.client)
         url = urlparse(self.base_url)
         if url.hostname not in ("127.0.0.1", "localhost") or not url.port:
