@@ -217,13 +217,13 @@ def test_step_annotation_phases(annotation, phase):
 
 def test_missing_trace_folder(tmp_path):
     with pytest.raises(kernels.KernelTraceError, match="does not exist"):
-        kernels.attribute(tmp_path / "nope")
+        kernels.attribute(tmp_path / "nope", wait_s=0)
 
 
 def test_empty_trace_folder(tmp_path):
     (tmp_path / "t").mkdir()
     with pytest.raises(kernels.KernelTraceError, match="no torch profiler trace"):
-        kernels.attribute(tmp_path / "t")
+        kernels.attribute(tmp_path / "t", wait_s=0)
 
 
 def test_truncated_gzip_names_the_file(tmp_path):
@@ -231,7 +231,7 @@ def test_truncated_gzip_names_the_file(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "cut.pt.trace.json.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(kernels.KernelTraceError, match="cut.pt.trace.json.gz"):
-        kernels.attribute(tmp_path / "t")
+        kernels.attribute(tmp_path / "t", wait_s=0)
 
 
 def test_json_that_is_no_trace(tmp_path):
@@ -239,7 +239,7 @@ def test_json_that_is_no_trace(tmp_path):
     with gzip.open(tmp_path / "t" / "x.json.gz", "wt") as fh:
         json.dump([1, 2], fh)
     with pytest.raises(AttnbenchError, match="no traceEvents"):
-        kernels.attribute(tmp_path / "t")
+        kernels.attribute(tmp_path / "t", wait_s=0)
 
 
 def test_unknown_family_in_expectations():
@@ -282,3 +282,35 @@ def test_h100_torch_attention_trace_separates_pytorch_flash_from_cutlass(tmp_pat
     assert kernels.check_expectations(att, {"forbid": ["pytorch_flash"]})[0].startswith(
         "forbidden kernel family pytorch_flash ran: 3 kernels"
     )
+
+
+def test_waits_for_a_trace_that_is_still_being_written(tmp_path):
+    # vLLM 0.7.x answers /stop_profile before the engine has written the trace (one-way RPC).
+    import threading
+    import time
+
+    data = (FIXTURES / "h100-vllm0.26-triton.trace.json.gz").read_bytes()
+    folder = tmp_path / "trace"
+    folder.mkdir()
+    target = folder / "host_123.1.pt.trace.json.gz"
+
+    def write_slowly():
+        time.sleep(0.3)
+        with target.open("wb") as fh:
+            fh.write(data[: len(data) // 3])
+            fh.flush()
+            time.sleep(0.8)
+            fh.write(data[len(data) // 3 :])
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    kernels.wait_for_traces(folder, timeout_s=20, poll_s=0.25)
+    writer.join()
+    assert target.stat().st_size == len(data)
+    assert kernels.attribute(folder)["families_seen"] == ["triton_attention"]
+
+
+def test_waiting_gives_up_at_the_deadline_with_the_usual_error(tmp_path):
+    (tmp_path / "trace").mkdir()
+    with pytest.raises(kernels.KernelTraceError, match="no torch profiler trace"):
+        kernels.attribute(tmp_path / "trace", wait_s=0.5)

@@ -19,6 +19,7 @@ import bisect
 import gzip
 import json
 import re
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,26 @@ def trace_files(trace_dir: Path) -> list[Path]:
     return files
 
 
+def wait_for_traces(trace_dir: Path, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Wait until trace_dir holds at least one trace and every trace in it reads completely: vLLM 0.7.x answers
+    POST /stop_profile before its engine process has written the trace (a one-way RPC), and a gzip file being
+    written does not read to its end. Returns at the deadline either way; attribute() then names what is wrong."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        folder = Path(trace_dir)
+        files = sorted(p for p in folder.rglob("*") if p.name.endswith(TRACE_SUFFIXES)) if folder.is_dir() else []
+        try:
+            for path in files:
+                load_trace(path)
+            if files:
+                return
+        except KernelTraceError:
+            pass  # still being written
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(poll_s)
+
+
 def load_trace(path: Path) -> dict:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
@@ -283,8 +304,12 @@ def _family_table(spans: list[Span], total: float, top: int) -> dict:
     return table
 
 
-def attribute(trace_dir: Path, *, top_kernels: int = 5) -> dict:
-    """Kernel attribution of every trace under trace_dir (see docs/DESIGN.md, kernels.json)."""
+def attribute(trace_dir: Path, *, top_kernels: int = 5, wait_s: float = 120.0) -> dict:
+    """Kernel attribution of every trace under trace_dir (see docs/DESIGN.md, kernels.json). It first waits up to
+    wait_s for the traces to be complete, so it can be called right after POST /stop_profile; complete traces cost
+    no wait."""
+    if wait_s > 0:
+        wait_for_traces(Path(trace_dir), wait_s)
     files = trace_files(Path(trace_dir))
     spans: list[Span] = []
     devices, sources, versions = set(), set(), set()
@@ -370,7 +395,7 @@ def summary(attribution: dict) -> dict:
 
 
 def _cmd_attribute(args: argparse.Namespace) -> int:
-    attribution = attribute(Path(args.trace_dir))
+    attribution = attribute(Path(args.trace_dir), wait_s=args.wait)
     expect = {"require": args.require or [], "forbid": args.forbid or []}
     attribution["violations"] = check_expectations(attribution, expect)
     out = Path(args.out) if args.out else Path(args.trace_dir).parent / "kernels.json"
@@ -402,6 +427,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("attribute", help="kernel families and their share of time in a trace folder -> kernels.json")
     p.add_argument("trace_dir", help="folder of torch profiler traces (*.json, *.json.gz), searched recursively")
     p.add_argument("--out", help="output file (default: TRACE_DIR/../kernels.json)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for the server to finish writing its traces (default 0)")  # fmt: skip
     p.add_argument("--require", action="append", choices=FAMILIES, metavar="FAMILY",
                    help=f"family that must run (repeatable): {', '.join(FAMILIES)}")  # fmt: skip
     p.add_argument("--forbid", action="append", choices=FAMILIES, metavar="FAMILY",
