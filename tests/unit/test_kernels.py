@@ -243,7 +243,9 @@ def test_json_that_is_no_trace(tmp_path):
 
 
 def test_unknown_family_in_expectations():
-    with pytest.raises(ConfigError, match="unknown kernel families \\['flashattention'\\].*allowed values: pytorch_flash"):
+    with pytest.raises(
+        ConfigError, match="unknown kernel families \\['flashattention'\\].*allowed values: pytorch_flash"
+    ):
         kernels.check_expectations({"families": {}}, {"forbid": ["flashattention"]})
 
 

@@ -21,7 +21,9 @@ def test_profiler_config_keys_are_accepted_by_the_engines_vllm(engine_python, tm
     args, env = kernels.profiler_settings(version, tmp_path / "trace")
     assert args and not env, f"vLLM {version} takes --profiler-config"
     # The engine's own ProfilerConfig parses the JSON we pass (an unknown key or bad value raises there).
-    script = "import json, sys; from vllm.config import ProfilerConfig; print(ProfilerConfig(**json.loads(sys.argv[1])))"
+    script = (
+        "import json, sys; from vllm.config import ProfilerConfig; print(ProfilerConfig(**json.loads(sys.argv[1])))"
+    )
     out = subprocess.run([engine_python, "-c", script, args[1]], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "torch_profiler_with_stack=False" in out.stdout
@@ -53,4 +55,6 @@ def test_probe_on_the_cpu_engine_attributes_cpu_attention(engine_python, tiny_mo
     tiny_layers = 2
     assert att["phases"]["prefill"]["families"]["cpu_attention"]["count"] == 2 * tiny_layers
     assert att["phases"]["decode"]["families"]["cpu_attention"]["count"] >= 2 * tiny_layers
-    assert kernels.check_expectations(att, {"require": ["cpu_attention"], "forbid": ["fa2", "fa3", "pytorch_flash"]}) == []
+    assert (
+        kernels.check_expectations(att, {"require": ["cpu_attention"], "forbid": ["fa2", "fa3", "pytorch_flash"]}) == []
+    )

@@ -163,7 +163,9 @@ def test_patched_dispatcher_drops_flash_from_the_split_k_branch(stub_root):
 
 def test_no_silent_flash_when_cutlass_cannot_run(stub_root):
     result, _ = run_case(stub_root, "sitecustomize", unsupported="cutlass")
-    assert result["chosen"].startswith("NotImplementedError: No operator found for `memory_efficient_attention_forward`")
+    assert result["chosen"].startswith(
+        "NotImplementedError: No operator found for `memory_efficient_attention_forward`"
+    )
 
 
 def test_patch_applies_when_xformers_was_imported_first(stub_root):

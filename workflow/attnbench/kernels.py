@@ -33,6 +33,7 @@ KERNELS_SCHEMA = 1
 class KernelTraceError(AttnbenchError):
     """A trace folder without traces, or a trace that is no torch profiler Chrome trace."""
 
+
 # vLLM 0.13 added --profiler-config (PR #29912) and deprecated VLLM_TORCH_PROFILER_DIR; 0.16 removed the variable
 # (PR #33536). Verified: 0.7.1 reads only the variable (envs.py, api_server.py registers /start_profile only when it
 # is set); 0.26.0 and 0.32.0 have no such variable and register the endpoints only when profiler_config.profiler is set.
@@ -56,15 +57,19 @@ FAMILY_PATTERNS: list[tuple[str, re.Pattern]] = [
     # vLLM's own PagedAttention CUDA kernels (decode under XFORMERS in 0.7.x).
     ("paged_attention", re.compile(r"(?<![A-Za-z0-9_])(?:vllm::)?paged_attention_v[12](?:_reduce)?_kernel")),
     # vLLM's Triton attention (JIT kernels, named after the Python function).
-    ("triton_attention", re.compile(
-        r"kernel_unified_attention|(?<![A-Za-z0-9_])reduce_segments|kernel_paged_attention_2d"
-        r"|(?<![A-Za-z0-9_])_fwd_(?:grouped_)?kernel(?:_stage[12]|_alibi)?(?![A-Za-z0-9_])"
-    )),
+    (
+        "triton_attention",
+        re.compile(
+            r"kernel_unified_attention|(?<![A-Za-z0-9_])reduce_segments|kernel_paged_attention_2d"
+            r"|(?<![A-Za-z0-9_])_fwd_(?:grouped_)?kernel(?:_stage[12]|_alibi)?(?![A-Za-z0-9_])"
+        ),
+    ),
     ("flashinfer", re.compile(r"flashinfer::|BatchPrefillWith|BatchDecodeWith|SinglePrefillWith|SingleDecodeWith")),
     # The CPU engine's attention op (vLLM >= 0.11 CPU backend) and older CPU SDPA paths; only CPU-op traces count.
-    ("cpu_attention", re.compile(
-        r"cpu_attention|_C::paged_attention|_scaled_dot_product_flash_attention_for_cpu|ipex.*attention"
-    )),
+    (
+        "cpu_attention",
+        re.compile(r"cpu_attention|_C::paged_attention|_scaled_dot_product_flash_attention_for_cpu|ipex.*attention"),
+    ),
 ]
 FAMILIES = [name for name, _ in FAMILY_PATTERNS]
 OTHER = "other"
