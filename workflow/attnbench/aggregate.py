@@ -614,7 +614,7 @@ def kernels_md(runs: list[RunInfo], cfg: dict) -> str:
                 arm_label(info.arm, bool(info.flags)),
                 str(info.repeat),
                 arm.get("backend") or "(default)",
-                info.logged_backend or "n/a",
+                info.logged_backend or ("not logged" if info.run.get("backend") else "n/a"),
                 families_summary(kern.get("families")) or ("no probe" if info.kernels is None else "none seen"),
                 attention_share_text(info.kernels),
                 phases_summary(kern.get("phases")) or "n/a",

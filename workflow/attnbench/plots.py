@@ -33,6 +33,11 @@ def plot_names(cfg: dict) -> list[str]:
     return [f"{kind}_{wl}.{ext}" for wl in aggregate.workload_names(cfg) for kind in KINDS for ext in FORMATS]
 
 
+def arm_color(index: int) -> str:
+    """An arm keeps its colour (by its place in the config) in every plot, whichever arms have data."""
+    return f"C{index % 10}"
+
+
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     paths = []
     for ext in FORMATS:
@@ -71,13 +76,13 @@ def plot_throughput(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     flagged_labelled = [False]
     for ax, (m, label) in zip(axes, metrics):
-        for arm in aggregate.arms_of(cfg):
+        for i, arm in enumerate(aggregate.arms_of(cfg)):
             s = _arm_series(summ, arm["name"])
             if s.empty:
                 continue
             name = aggregate.arm_label(arm["name"], bool(s["flagged"].any()))
             ax.errorbar(s["concurrency"], s[f"{m}_mean"], yerr=s[f"{m}_std"].fillna(0), marker="o", capsize=3,
-                        label=name)  # fmt: skip
+                        color=arm_color(i), label=name)  # fmt: skip
             f = s[s["flagged"]]
             _mark_flagged(ax, f["concurrency"], f[f"{m}_mean"], flagged_labelled)
         _setup_x(ax, cfg["workloads"][workload]["concurrency"])
@@ -98,7 +103,7 @@ def plot_ttft(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> list
         s = _arm_series(summ, arm["name"])
         if s.empty:
             continue
-        color = f"C{i % 10}"
+        color = arm_color(i)
         name = aggregate.arm_label(arm["name"], bool(s["flagged"].any()))
         x = s["concurrency"]
         ax.errorbar(x, s["ttft_s_median_mean"], yerr=s["ttft_s_median_std"].fillna(0), marker="o", capsize=3,
@@ -145,11 +150,12 @@ def plot_speedup(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> l
             _mark_flagged(ax, fx, fy, flagged_labelled)
         _setup_x(ax, concurrency)
         ax.set_ylabel(label)
-    if pairs:
+    if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)
     else:
+        why = "one arm only" if not pairs else "no level measured\nby both arms of a pair"
         for ax in axes:
-            ax.text(0.5, 0.5, "one arm only: no speedup to show", transform=ax.transAxes, ha="center")
+            ax.text(0.5, 0.5, f"{why}:\nno speedup to show", transform=ax.transAxes, ha="center", va="center")
     fig.suptitle(f"{cfg['experiment']} / {workload}: arm / baseline with 95% bootstrap interval over repeats")
     return _save(fig, out_dir, f"speedup_{workload}")
 

@@ -84,7 +84,9 @@ def provenance(runs: list[aggregate.RunInfo]) -> str:
                 str((run.get("server") or {}).get("ready_s", "n/a")),
             ]  # fmt: skip
         )
-    return "## Runs and hosts\n\n" + aggregate.md_table(
+    commits = sorted({f"{(r.run.get('git') or {}).get('commit') or 'unknown'}"
+                      + (" (dirty)" if (r.run.get("git") or {}).get("dirty") else "") for r in runs})  # fmt: skip
+    return f"## Runs and hosts\n\nCode: git {', '.join(commits) or 'unknown'}\n\n" + aggregate.md_table(
         ["Arm", "Repeat", "Status", "Engine versions", "GPU type", "GPUs", "Driver", "CPU", "Server ready (s)"],
         rows, right={1},
     )  # fmt: skip
