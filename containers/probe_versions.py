@@ -22,6 +22,11 @@ def version_of(name):
 
 
 def main():
+    if not os.environ.get("ATTNBENCH_ENGINE"):
+        # Every attnbench image sets it (%environment / ENV). Without it this is the host's python, whose versions
+        # must not be recorded as the engine's (e.g. Snakemake run without --use-singularity).
+        sys.exit("probe_versions.py: not inside an attnbench engine image (ATTNBENCH_ENGINE is unset); run Snakemake "
+                 "with --use-singularity, or: apptainer exec IMAGE.sif python3 containers/probe_versions.py")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     out = {"python": platform.python_version(), "executable": sys.executable, "errors": {}}
     for name in ("vllm", "torch", "xformers"):

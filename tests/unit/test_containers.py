@@ -210,3 +210,19 @@ def test_templates_cover_every_lock_entry(lock):
         for kind in kinds:
             assert (ROOT / "containers" / key / f"{kind}.in").is_file(), (key, kind)
     assert yaml.safe_load((ROOT / "containers/lock.yaml").read_text())["schema"] == 1
+
+
+def test_version_probe_refuses_to_describe_the_host_as_the_engine(tmp_path):
+    """Outside an image (Snakemake without --use-singularity) the probe must fail, not record host versions."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNBENCH_")}
+    proc = subprocess.run([sys.executable, str(ROOT / "containers/probe_versions.py")], capture_output=True,
+                          text=True, env=env)  # fmt: skip
+    assert proc.returncode != 0 and "--use-singularity" in proc.stderr
+    inside = subprocess.run([sys.executable, str(ROOT / "containers/probe_versions.py")], capture_output=True,
+                            text=True, env={**env, "ATTNBENCH_ENGINE": "vllm-0.7.1"})  # fmt: skip
+    assert inside.returncode == 0
+    assert set(json.loads(inside.stdout)) >= {"vllm", "torch", "cuda", "xformers", "python"}

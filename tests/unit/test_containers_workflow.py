@@ -97,5 +97,6 @@ def test_container_rule_runs_with_profile_nv_and_binds(article_config, tmp_path)
     assert f" {profile_args} " in run and f" {sif} " in run and "probe_versions.py" in run
     versions = json.loads((ROOT / target).read_text())
     assert set(versions) >= {"vllm", "torch", "cuda", "xformers"}
+    assert versions["image_labels_env"]["ATTNBENCH_ENGINE"] == "vllm-0.7.1"  # the %environment was applied
     record = json.loads((ROOT / sif).with_suffix(".json").read_text())
     assert record["pinned"] is False and record["lock_digest"] is None  # unpinned, and says so
