@@ -28,6 +28,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from attnbench import kernels as kernels_mod
+from attnbench import metrics
 from attnbench.errors import AttnbenchError
 from attnbench.records import RecordError
 
@@ -115,8 +117,6 @@ def kernel_violations(kernels: dict | None, arm: dict) -> list[str]:
     expect = arm.get("expect_kernels") or {}
     if kernels is None or not (expect.get("require") or expect.get("forbid")):
         return []
-    from attnbench import kernels as kernels_mod
-
     return list(kernels_mod.check_expectations(kernels, expect))
 
 
@@ -193,8 +193,6 @@ def attention_share_text(kernels: dict | None) -> str:
 
 def levels_frame(exp_dir: Path, cfg: dict) -> pd.DataFrame:
     """All levels of all runs with arm metadata, flags and the decode-efficiency columns, in config order."""
-    from attnbench import metrics
-
     arms = {a["name"]: a for a in arms_of(cfg)}
     frames = []
     for info in load_runs(exp_dir, cfg):
