@@ -168,24 +168,18 @@ def trace_files(trace_dir: Path) -> list[Path]:
     return files
 
 
-def wait_for_traces(trace_dir: Path, timeout_s: float, poll_s: float = 1.0) -> None:
-    """Wait until trace_dir holds at least one trace and every trace in it reads completely: vLLM 0.7.x answers
-    POST /stop_profile before its engine process has written the trace (a one-way RPC), and a gzip file being
-    written does not read to its end. Returns at the deadline either way; attribute() then names what is wrong."""
-    deadline = time.monotonic() + timeout_s
+def load_traces(trace_dir: Path, wait_s: float = 0.0, poll_s: float = 1.0) -> list[tuple[Path, dict]]:
+    """Every trace under trace_dir, read. Retries for up to wait_s while the folder has no trace or a trace does not
+    read to its end: vLLM 0.7.x answers POST /stop_profile before its engine process has written the trace (a
+    one-way RPC), and a gzip file being written is truncated. After wait_s the error names what is wrong."""
+    deadline = time.monotonic() + wait_s
     while True:
-        folder = Path(trace_dir)
-        files = sorted(p for p in folder.rglob("*") if p.name.endswith(TRACE_SUFFIXES)) if folder.is_dir() else []
         try:
-            for path in files:
-                load_trace(path)
-            if files:
-                return
+            return [(path, load_trace(path)) for path in trace_files(trace_dir)]
         except KernelTraceError:
-            pass  # still being written
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(poll_s)
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll_s)
 
 
 def load_trace(path: Path) -> dict:
@@ -313,13 +307,10 @@ def attribute(trace_dir: Path, *, top_kernels: int = 5, wait_s: float = 120.0) -
     """Kernel attribution of every trace under trace_dir (see docs/DESIGN.md, kernels.json). It first waits up to
     wait_s for the traces to be complete, so it can be called right after POST /stop_profile; complete traces cost
     no wait."""
-    if wait_s > 0:
-        wait_for_traces(Path(trace_dir), wait_s)
-    files = trace_files(Path(trace_dir))
+    loaded = load_traces(Path(trace_dir), wait_s)
     spans: list[Span] = []
     devices, sources, versions = set(), set(), set()
-    for path in files:
-        trace = load_trace(path)
+    for _path, trace in loaded:
         device, these, source = _spans_of_trace(trace)
         if not these:
             continue  # e.g. the API server's frontend trace: no kernels, no ops of the model
@@ -348,7 +339,7 @@ def attribute(trace_dir: Path, *, top_kernels: int = 5, wait_s: float = 120.0) -
         "schema": KERNELS_SCHEMA,
         "device": device,
         "time_basis": {"cuda": "gpu_kernel_time", "cpu": "cpu_op_time"}.get(device),
-        "trace_files": [str(p.relative_to(trace_dir)) for p in files],
+        "trace_files": [str(p.relative_to(trace_dir)) for p, _ in loaded],
         "vllm_version": sorted(versions)[0] if len(versions) == 1 else sorted(versions) or None,
         "total_time_us": round(total, 3),
         "attention_time_us": round(sum(v["time_us"] for v in attention.values()), 3),
