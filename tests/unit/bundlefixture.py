@@ -61,7 +61,7 @@ def write_run(exp_dir: Path, cfg: dict, arm: dict, repeat: int, *, speed: float,
                 **ids, requests=n, warmup=cfg["sweep"]["warmup_requests"], start=round(window_start, 6),
                 end=round(t, 6), latency_ms=[1.0, 1.1, 0.9]))
     (rdir / "server.log").write_text(
-        "INFO Using CPU_ATTN backend.\n"
+        "INFO [selector.py:42] Using CPU_ATTN attention backend\n"
         f"INFO args: --api-key {SECRET} --port 8000\n"
         f"DEBUG header Authorization: Bearer {SECRET}\n"
         f"DEBUG token {HF_SECRET}\n", encoding="utf-8")
@@ -73,7 +73,7 @@ def write_run(exp_dir: Path, cfg: dict, arm: dict, repeat: int, *, speed: float,
                    "versions": {"vllm": "0.32.0", "torch": "2.13.0+cpu", "cuda": None, "xformers": None}},
         "server": {"argv": ["python", "-m", "vllm", "--api-key", SECRET], "env": {"VLLM_API_KEY": SECRET},
                    "ready_s": 40.0, "pid": 1, "exit_code": None},
-        "backend": {"requested": arm["backend"], "logged": "CPU_ATTN", "log_lines": ["Using CPU_ATTN backend."],
+        "backend": {"requested": arm["backend"], "logged": "CPU_ATTN", "log_lines": ["Using CPU_ATTN attention backend"],
                     "match": True},
         "kernels": None,
         "host": {"hostname_hash": "abc123", "cpu": "x86_64", "gpus": [], "gpu_type": gpu_type,

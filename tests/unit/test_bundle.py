@@ -305,17 +305,31 @@ def test_unaccounted_failure_and_missing_level_are_named(built, tmp_path):
 
 def test_backend_mismatch_fails_unless_allowed(tmp_path):
     exp_dir, cfg = make_experiment(tmp_path / "results")
-    run_json = exp_dir / "runs/slow/rep0/run.json"
-    run = json.loads(run_json.read_text())
-    run["backend"]["logged"] = "TORCH_SDPA"
-    run_json.write_text(json.dumps(run))
+    rdir = exp_dir / "runs/slow/rep0"
+    log = rdir / "server.log"
+    log.write_text(log.read_text().replace("Using CPU_ATTN", "Using TORCH_SDPA"))
+    run = json.loads((rdir / "run.json").read_text())
+    run["backend"].update(logged="TORCH_SDPA", match=False)
+    (rdir / "run.json").write_text(json.dumps(run))
     write_derived(exp_dir, cfg)
     found = findings_of(bundle.build_bundle(exp_dir, cfg, tmp_path / "a.tar.gz"))
-    assert found == [verify.Finding("runs/slow/rep0/run.json", "backend.logged", "CPU_ATTN", "TORCH_SDPA")]
+    assert found == [verify.Finding("runs/slow/rep0/server.log", "backend", "CPU_ATTN", "TORCH_SDPA")]
     cfg["arms"][1]["allow_backend_mismatch"] = True
     write_derived(exp_dir, cfg)
     result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "b.tar.gz"))
     assert result.ok and any("TORCH_SDPA" in n and "allowed" in n for n in result.notes)
+
+
+def test_run_json_backend_contradicting_the_log_is_named(tmp_path):
+    exp_dir, cfg = make_experiment(tmp_path / "results")
+    run_json = exp_dir / "runs/fast/rep1/run.json"
+    run = json.loads(run_json.read_text())
+    run["backend"]["logged"] = "FLASH_ATTN"
+    run_json.write_text(json.dumps(run))
+    write_derived(exp_dir, cfg)
+    found = findings_of(bundle.build_bundle(exp_dir, cfg, tmp_path / "a.tar.gz"))
+    assert found == [verify.Finding("runs/fast/rep1/run.json", "backend.logged", "CPU_ATTN (as server.log says)",
+                                    "FLASH_ATTN")]
 
 
 def test_forbidden_kernel_family_fails(tmp_path):

@@ -259,6 +259,7 @@ def check_consistency(root: Path, manifest: dict) -> list[Finding]:
     cfg = manifest["config"]
     workloads = cfg.get("workloads") or {}
     ignore_eos = (cfg.get("sweep") or {}).get("ignore_eos", True)
+    device = (cfg.get("engine") or {}).get("device", "cuda")
     findings: list[Finding] = []
     for arm_entry in manifest.get("arms", []):
         arm_cfg = next((a for a in cfg.get("arms", []) if a.get("name") == arm_entry["name"]), {})
@@ -274,7 +275,7 @@ def check_consistency(root: Path, manifest: dict) -> list[Finding]:
             findings += _check_tokens(f"{rel}/records.jsonl", requests, workloads, ignore_eos)
             if run.get("status") == "ok":
                 findings += _check_levels(rel, requests, levels, workloads)
-            findings += _check_backend(rel, run, arm_entry, arm_cfg, rdir)
+            findings += _check_backend(rel, run, arm_entry, arm_cfg, rdir, device)
     return findings
 
 
@@ -320,11 +321,27 @@ def _check_levels(rel: str, requests, levels, workloads: dict) -> list[Finding]:
     return out
 
 
-def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Path) -> list[Finding]:
+def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Path, device: str) -> list[Finding]:
+    """Re-read the backend evidence from the bundled server log with the pipeline's own parser and policy
+    (server.parse_backend, runarm.check_backend) and hold it against run.json and the arm's expectation."""
+    from attnbench.runarm import check_backend  # noqa: PLC0415
+    from attnbench.server import parse_backend  # noqa: PLC0415
+
     out = []
-    expected, logged = arm_entry.get("expect_backend"), run.get("logged_backend")
-    if run.get("status") == "ok" and expected and logged != expected and not arm_entry.get("allow_backend_mismatch"):
-        out.append(Finding(f"{rel}/run.json", "backend.logged", expected, logged))
+    if run.get("status") != "ok":
+        return out
+    log = rdir / "server.log"
+    if not log.is_file():
+        return [Finding(f"{rel}/server.log", "file", "server log (backend evidence)", "missing")]
+    evidence = check_backend(arm_cfg, parse_backend(log.read_text(encoding="utf-8", errors="replace")), device)
+    if evidence["logged"] != run.get("logged_backend"):
+        out.append(Finding(f"{rel}/run.json", "backend.logged", f"{evidence['logged']} (as server.log says)",
+                           run.get("logged_backend")))
+    if not evidence["match"] and not arm_entry.get("allow_backend_mismatch"):
+        found = evidence["logged"] or "no backend named"
+        if evidence["refused"]:
+            found += f", refused {', '.join(evidence['refused'])}"
+        out.append(Finding(f"{rel}/server.log", "backend", evidence["expected"], found))
     expect_kernels = arm_cfg.get("expect_kernels") or {}
     if run.get("status") == "ok" and (expect_kernels.get("require") or expect_kernels.get("forbid")):
         from attnbench.kernels import check_expectations  # noqa: PLC0415  (kernels.py owns the policy)
@@ -343,11 +360,11 @@ def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Pa
 
 
 def allowed_mismatches(manifest: dict) -> list[str]:
-    """Arms whose logged backend differs from the expectation but which opted out; printed as notes, not failures."""
+    """Runs whose backend did not match the expectation but whose arm opted out: notes, not failures."""
     notes = []
     for arm in manifest.get("arms", []):
         for run in arm.get("runs", []):
-            if arm.get("allow_backend_mismatch") and run.get("logged_backend") != arm.get("expect_backend"):
+            if arm.get("allow_backend_mismatch") and run.get("backend_match") is False:
                 notes.append(f"{run['path']}: backend {run.get('logged_backend')} != expected "
                              f"{arm.get('expect_backend')} (allowed by allow_backend_mismatch)")
     return notes
