@@ -64,7 +64,16 @@ FAMILY_PATTERNS: list[tuple[str, re.Pattern]] = [
             r"|(?<![A-Za-z0-9_])_fwd_(?:grouped_)?kernel(?:_stage[12]|_alibi)?(?![A-Za-z0-9_])"
         ),
     ),
-    ("flashinfer", re.compile(r"flashinfer::|BatchPrefillWith|BatchDecodeWith|SinglePrefillWith|SingleDecodeWith")),
+    # FlashInfer's attention kernels only (include/flashinfer/attention/ of flashinfer-python 0.6.14, vLLM 0.26's):
+    # its sampling, norm and KV-append kernels live in the same namespace and run under other backends too.
+    (
+        "flashinfer",
+        re.compile(
+            r"flashinfer::(?:\w+::)*(?:(?:Batch|Single)(?:Prefill|Decode)With\w*|PrefillWithKVCacheKernel"
+            r"|\w*PODWithKVCache\w*|BatchMLA\w*|\w*MergeState\w*|\w*AttentionSum\w*)"
+            r"|(?<![A-Za-z0-9_])(?:Batch|Single)(?:Prefill|Decode)WithPagedKVCache"
+        ),
+    ),
     # The CPU engine's attention op (vLLM >= 0.11 CPU backend) and older CPU SDPA paths; only CPU-op traces count.
     (
         "cpu_attention",
