@@ -34,7 +34,9 @@ SWEEP_DEFAULTS = {
     "api": "chat",
     "repeats": 1,
     "warmup_requests": 2,
-    "requests_per_level": None,  # None: max(4 * N, 16)
+    "requests_per_level": None,  # None: max(waves_per_level * N, min_requests_per_level)
+    "waves_per_level": 4,
+    "min_requests_per_level": 16,
     "ignore_eos": True,
     "temperature": 1.0,
     "system_prompt": DEFAULT_SYSTEM_PROMPT,
@@ -64,7 +66,9 @@ class SweepSummary:
 
 
 def requests_for(n: int, cfg: dict) -> int:
-    return int(cfg["requests_per_level"]) if cfg.get("requests_per_level") else max(4 * n, 16)
+    if cfg.get("requests_per_level"):
+        return int(cfg["requests_per_level"])
+    return max(int(cfg.get("waves_per_level", 4)) * n, int(cfg.get("min_requests_per_level", 16)))
 
 
 class _Level:
