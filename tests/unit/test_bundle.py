@@ -107,6 +107,8 @@ def test_scrub_patterns_without_env():
     for leaked in ("abcdefgh123", "zzzzzzzz9", "tok.en-1", "plain-value-1", "qqqqqq77", "hf_0123456789abcdefXYZ"):
         assert leaked not in out
     assert json.loads(bundle.scrub(json.dumps({"argv": ["--api-key", "secretvalue"]}), []))  # stays valid JSON
+    harmless = '{"tokenizer": "models/tok", "api_key_env": "MY_KEY_VAR", "max_tokens": "512"} MAX_TOKENS_X=5'
+    assert bundle.scrub(harmless, []) == harmless
 
 
 def test_partial_bundle_says_what_is_missing_and_verifies(tmp_path):

@@ -49,11 +49,13 @@ REDACTED = provenance.REDACTED
 
 # Shapes that provenance.redact_text does not cover on its own because it sees one string at a time: a secret flag
 # followed by its value in a log line or inside a JSON argv list, and secret-named keys in JSON text or KEY=VALUE.
+# A name is secret when its last part says so (HF_TOKEN, api_key, AWS_SECRET_ACCESS_KEY), not when a secret word
+# is merely inside it (tokenizer, api_key_env, max_tokens hold no secrets and must survive).
+_SECRET_NAME = r"(?:[A-Za-z0-9]+[_-])*(?:api[_-]?key|access[_-]?key|token|secret|password|passwd|authorization|credentials?)"
 _EXTRA_PATTERNS = [
     re.compile(r'((?:--api-key|--hf-token|--token|--password)(?:=|\s+|",\s*"))([^\s"\',\]]+)'),
-    re.compile(r'("[A-Za-z0-9_.-]*(?:key|token|secret|password|passwd|credential|auth)[A-Za-z0-9_.-]*"\s*:\s*")'
-               r'((?:[^"\\]|\\.)+)(?=")', re.IGNORECASE),
-    re.compile(r"(\b[A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD)[A-Z0-9_]*=)([^\s\"']+)"),
+    re.compile(r'("' + _SECRET_NAME + r'"\s*:\s*")((?:[^"\\]|\\.)+)(?=")', re.IGNORECASE),
+    re.compile(r"(\b" + _SECRET_NAME + r"=)([^\s\"']+)", re.IGNORECASE),
     re.compile(r"(\b[Bb]earer\s+)([A-Za-z0-9._~+/=-]+)"),
     re.compile(r"()\bhf_[A-Za-z0-9]{8,}"),
 ]
@@ -195,11 +197,15 @@ def describe(exp_dir: Path, cfg: dict) -> dict:
     host = first.get("host") or {}
     starts = sorted(r["started"] for r in runs_seen if r.get("started"))
     ends = sorted(r["finished"] for r in runs_seen if r.get("finished"))
+    engine = first.get("engine") or {}
+    host_summary = _host_summary(host)
+    # run.json keeps the CUDA runtime with the engine (it is the engine's torch that brings it)
+    host_summary["cuda"] = host_summary["cuda"] or (engine.get("versions") or {}).get("cuda")
     return {
         "experiment": cfg.get("experiment"),
         "gpu_type": gpu_type_of(runs_seen, cfg),
-        "host": _host_summary(host),
-        "engine": first.get("engine") or {},
+        "host": host_summary,
+        "engine": engine,
         "arms": arms_out,
         "started": starts[0] if starts else None,
         "finished": ends[-1] if ends else None,

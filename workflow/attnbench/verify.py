@@ -21,6 +21,7 @@ import json
 import tarfile
 import tempfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -85,8 +86,8 @@ def safe_extract(archive: Path, target: Path) -> list[Finding]:
             members = tar.getmembers()  # reads every header to the end: truncation shows here or below
             unsafe = [Finding(m.name, "member", "plain file with a relative path inside the bundle", reason)
                       for m in members if (reason := unsafe_reason(m))]
-            names = [m.name for m in members if m.isfile()]
-            dupes = sorted({n for n in names if names.count(n) > 1})
+            counts = Counter(m.name for m in members if m.isfile())
+            dupes = sorted(n for n, c in counts.items() if c > 1)
             unsafe += [Finding(n, "member", "one member per path", "duplicate member") for n in dupes]
             if sum(m.size for m in members) > MAX_TOTAL_BYTES:
                 unsafe.append(Finding(str(archive), "size", f"<= {MAX_TOTAL_BYTES} bytes", "larger"))
