@@ -142,6 +142,18 @@ def image_path(results_dir: str | os.PathLike, spec_or_key, *, arm: str | None =
     return Path(results_dir) / "images" / key / gpu_type / f"{arm}.sif"
 
 
+def image_files(cfg: dict, arm_name: str, gpu_type: str, results_dir: str | os.PathLike) -> list[str]:
+    """What a run of the arm needs from the image rules (containers.smk): build record, and for apptainer the .sif and
+    the versions seen inside. Empty for runtime venv/native."""
+    runtime = cfg["engine"]["runtime"]
+    if runtime not in ("apptainer", "docker"):
+        return []
+    sif = image_path(results_dir, cfg["engine"]["image"], arm=arm_name, gpu_type=gpu_type)
+    if runtime == "docker":
+        return [str(sif.with_suffix(".json"))]
+    return [str(sif.with_suffix(".json")), str(sif), str(sif.with_suffix(".versions.json"))]
+
+
 def image_for(cfg: dict, arm: dict, *, gpu_type: str | None = None, results_dir: str | os.PathLike | None = None) -> str:
     """The image reference a run uses: the .sif path (apptainer) or the docker tag (docker)."""
     from attnbench.gpu import resolve_gpu_type

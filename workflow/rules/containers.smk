@@ -9,15 +9,15 @@
 #     docker container) and runs the client and everything after it outside.
 import sys
 
-from attnbench.containers import load_lock
+from attnbench.containers import image_files, load_lock
 from attnbench.errors import AttnbenchError
 from attnbench.gpu import check_compatible, planned_gpu_type
 
 RUNTIME = config["engine"]["runtime"]
 CONTAINER_RUNTIMES = ("apptainer", "docker")
-IMAGE_KEY = config["engine"].get("image")
 IMAGE_DIR = f"{EXP_DIR}/images/{{image}}/{{gpu_type}}"
 
+GPU_TYPE = None
 if RUNTIME in CONTAINER_RUNTIMES:
     try:
         GPU_TYPE = planned_gpu_type(config)
@@ -37,24 +37,8 @@ wildcard_constraints:
     gpu_type=r"[a-z0-9_-]+",
 
 
-def image_files(arm):
-    """The files a run of `arm` needs from this file's rules (none for venv/native runtimes)."""
-    if RUNTIME not in CONTAINER_RUNTIMES:
-        return []
-    base = IMAGE_DIR.format(image=IMAGE_KEY, gpu_type=GPU_TYPE) + f"/{arm}"
-    if RUNTIME == "apptainer":
-        return [f"{base}.json", f"{base}.sif", f"{base}.versions.json"]
-    return [f"{base}.json"]
-
-
-def image_inputs(wildcards):
-    return image_files(wildcards.arm)
-
-
-def image_sif(wildcards):
-    """The container: directive's image for engine_versions: the .sif built by build_image."""
-    return f"{IMAGE_DIR.format(image=wildcards.image, gpu_type=wildcards.gpu_type)}/{wildcards.arm}.sif"
-
+# What each arm's serve_sweep needs from these rules (serve.smk); empty for runtime venv/native.
+IMAGE_FILES = {arm: image_files(config, arm, GPU_TYPE, EXP_DIR) for arm in ARMS}
 
 
 rule build_image:
@@ -80,6 +64,7 @@ rule engine_versions:
     log:
         f"{EXP_DIR}/logs/engine_versions/{{image}}-{{gpu_type}}-{{arm}}.log",
     container:
-        image_sif
+        # the image this rule runs in is the one build_image made (a function of the wildcards)
+        lambda wildcards: f"{EXP_DIR}/images/{wildcards.image}/{wildcards.gpu_type}/{wildcards.arm}.sif"
     shell:
         "python3 containers/probe_versions.py > {output} 2> {log}"

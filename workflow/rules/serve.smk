@@ -6,7 +6,7 @@ rule serve_sweep:
     input:
         model_inputs(),
         engine_inputs(),
-        image_inputs,
+        lambda wildcards: IMAGE_FILES[wildcards.arm],  # containers.smk
     output:
         records=f"{RUN_DIR}/records.jsonl",
         levels=f"{RUN_DIR}/levels.jsonl",
