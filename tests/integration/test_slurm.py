@@ -50,7 +50,9 @@ def workdir(tmp_path: Path) -> Path:
 def snakemake(work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(work),
            "--workflow-profile", str(ROOT / "profiles" / "slurm"), *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+    # The rules call the `attnbench` CLI of this venv; SLURM jobs inherit PATH (sbatch --export=ALL).
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def job_blocks(output: str) -> list[dict]:
@@ -156,3 +158,52 @@ def test_demo_runs_through_slurm(tmp_path, engine_python):
         verify = subprocess.run([str(Path(sys.executable).with_name("attnbench")), "verify", str(bundles[0])],
                                 capture_output=True, text=True)  # fmt: skip
         assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# One rule with serve_sweep's SLURM request for the GPU type given as --config gpu_type=...
+GPU_PROBE_SNAKEFILE = """
+import json
+from attnbench.cluster import run_resources
+
+rule gpu_probe:
+    output: "probe.txt"
+    resources: **run_resources(json.load(open("cfg.json")), gpu_type=config["gpu_type"])
+    shell: "echo $SLURM_JOB_ID $SLURM_JOB_PARTITION > {output}"
+"""
+
+
+@pytest.mark.slurm
+def test_gpu_request_reaches_slurm(tmp_path):
+    """The serve_sweep request for a GPU type, submitted by the plugin through the SLURM profile, against real
+    SLURM scheduling: the test cluster's node has one stand-in `h100` GPU in partition gpu-h100
+    (tests/slurm/start-cluster.sh). Nothing computes on it; this checks the request, not a GPU."""
+    require_plugin()
+    cluster_or_skip()
+    from attnbench.config import load_config
+
+    raw = yaml.safe_load((ROOT / "config/article.yaml").read_text(encoding="utf-8"))
+    raw["slurm"] = {
+        "gpu_models": {H100: {"gpu_model": "h100", "partition": "gpu-h100"},
+                       "a100-sxm4-80gb-sm80-80g": {"gpu_model": "a100", "partition": "gpu-h100"}},
+        "run": {"cpus_per_gpu": 1, "mem_mb": 500, "runtime": 5},
+    }  # fmt: skip
+    (tmp_path / "cfg.json").write_text(json.dumps(load_config(raw)), encoding="utf-8")
+    (tmp_path / "Snakefile").write_text(GPU_PROBE_SNAKEFILE, encoding="utf-8")
+
+    def submit(gpu_type: str) -> subprocess.CompletedProcess:
+        cmd = [SNAKEMAKE, "--workflow-profile", str(ROOT / "profiles/slurm"), "--config", f"gpu_type={gpu_type}",
+               "--slurm-init-seconds-before-status-checks", "2", "--forceall"]  # fmt: skip
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    proc = submit(H100)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    job_id, partition = (tmp_path / "probe.txt").read_text(encoding="utf-8").split()
+    assert partition == "gpu-h100"
+    job = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    assert re.search(r"TresPerJob=\S*gpu:h100:1\b", job), job
+    assert re.search(r"\bMinCPUsNode=1\b", job) and "Partition=gpu-h100" in job
+
+    # A GPU model the partition does not have is refused by SLURM at submission, and the run says so.
+    proc = submit("a100-sxm4-80gb-sm80-80g")
+    assert proc.returncode != 0
+    assert re.search(r"gpus=a100:1", proc.stdout + proc.stderr), (proc.stdout + proc.stderr)[-4000:]

@@ -9,12 +9,16 @@
 # enough (it is set to 3600 s here), so slurmdbd/MariaDB are not needed. Pass `--slurm-status-command squeue`
 # (tests/slurm/env.sh does) because `sacct` is installed but has no database to answer from.
 #
+# The node also has one stand-in GPU of model `h100` (gres.conf File=/dev/null) in a second partition `gpu-h100`,
+# so a job's GPU request (--gpus=h100:1 -p gpu-h100) goes through real SLURM scheduling; nothing can compute on it.
+#
 # Environment: ATTNBENCH_SLURM_DIR (state, spool and daemon logs; default /tmp/attnbench-slurm),
 #              ATTNBENCH_SLURM_MEM_MB (node RealMemory; default: 80% of MemTotal).
 set -euo pipefail
 
 STATE_DIR="${ATTNBENCH_SLURM_DIR:-/tmp/attnbench-slurm}"
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
 MARKER="# written by attnbench tests/slurm/start-cluster.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -37,6 +41,7 @@ if [[ -f $CONF ]] && ! grep -qF "$MARKER" "$CONF"; then
 fi
 
 mkdir -p "$STATE_DIR"/{ctld,spool,log} /run/munge /etc/slurm
+old_conf=$(cat "$CONF" "$GRES_CONF" 2>/dev/null || true)
 cat > "$CONF" <<CONF
 $MARKER
 ClusterName=attnbench-test
@@ -60,9 +65,19 @@ SlurmctldPidFile=$STATE_DIR/slurmctld.pid
 SlurmdPidFile=$STATE_DIR/slurmd.pid
 SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
 SlurmdLogFile=$STATE_DIR/log/slurmd.log
-NodeName=$node CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+GresTypes=gpu
+NodeName=$node CPUs=$cpus RealMemory=$mem_mb Gres=gpu:h100:1 State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu-h100 Nodes=$node MaxTime=INFINITE State=UP
 CONF
+cat > "$GRES_CONF" <<GRES
+$MARKER
+NodeName=$node Name=gpu Type=h100 File=/dev/null
+GRES
+# Daemons still running on an older configuration (e.g. from an earlier version of this script) are restarted.
+if [[ $old_conf != "$(cat "$CONF" "$GRES_CONF")" ]]; then
+    "$(dirname "$0")/stop-cluster.sh"
+fi
 
 # Start a daemon in its own session unless its pid file names a live process (idempotent re-runs).
 start_daemon() {
