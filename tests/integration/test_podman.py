@@ -1,16 +1,15 @@
 """runtime docker for real: containers driven through the docker SDK against podman's Docker-compatible API.
 
-Needs podman (apt-get install -y podman runc) and, for the engine tests, the local CPU engine image
-(containers/cpu-engine/build-image.sh; no registry involved). The `podman_api` fixture starts `podman system service`
-on a private socket unless DOCKER_HOST already points at a Docker API. Without podman these tests skip locally and
-FAIL when ATTNBENCH_REQUIRE_PODMAN=1 (CI's podman step sets it), so that step cannot pass by skipping.
+Run them with `bash tests/podman.sh`: it installs podman, builds the local CPU engine image (no registry involved),
+starts podman's Docker-compatible API and points DOCKER_HOST at it. Without DOCKER_HOST these tests skip with that
+instruction; with ATTNBENCH_REQUIRE_PODMAN=1 (set by tests/podman.sh) a missing piece FAILS instead, so that step
+cannot pass by skipping.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +28,6 @@ pytestmark = pytest.mark.podman
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_IMAGE = "localhost/attnbench-vllm-cpu:0.32.0"
-PODMAN_CONF = ROOT / "containers" / "cpu-engine" / "containers.conf"
 
 
 def _unavailable(reason: str):
@@ -39,36 +37,18 @@ def _unavailable(reason: str):
 
 
 @pytest.fixture(scope="session")
-def podman_api(tmp_path_factory):
-    """A docker SDK client. Uses DOCKER_HOST when it answers; else starts podman's API service for the session."""
+def podman_api():
+    """A docker SDK client for DOCKER_HOST (podman's API as tests/podman.sh starts it, or a Docker daemon)."""
     import docker
 
-    if os.environ.get("DOCKER_HOST"):
-        try:
-            client = docker.from_env()
-            client.ping()
-            yield client
-            return
-        except docker.errors.DockerException as exc:
-            _unavailable(f"DOCKER_HOST={os.environ['DOCKER_HOST']} does not answer: {exc}")
-    if shutil.which("podman") is None:
-        _unavailable("podman is not installed (apt-get install -y podman runc)")
-    sock = tmp_path_factory.mktemp("podman") / "api.sock"
-    env = {**os.environ, "CONTAINERS_CONF": str(PODMAN_CONF)}
-    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    if not os.environ.get("DOCKER_HOST"):
+        _unavailable("DOCKER_HOST is not set; run bash tests/podman.sh (starts podman's Docker-compatible API)")
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        os.environ["DOCKER_HOST"] = f"unix://{sock}"
-        client = docker.DockerClient(base_url=f"unix://{sock}")
+        client = docker.from_env()
         client.ping()
-        yield client
-    finally:
-        os.environ.pop("DOCKER_HOST", None)
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    except docker.errors.DockerException as exc:
+        _unavailable(f"DOCKER_HOST={os.environ['DOCKER_HOST']} does not answer: {exc}")
+    return client
 
 
 @pytest.fixture(scope="session")
