@@ -232,7 +232,7 @@ def sources_table(sources: list[Source]) -> pd.DataFrame:
 
 def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots: list[Path]) -> str:
     st = sources_table(sources)
-    parts = ["# Comparison of result bundles\n",
+    parts = ["# Comparison of result bundles\n\n",
              "Sources (the first bundle is the base of every ratio; verify: PASS means checksums, recomputed tables "
              "and consistency checks all passed):\n",
              aggregate.md_table(list(st.columns), [[str(v) for v in r] for r in st.itertuples(index=False)], set())]
@@ -279,6 +279,18 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
 # --- plots ------------------------------------------------------------------------------------------------------
 
 
+def _short_names(sbs: pd.DataFrame) -> dict[str, str]:
+    """Legend name of each source: its GPU type when that is unique among the sources, else its label."""
+    gpu_of = dict(zip(sbs["source"], sbs["gpu_type"]))
+    gpus = list(gpu_of.values())
+    return {src: gpu if gpus.count(gpu) == 1 else src for src, gpu in gpu_of.items()}
+
+
+def _legend_below(fig, axes) -> None:
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7, frameon=False)
+
+
 def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Metric vs concurrency per workload, one line per (source, arm); and the ratios with their intervals."""
     import matplotlib  # noqa: PLC0415
@@ -289,6 +301,7 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
     from attnbench import plots as plots_mod  # noqa: PLC0415  (same look and deterministic saving as the run plots)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    name = _short_names(sbs)
     written = []
     with plt.rc_context(plots_mod.RC):
         for workload in dict.fromkeys(sbs["workload"]):
@@ -303,11 +316,11 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
                     g = g.sort_values("concurrency")
                     style = "--" if src in REFERENCES else "-"
                     ax.errorbar(g["concurrency"], g["mean"], yerr=g["std"].fillna(0), linestyle=style, marker="o",
-                                capsize=2, label=f"{gpu} {arm}" + ("" if src in REFERENCES else f" [{src}]"))
+                                capsize=2, label=f"{name[src]} {arm}")
                 plots_mod._setup_x(ax, sorted(msub["concurrency"].unique()))
                 ax.set_title(metric)
-            axes[0][0].legend(fontsize=6)
-            fig.suptitle(f"{workload}: side by side")
+            _legend_below(fig, axes)
+            fig.suptitle(f"{workload}: side by side (mean ± std over repeats)", y=1.03)
             written += plots_mod._save(fig, out_dir, f"side_by_side_{workload}")
         for workload in dict.fromkeys(rat["workload"]):
             sub = rat[(rat["workload"] == workload) & rat["metric"].isin(PLOTTED)]
@@ -322,12 +335,12 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
                     low = (g["ratio"] - g["ci_low"]).fillna(0).clip(lower=0)
                     high = (g["ci_high"] - g["ratio"]).fillna(0).clip(lower=0)
                     ax.errorbar(g["concurrency"], g["ratio"], yerr=[low, high], marker="o", capsize=2,
-                                label=f"{src} {arm} / {bsrc} {barm}")
+                                label=f"{name[src]} {arm} / {name[bsrc]} {barm}")
                 ax.axhline(1.0, color="grey", linewidth=0.8)
                 plots_mod._setup_x(ax, sorted(msub["concurrency"].unique()))
                 ax.set_title(f"{metric} ratio")
-            axes[0][0].legend(fontsize=6)
-            fig.suptitle(f"{workload}: ratio to base (95% bootstrap interval)")
+            _legend_below(fig, axes)
+            fig.suptitle(f"{workload}: ratio to base (95% bootstrap interval)", y=1.03)
             written += plots_mod._save(fig, out_dir, f"ratios_{workload}")
     return written
 
