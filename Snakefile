@@ -30,15 +30,11 @@ wildcard_constraints:
 
 
 include: "workflow/rules/engine.smk"
-include: "workflow/rules/containers.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/containers.smk"
 include: "workflow/rules/serve.smk"
-
-
-for _optional in ["aggregate", "bundle"]:
-    if Path(workflow.basedir, "workflow", "rules", f"{_optional}.smk").exists():
-
-        include: f"workflow/rules/{_optional}.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/bundle.smk"
 
 
 rule all:

@@ -183,8 +183,9 @@ def engine_id(cfg: dict) -> str:
 
 
 def engine_venv_dir(cfg: dict) -> Path:
+    """The engine venv (a folder with bin/python), shared by the experiments that pin the same requirements."""
     venv = cfg["engine"].get("venv_dir")
-    return Path(venv) if venv else Path("results") / "engines" / engine_id(cfg)
+    return Path(venv) if venv else Path("results") / "engines" / engine_id(cfg) / "venv"
 
 
 def workloads_of(cfg: dict) -> list[Any]:

@@ -53,7 +53,7 @@ def backend_selection(vllm_version: str, arm: dict) -> tuple[list[str], dict[str
 
 
 def venv_python(cfg: dict) -> Path:
-    return engine_venv_dir(cfg) / "venv" / "bin" / "python"
+    return engine_venv_dir(cfg) / "bin" / "python"
 
 
 def engine_python(cfg: dict) -> str:

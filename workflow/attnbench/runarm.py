@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from attnbench import provenance
-from attnbench.config import arm_by_name, load_config, workloads_of
+from attnbench.config import arm_by_name, engine_id, load_config, workloads_of
 from attnbench.engine import engine_python, launch_spec
 from attnbench.errors import AttnbenchError, ServerError
 
@@ -118,13 +118,39 @@ def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_k
         client.post(f"{server_url}/start_profile", timeout=120).raise_for_status()
         try:
             asyncio.run(send_probe(server_url, model_name, workload, cfg["kernels"]["probe_requests"],
-                                   cfg["sweep"], out_dir, api_key=api_key, **ids))  # fmt: skip
+                                   cfg["sweep"], out_dir, api_key=api_key,
+                                   output_tokens=cfg["kernels"]["probe_output_tokens"], **ids))  # fmt: skip
         finally:
             client.post(f"{server_url}/stop_profile", timeout=600).raise_for_status()
     attribution = kernels.attribute(out_dir / "trace")
     (out_dir / "kernels.json").write_text(json.dumps(attribution, indent=1, sort_keys=True), encoding="utf-8")
     violations = kernels.check_expectations(attribution, arm.get("expect_kernels") or {})
     return {"attribution": attribution, "violations": violations}
+
+
+def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: Path) -> list[dict]:
+    """vLLM's own benchmark and our client, back to back on this arm's server, at the config's crosscheck points:
+    the same server and the same moment, so a difference between the tools is the tools'."""
+    from attnbench.crosscheck import crosscheck
+
+    xc = cfg["crosscheck"]
+    results = []
+    for point in xc["points"]:
+        workload = cfg["workloads"][point["workload"]]
+        tag = f"{point['workload']}-c{point['concurrency']}"
+        args = argparse.Namespace(
+            base_url=base_url, model=cfg["model"]["name"], tokenizer=str(tokenizer_dir or cfg["model"]["path"]),
+            engine_python=engine_python(cfg), input_len=workload["prompt_tokens"],
+            output_len=workload["output_tokens"], concurrency=point["concurrency"],
+            num_prompts=point.get("num_prompts") or max(2 * point["concurrency"], 4), warmup=xc["warmup"],
+            repeats=xc["repeats"], api=cfg["sweep"]["api"], api_key_env=cfg["sweep"].get("api_key_env"),
+            seed=xc["seed"], temperature=cfg["sweep"]["temperature"], timeout=cfg["sweep"]["request_timeout_s"],
+            output=str(out_dir / "crosscheck" / tag),
+        )
+        result = crosscheck(args)
+        results.append({"point": tag, **result["comparison"],
+                        "prompt_tokens": {t: result[t][0]["prompt_tokens_median"] for t in ("vllm", "ours")}})
+    return results
 
 
 def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
@@ -157,9 +183,7 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         "config": provenance.redact(cfg, secrets),
     }  # fmt: skip
     if engine["runtime"] == "venv":
-        from attnbench.config import engine_venv_dir
-
-        lock = engine_venv_dir(cfg) / "engine-lock.txt"
+        lock = exp_dir / "engine" / engine_id(cfg) / "engine-lock.txt"  # written by rule engine_venv
         run["engine"]["lock"] = str(lock) if lock.exists() else None
 
     def on_sigterm(signum, frame):
@@ -206,14 +230,6 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
                     + " (set allow_backend_mismatch: true on the arm to record the mismatch and go on)"
                 )
 
-            if cfg["kernels"]["probe"]:
-                probe = _kernel_probe(cfg, arm, base_url, cfg["model"]["name"], out_dir, headers, ids, api_key)
-                run["kernels"] = {"violations": probe["violations"],
-                                  "families": {k: v.get("share") for k, v in
-                                               probe["attribution"].get("families", {}).items()}}  # fmt: skip
-                if probe["violations"]:
-                    raise AttnbenchError(f"arm {arm_name}: kernel expectations failed: {'; '.join(probe['violations'])}")
-
             def abort_check() -> str | None:
                 if server.alive():
                     return None
@@ -223,6 +239,19 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
                                   api_key=api_key, abort_check=abort_check, **ids))  # fmt: skip
             if not server.alive():
                 raise ServerError(f"server died during the sweep ({server.exit_reason() or 'no reason known'})")
+            # The profiler probe runs after the sweep: the sweep wants a fresh run folder, and a trace must not
+            # slow down measured requests.
+            if cfg["kernels"]["probe"]:
+                probe = _kernel_probe(cfg, arm, base_url, cfg["model"]["name"], out_dir, headers, ids, api_key)
+                run["kernels"] = {"violations": probe["violations"],
+                                  "families": {k: v.get("share") for k, v in
+                                               probe["attribution"].get("families", {}).items()}}  # fmt: skip
+                if probe["violations"]:
+                    raise AttnbenchError(f"arm {arm_name}: kernel expectations failed: {'; '.join(probe['violations'])}")
+
+            if cfg["crosscheck"]["points"] and repeat == 0:
+                run["crosscheck"] = _crosscheck(cfg, base_url, tokenizer_dir, out_dir)
+
             run["server"]["exit_code"] = server.stop(engine["stop_grace_s"])
         run["status"] = "ok"
         return run

@@ -1,5 +1,7 @@
 # Helpers only: paths and wildcard -> config lookups. No rules here.
 import json
+import os
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -12,6 +14,12 @@ try:
     check_cross_fields(config)
 except ConfigError as exc:
     raise WorkflowError(f"bad config: {exc}") from None
+
+# Rules call the `attnbench` CLI of the environment running Snakemake, even when that venv is not activated
+# (`.venv/bin/snakemake ...`).
+os.environ["PATH"] = (
+    f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+)
 
 EXP = config["experiment"]
 EXP_DIR = f"results/{EXP}"

@@ -12,7 +12,7 @@ rule engine_venv:
     conda:
         "../envs/attnbench.yaml"
     params:
-        venv=str(engine_venv_dir(config) / "venv"),
+        venv=str(engine_venv_dir(config)),
         version=config["engine"]["version"],
         pip_args=" ".join(f"--pip-arg={a}" for a in config["engine"]["pip_args"]),
     shell:

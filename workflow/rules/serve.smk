@@ -16,10 +16,11 @@ rule serve_sweep:
         f"{EXP_DIR}/logs/serve_sweep/{{arm}}-rep{{repeat}}.log",
     conda:
         "../envs/attnbench.yaml"
+    # resources: one server at a time (profiles/default); the SLURM request (GPU model, partition, CPUs, memory,
+    # wall time) from run_resources, docs/cluster.md
     resources:
-        server=1,
-        # SLURM request (profiles/slurm): GPU model, partition, CPUs, memory, wall time; docs/cluster.md
         **run_resources(config),
+        server=1,
     params:
         config=CONFIG_FILE,
         run_dir=lambda wildcards, output: Path(output.run).parent,
