@@ -204,6 +204,14 @@ def test_edited_manifest_field_is_named(built, tmp_path):
     (root / "manifest.json").write_text(json.dumps(manifest))
     found = findings_of(pack(root, tmp_path / "t2.tar.gz"))
     assert verify.Finding("manifest.json", "arms[slow].runs[0].logged_backend", "CPU_ATTN", "FLASH_ATTN") in found
+    # a field nothing recomputes (the code version) is named by its sealed section
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["arms"][1]["runs"][0]["logged_backend"] = "CPU_ATTN"
+    manifest["attnbench"]["version"] = "9.9.9"
+    manifest["manifest_sha256"] = bundle.manifest_digest(manifest)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    found = findings_of(pack(root, tmp_path / "t3.tar.gz"))
+    assert [(f.field, f.found) for f in found] == [("attnbench", "edited")]
 
 
 def test_manifest_schema_violation_is_named(built, tmp_path):

@@ -43,6 +43,7 @@ DERIVED_FILES = ("report.md", "report.html")
 TEXT_SUFFIXES = {".jsonl", ".json", ".log", ".txt", ".md", ".csv", ".svg", ".html", ".yaml"}
 FIXED_MTIME = 0
 REDACTED = provenance.REDACTED
+SEALED_SECTIONS = ("attnbench", "config")  # manifest fields not derivable from the bundled files
 
 
 # --- secrets ----------------------------------------------------------------------------------------------------
@@ -98,6 +99,10 @@ def manifest_digest(manifest: dict) -> str:
     nothing else can recompute (attnbench version, git commit, config)."""
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def section_digest(value) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
 def run_dir(exp_dir: Path, arm: str, repeat: int) -> Path:
@@ -282,6 +287,8 @@ def build_manifest(staged: Path, cfg: dict, paths: list[str], secrets: list[str]
         "files": {rel: {"sha256": sha256_file(staged / rel), "bytes": (staged / rel).stat().st_size}
                   for rel in paths},
     }
+    # Fields nothing in the bundle can recompute get their own digest, so that an edit is named by section.
+    manifest["section_sha256"] = {k: section_digest(manifest[k]) for k in SEALED_SECTIONS}
     manifest["manifest_sha256"] = manifest_digest(manifest)
     return manifest
 

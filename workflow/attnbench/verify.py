@@ -399,6 +399,10 @@ def verify_extracted(root: Path, build_tables: Callable | None = None) -> Verify
     digest = bundle_mod.manifest_digest(manifest)
     if manifest["manifest_sha256"] != digest:
         findings.append(Finding(bundle_mod.MANIFEST, "manifest_sha256", digest, manifest["manifest_sha256"]))
+    for section in bundle_mod.SEALED_SECTIONS:
+        sealed = manifest["section_sha256"].get(section)
+        if sealed != bundle_mod.section_digest(manifest[section]):
+            findings.append(Finding(bundle_mod.MANIFEST, section, f"content with digest {sealed}", "edited"))
     findings += check_files(root, manifest)
     findings += check_derived_manifest(root, manifest)
     findings += check_tables(root, manifest, build_tables)
