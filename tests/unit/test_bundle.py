@@ -100,6 +100,15 @@ def test_no_secret_reaches_the_bundle(built, tmp_path):
     assert bundle.REDACTED in (root / "runs/fast/rep0/server.log").read_text()
 
 
+def test_harmless_values_of_secret_named_variables_do_not_wreck_the_data(tmp_path):
+    exp_dir, cfg = make_experiment(tmp_path / "results")
+    environ = {"TOKENIZERS_PARALLELISM": "false", "SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "MAX_TOKENS": "512",
+               "MY_SERVICE_TOKEN": "tok-9f8e7d6c5b", KEY_ENV: SECRET}
+    assert bundle.secret_values(cfg, environ) == [SECRET, "tok-9f8e7d6c5b"]
+    path = bundle.build_bundle(exp_dir, cfg, tmp_path / "b.tar.gz", environ=environ)
+    assert verify.verify_bundle(path).ok
+
+
 def test_scrub_patterns_without_env():
     text = ('argv ["--api-key", "abcdefgh123"] --api-key=zzzzzzzz9 Authorization: Bearer tok.en-1 '
             '{"HF_TOKEN": "plain-value-1"} OPENAI_API_KEY=qqqqqq77 hf_0123456789abcdefXYZ')

@@ -62,12 +62,19 @@ _EXTRA_PATTERNS = [
 ]
 
 
+# Values of secret-named variables that are no secret and would wreck the data if blanked everywhere
+# (TOKENIZERS_PARALLELISM=false would turn every JSON false into ***; SSH_AUTH_SOCK is a path).
+_NOT_A_SECRET = re.compile(r"^(true|false|none|null|yes|no|on|off|[0-9.]+|/.*)$", re.IGNORECASE)
+
+
 def secret_values(cfg: dict, environ: dict[str, str] | None = None) -> list[str]:
-    """Values to blank: secret-named env vars (provenance's rule) plus the variable the config names for the API
-    key, whatever its name."""
+    """Values to blank: secret-named env vars (provenance's rule) that look like secrets, plus the value of the
+    variable the config names for the API key, whatever its name and shape."""
     environ = os.environ if environ is None else environ
     key_env = (cfg.get("sweep") or {}).get("api_key_env")
-    return provenance.secret_values(environ, extra=[environ.get(key_env) if key_env else None])
+    api_key = environ.get(key_env) if key_env else None
+    named = [v for v in provenance.secret_values(environ) if len(v) >= 8 and not _NOT_A_SECRET.match(v)]
+    return sorted(set(named) | ({api_key} if api_key else set()), key=len, reverse=True)
 
 
 def scrub(text: str, secrets: list[str]) -> str:
