@@ -207,3 +207,32 @@ def test_gpu_request_reaches_slurm(tmp_path):
     proc = submit("a100-sxm4-80gb-sm80-80g")
     assert proc.returncode != 0
     assert re.search(r"gpus=a100:1", proc.stdout + proc.stderr), (proc.stdout + proc.stderr)[-4000:]
+
+
+@pytest.mark.slurm
+@pytest.mark.engine
+def test_failed_slurm_job_keeps_raw_records_and_says_why(tmp_path, engine_python):
+    """A run that fails on a node: the SLURM job fails, its log is kept, and the run folder (run.json with the
+    reason and the SLURM job id, raw records, server.log) survives under results/<exp>/failed/."""
+    require_plugin()
+    cluster_or_skip()
+    work = workdir(tmp_path)
+    overlay = work / "broken.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "engine": {"runtime": "native", "python": engine_python, "startup_timeout_s": 300},
+        "arms": [{"name": "broken", "backend": "CPU_ATTN", "server_args": ["--no-such-flag"]}],
+        "baseline": "broken", "sweep": {"repeats": 1},
+    }), encoding="utf-8")  # fmt: skip
+    proc = snakemake(work, "--configfile", str(ROOT / "config/demo.yaml"), str(overlay),
+                     "--slurm-init-seconds-before-status-checks", "5",
+                     "results/demo/runs/broken/rep0/run.json", timeout=1200)  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-4000:]
+    (job_id,) = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    assert re.search(rf"Error in rule serve_sweep:.*?SLURM.*?{job_id}", log, re.S), log[-4000:]
+    (kept,) = (work / "results/demo/failed").glob("broken-rep0-*")
+    run = json.loads((kept / "run.json").read_text(encoding="utf-8"))
+    assert run["status"] == "failed" and run["slurm_job_id"] == job_id
+    assert "server" in run["error"] and (kept / "records.jsonl").exists()
+    assert "--no-such-flag" in (kept / "server.log").read_text(encoding="utf-8")
+    assert list(work.glob(f".snakemake/slurm_logs/rule_serve_sweep/broken_0/{job_id}.log"))
