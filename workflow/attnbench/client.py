@@ -11,7 +11,8 @@ token); `itl` holds the gaps between successive content chunks (a chunk may carr
 server batches its writes, which is why TPOT is computed from usage, not from the number of gaps).
 
 The SSE stream is split into lines by hand from raw bytes: it is the hot loop of the client at high concurrency,
-and httpx's generic line iterator costs more per chunk than the few byte operations needed here.
+and httpx's generic line iterator costs more per chunk than the few byte operations needed here. For the same
+reason plain-http servers are reached through attnbench.http11.LoopbackTransport (see there why).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from attnbench.http11 import LoopbackTransport
 from attnbench.records import RequestRecord
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what llmapibenchmark sends
@@ -165,8 +167,11 @@ class Client:
         headers = {"Accept": "text/event-stream"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"  # kept only in the client's headers, never recorded
+        # Plain-http servers (the benchmark case) get the lean transport; https keeps httpx's default one.
+        transport = LoopbackTransport(concurrency) if self.base_url.startswith("http://") else None
         self._http = httpx.AsyncClient(
             headers=headers,
+            transport=transport,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
         )

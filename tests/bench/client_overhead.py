@@ -1,0 +1,256 @@
+"""Client overhead benchmark: our client against vLLM's benchmark client, on the same local load source.
+
+    python tests/bench/client_overhead.py [--engine-python PY] [--concurrency 1,32,256] [--seconds 8]
+
+The load source is a small asyncio HTTP/1.1 server (its own process) that answers every chat request with an SSE
+stream shaped like vLLM's: one `data:` event per token, a usage event, `data: [DONE]`. It is not a stand-in for
+vLLM in correctness tests; it only produces tokens as fast as asked, so the client is the bottleneck.
+
+Two figures per client and concurrency level:
+  max tokens/s  the source streams 256 tokens per request with no delay; the client runs a closed loop of C
+                requests for a fixed time; tokens/s = completion tokens received / wall time.
+  TTFT error    the source waits exactly TTFT_DELAY_S before the first token and then paces tokens every
+                PACED_ITL_S; error = client-measured TTFT - TTFT_DELAY_S (median and p99, ms). It includes sending
+                the request and reading the reply through the loopback, which is what a client adds.
+Ours runs under this interpreter (the project venv); vLLM's (vllm.benchmarks.lib.endpoint_request_func, aiohttp,
+a session configured as vllm/benchmarks/serve.py does) under --engine-python. Numbers are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+FAST_TOKENS = 256
+PACED_TOKENS = 32
+TTFT_DELAY_S = 0.050
+PACED_ITL_S = 0.020
+
+# --- the load source --------------------------------------------------------------------------------------------
+
+
+def _event(obj: dict) -> bytes:
+    data = b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"  # one HTTP chunk per SSE event
+
+
+TOKEN = _event({"id": "x", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]})  # fmt: skip
+HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+        b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n")  # fmt: skip
+DONE = _event({"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": [],
+               "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}})  # fmt: skip
+
+
+async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paced: bool) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = json.loads(await reader.readexactly(length)) if length else {}
+            n = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+            writer.write(HEAD)
+            if paced:
+                await asyncio.sleep(TTFT_DELAY_S)
+            for i in range(n):
+                if paced and i:
+                    await asyncio.sleep(PACED_ITL_S)
+                writer.write(TOKEN)
+                await writer.drain()
+            usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
+            writer.write(_event({"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": [],
+                                 "usage": usage}))  # fmt: skip
+            writer.write(_event_raw(b"[DONE]") + b"0\r\n\r\n")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def _event_raw(payload: bytes) -> bytes:
+    data = b"data: " + payload + b"\n\n"
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def serve(port: int, paced: bool) -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(lambda r, w: _serve_connection(r, w, paced), "127.0.0.1", port,
+                                            backlog=1024)  # fmt: skip
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# --- drivers: a closed loop of C requests for `seconds`, or `count` requests -------------------------------------
+
+
+async def _closed_loop(send, concurrency: int, seconds: float | None, count: int | None) -> dict:
+    results: list[tuple[bool, int, float]] = []  # (ok, tokens, ttft)
+    started = time.perf_counter()
+    deadline = started + seconds if seconds else None
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal issued
+        while True:
+            if deadline and time.perf_counter() >= deadline:
+                return
+            if count is not None and issued >= count:
+                return
+            issued += 1
+            results.append(await send())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    ok = [r for r in results if r[0]]
+    ttfts = sorted(r[2] for r in ok)
+    return {
+        "requests": len(results),
+        "failed": len(results) - len(ok),
+        "tokens": sum(r[1] for r in ok),
+        "wall_s": wall,
+        "tokens_per_s": sum(r[1] for r in ok) / wall,
+        "ttft_ms_median": statistics.median(ttfts) * 1000 if ttfts else None,
+        "ttft_ms_p99": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] * 1000 if ttfts else None,
+    }
+
+
+async def drive_ours(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None) -> dict:
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
+    from attnbench.client import Client, Sampling
+
+    sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
+    ids = dict(experiment="b", arm="b", repeat=0, workload="b", concurrency=concurrency, phase="measure", index=0,
+               request_id="b", prompt_seed=0)  # fmt: skip
+    async with Client(url, "m", concurrency=concurrency, timeout_s=120) as client:
+
+        async def send():
+            rec = await client.request("hi", sampling, ids)
+            return rec.ok, rec.completion_tokens or 0, rec.ttft or 0.0
+
+        return await _closed_loop(send, concurrency, seconds, count)
+
+
+async def drive_vllm(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None) -> dict:
+    import aiohttp
+    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_chat_completions
+
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300,
+                                     use_dns_cache=True, keepalive_timeout=60, enable_cleanup_closed=True,
+                                     force_close=False, ssl=False)  # fmt: skip — as vllm/benchmarks/serve.py
+    async with aiohttp.ClientSession(connector=connector, trust_env=True,
+                                     timeout=aiohttp.ClientTimeout(total=6 * 60 * 60)) as session:  # fmt: skip
+        inp = RequestFuncInput(prompt="hi", api_url=url + "/v1/chat/completions", prompt_len=1, output_len=tokens,
+                               model="m", ignore_eos=True)  # fmt: skip
+
+        async def send():
+            out = await async_request_openai_chat_completions(inp, session)
+            return out.success, out.output_tokens or 0, out.ttft
+
+        return await _closed_loop(send, concurrency, seconds, count)
+
+
+def drive(args: argparse.Namespace) -> None:
+    fn = drive_ours if args.client == "ours" else drive_vllm
+    seconds = args.seconds if args.seconds > 0 else None
+    count = args.count if args.count > 0 else None
+    # One short untimed round first, so connection set-up and imports are not in the figure.
+    asyncio.run(fn(args.url, args.concurrency, 4, None, args.concurrency))
+    print(json.dumps(asyncio.run(fn(args.url, args.concurrency, args.tokens, seconds, count))))
+
+
+# --- orchestration ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_source(paced: bool) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    argv = [sys.executable, __file__, "serve", "--port", str(port)] + (["--paced"] if paced else [])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _run_driver(python: str, client: str, url: str, concurrency: int, tokens: int, seconds: float, count: int) -> dict:
+    argv = [python, __file__, "drive", "--client", client, "--url", url, "--concurrency", str(concurrency),
+            "--tokens", str(tokens), "--seconds", str(seconds), "--count", str(count)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(f"{client} driver failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(args: argparse.Namespace) -> None:
+    levels = [int(x) for x in args.concurrency.split(",")]
+    clients = [("ours", sys.executable)] + ([("vllm", args.engine_python)] if args.engine_python else [])
+    rows = []
+    for paced in (False, True):
+        source, url = _start_source(paced)
+        try:
+            for c in levels:
+                for name, python in clients:
+                    if paced:  # enough requests for a stable median at every level
+                        res = _run_driver(python, name, url, c, PACED_TOKENS, 0, max(2 * c, 64))
+                    else:
+                        res = _run_driver(python, name, url, c, FAST_TOKENS, args.seconds, 0)
+                    rows.append((paced, c, name, res))
+                    print(f"  {'paced' if paced else 'max  '} c={c:<4} {name:5} {json.dumps(res)}", file=sys.stderr)
+        finally:
+            os.killpg(source.pid, 9)
+            source.wait()
+    print(f"\nclient overhead (load source: {FAST_TOKENS} tokens/request unpaced; paced: TTFT {TTFT_DELAY_S * 1000:.0f} ms, "
+          f"ITL {PACED_ITL_S * 1000:.0f} ms, {PACED_TOKENS} tokens)")  # fmt: skip
+    print(f"{'conc':>5} {'client':>7} {'max tok/s':>11} {'failed':>7} {'TTFT err med ms':>16} {'TTFT err p99 ms':>16}")
+    for c in levels:
+        for name, _ in clients:
+            fast = next(r for p, cc, n, r in rows if not p and cc == c and n == name)
+            paced = next(r for p, cc, n, r in rows if p and cc == c and n == name)
+            err_med = paced["ttft_ms_median"] - TTFT_DELAY_S * 1000
+            err_p99 = paced["ttft_ms_p99"] - TTFT_DELAY_S * 1000
+            print(f"{c:>5} {name:>7} {fast['tokens_per_s']:>11.0f} {fast['failed'] + paced['failed']:>7} "
+                  f"{err_med:>16.2f} {err_p99:>16.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd")
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--paced", action="store_true")
+    d = sub.add_parser("drive")
+    d.add_argument("--client", choices=["ours", "vllm"], required=True)
+    d.add_argument("--url", required=True)
+    d.add_argument("--concurrency", type=int, required=True)
+    d.add_argument("--tokens", type=int, required=True)
+    d.add_argument("--seconds", type=float, default=0)
+    d.add_argument("--count", type=int, default=0)
+    parser.add_argument("--engine-python", default=os.environ.get("ATTNBENCH_ENGINE_PYTHON"))
+    parser.add_argument("--concurrency", default="1,32,256")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    a = parser.parse_args()
+    if a.cmd == "serve":
+        serve(a.port, a.paced)
+    elif a.cmd == "drive":
+        drive(a)
+    else:
+        main(a)
