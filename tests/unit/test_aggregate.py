@@ -308,6 +308,8 @@ def test_missing_runs_are_listed(tmp_path):
     cfg = synth_runs.config(repeats=2)
     exp = tmp_path / "synth"
     synth_runs.write_run(exp, cfg, "base", 0, 1.0)
+    # killed before its first level finished: requests recorded, no level yet
+    (synth_runs.write_run(exp, cfg, "fast", 0, 1.0) / "levels.jsonl").unlink()
     tables = aggregate.build_tables(exp, cfg)
     assert tables["missing_runs.txt"] == "base/rep1\nfast/rep0\nfast/rep1\n"
     assert "Only one arm" not in tables["arms_vs_baseline.md"]

@@ -120,13 +120,18 @@ def kernel_violations(kernels: dict | None, arm: dict) -> list[str]:
     return list(kernels_mod.check_expectations(kernels, expect))
 
 
+def has_raw_records(rdir: Path) -> bool:
+    """Both raw files exist (a run killed before its first level finished has requests but no level yet)."""
+    return (rdir / "records.jsonl").exists() and (rdir / "levels.jsonl").exists()
+
+
 def load_runs(exp_dir: Path, cfg: dict) -> list[RunInfo]:
     """Every run folder the config names that holds raw records, in config order (arm, then repeat)."""
     runs = []
     for arm in arms_of(cfg):
         for repeat in range(int(cfg.get("sweep", {}).get("repeats", 1))):
             rdir = run_dir(exp_dir, arm["name"], repeat)
-            if not (rdir / "records.jsonl").exists():
+            if not has_raw_records(rdir):
                 continue
             run = _read_json(rdir / "run.json") if (rdir / "run.json").exists() else {}
             kern = _read_json(rdir / "kernels.json") if (rdir / "kernels.json").exists() else None
@@ -143,7 +148,7 @@ def missing_runs(exp_dir: Path, cfg: dict) -> list[str]:
         f"{arm['name']}/rep{k}"
         for arm in arms_of(cfg)
         for k in range(int(cfg.get("sweep", {}).get("repeats", 1)))
-        if not (run_dir(exp_dir, arm["name"], k) / "records.jsonl").exists()
+        if not has_raw_records(run_dir(exp_dir, arm["name"], k))
     ]
 
 
@@ -223,7 +228,8 @@ def levels_frame(exp_dir: Path, cfg: dict) -> pd.DataFrame:
         frames.append(df)
     if not frames:
         raise AggregateError(
-            f"{exp_dir}: no run holds raw records (looked for runs/<arm>/rep<k>/records.jsonl for the config's arms)"
+            f"{exp_dir}: no run holds raw records (looked for runs/<arm>/rep<k>/records.jsonl and levels.jsonl "
+            "for the config's arms)"
         )
     df = pd.concat(frames, ignore_index=True)
     df = _add_decode_efficiency(df, cfg)

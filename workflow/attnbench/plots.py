@@ -64,6 +64,13 @@ def _mark_flagged(ax, x, y, labelled: list[bool]) -> None:
     labelled[0] = True
 
 
+def _legend_below(fig, ax) -> None:
+    """One legend for the figure, under the panels, so it never covers a point or an interval."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=min(len(labels), 3), fontsize=8,
+               frameon=False)  # fmt: skip
+
+
 def _arm_series(summ: pd.DataFrame, arm: str) -> pd.DataFrame:
     return summ[summ["arm"] == arm].sort_values("concurrency")
 
@@ -73,7 +80,7 @@ def plot_throughput(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -
     metrics = [("generation_throughput_tps", "generation throughput (tokens/s)"),
                ("prompt_throughput_tps", "prompt throughput (tokens/s)")]  # fmt: skip
     summ = aggregate.summary_frame(sub, [m for m, _ in metrics])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"wspace": 0.3})
     flagged_labelled = [False]
     for ax, (m, label) in zip(axes, metrics):
         for i, arm in enumerate(aggregate.arms_of(cfg)):
@@ -88,7 +95,7 @@ def plot_throughput(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -
         _setup_x(ax, cfg["workloads"][workload]["concurrency"])
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
-    axes[0].legend(fontsize=8)
+    _legend_below(fig, axes[0])
     fig.suptitle(f"{cfg['experiment']} / {workload}: throughput vs concurrency (mean ± sd over repeats)")
     return _save(fig, out_dir, f"throughput_{workload}")
 
@@ -126,7 +133,7 @@ def plot_speedup(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> l
     metrics = [("generation_throughput_tps", "generation throughput ratio"),
                ("prompt_throughput_tps", "prompt throughput ratio")]  # fmt: skip
     pairs = aggregate.comparison_pairs(cfg)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"wspace": 0.3})
     flagged_labelled = [False]
     concurrency = cfg["workloads"][workload]["concurrency"]
     n_pairs = max(len(pairs), 1)
@@ -151,7 +158,7 @@ def plot_speedup(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> l
         _setup_x(ax, concurrency)
         ax.set_ylabel(label)
     if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8)
+        _legend_below(fig, axes[0])
     else:
         why = "one arm only" if not pairs else "no level measured\nby both arms of a pair"
         for ax in axes:
