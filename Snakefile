@@ -4,6 +4,8 @@ GPU host (the article):  snakemake --cores 1 --use-singularity
 CPU demo (any machine):  snakemake --cores 1 --configfile config/demo.yaml
 """
 
+import copy
+
 from snakemake.utils import min_version, validate
 
 min_version("8.0")
@@ -17,6 +19,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/article.yaml"
 
 
+# What the config file says, before defaults are filled: a run reruns when this changes for its arm (common.smk's
+# arm_fingerprint), not when a new schema default appears.
+USER_CONFIG = copy.deepcopy(config)
 # The schema fills defaults; attnbench.config then checks the rules spanning fields (common.smk).
 validate(config, "workflow/schemas/config.schema.yaml")
 

@@ -47,10 +47,12 @@ CONFIG_FILE = effective_config_path()
 
 
 def arm_fingerprint(wildcards):
-    """What a run of this arm depends on, as a params value: Snakemake reruns a run when it changes (the
-    'params' rerun trigger) and leaves the other arms alone."""
-    arm = next(a for a in config["arms"] if a["name"] == wildcards.arm)
-    parts = {k: config[k] for k in ("engine", "model", "workloads", "sweep", "kernels")}
+    """What the config file says about a run of this arm, as a params value: Snakemake reruns the run when it
+    changes (the 'params' rerun trigger) and leaves the other arms alone. Built from the config as written, so a
+    default added to the schema later does not invalidate finished runs."""
+    arm = next(a for a in USER_CONFIG["arms"] if a["name"] == wildcards.arm)
+    keys = ("engine", "model", "workloads", "sweep", "kernels")
+    parts = {k: USER_CONFIG[k] for k in keys if k in USER_CONFIG}
     return json.dumps({"arm": arm, **parts}, sort_keys=True, separators=(",", ":"))
 
 
