@@ -534,6 +534,9 @@ class DockerServer:
                 labels={OWNER_LABEL: str(os.getpid()), ROLE_LABEL: "server"},
                 name=self.name,
                 shm_size=SHM_SIZE,
+                # An init as PID 1 forwards docker stop's SIGTERM to the server and reaps its workers; a server
+                # that is PID 1 itself ignores SIGTERM unless it installed a handler.
+                init=True,
                 detach=True,
             )
         except docker.errors.ImageNotFound:
