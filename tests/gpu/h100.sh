@@ -9,8 +9,10 @@
 #   bash tests/gpu/h100.sh poll SECONDS      # wait up to SECONDS, print progress, copy results to $OUT
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# Every command re-sends the working tree and overwrites the checkout, so the pipeline runs from its own copy.
+RUN=/tmp/attnbench-run
 SITE=/tmp/site
-export PYTHONPATH=$SITE:$PWD/workflow PATH=/tmp/abin:$SITE/bin:$PATH PYTHONUNBUFFERED=1
+export PYTHONPATH=$SITE:/tmp/attnbench-run/workflow PATH=/tmp/abin:$SITE/bin:$PATH PYTHONUNBUFFERED=1
 EXP=${ATTNBENCH_EXP:-h100}
 CONFIG=${ATTNBENCH_CONFIG:-config/$EXP.yaml}
 OUTBOX=/tmp/outbox
@@ -48,6 +50,9 @@ start)
   targets=("$@")
   [ ${#targets[@]} -gt 0 ] || targets=("${PLAN[@]/#/results/$EXP/runs/}")
   targets=("${targets[@]/%//run.json}")
+  mkdir -p $RUN
+  tar cf - --exclude=./.wheelhouse --exclude=./.git --exclude=./results --exclude=./.snakemake . | tar xf - -C $RUN
+  cd $RUN
   # setsid: the pipeline runs on after this command returns; it stops when the machine goes back.
   setsid nohup bash -c '
     for t in "$@"; do
@@ -71,6 +76,7 @@ pack)
   pack
   ;;
 poll)
+  cd $RUN
   deadline=$(( $(date +%s) + ${2:-500} ))
   while [ "$(date +%s)" -lt "$deadline" ] && ! grep -q "=== .* DONE" $DRIVE_LOG 2>/dev/null; do sleep 10; done
   grep -E "^===|Error|error:|Finished job|failed" $DRIVE_LOG | tail -n 40

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -164,10 +165,12 @@ def format_report(vllm_runs: list[dict], our_runs: list[dict], cmp: dict) -> str
     return "\n".join(lines)
 
 
-def _cmd_crosscheck(args: argparse.Namespace) -> int:
+def crosscheck(args: argparse.Namespace) -> dict:
+    """Both tools, alternating, args.repeats times each; writes args.output/crosscheck.json and returns its content.
+    `args` holds the CLI's options (run-arm builds the same namespace for its crosscheck points)."""
     if args.api_key_env and not os.environ.get(args.api_key_env):
         raise CrosscheckError(f"environment variable {args.api_key_env} (--api-key-env) is not set or empty")
-    if not Path(args.engine_python).exists():
+    if not (Path(args.engine_python).exists() or shutil.which(args.engine_python)):
         raise CrosscheckError(f"--engine-python {args.engine_python} does not exist")
     out = Path(args.output)
     if out.exists() and any(out.iterdir()):
@@ -180,13 +183,17 @@ def _cmd_crosscheck(args: argparse.Namespace) -> int:
         vllm_runs.append(run_vllm(args, seed, out, f"vllm-{i + 1}"))
         target = round(vllm_runs[0]["prompt_tokens_median"])  # what vLLM's requests really were, template included
         our_runs.append(run_ours(args, seed, target, out, f"ours-{i + 1}"))
-    cmp = compare(vllm_runs, our_runs)
-    (out / "crosscheck.json").write_text(
-        json.dumps({"vllm": vllm_runs, "ours": our_runs, "comparison": cmp,
-                    "workload": {"input_len": args.input_len, "output_len": args.output_len,
-                                 "concurrency": args.concurrency, "num_prompts": args.num_prompts,
-                                 "warmup": args.warmup, "api": args.api}}, indent=1) + "\n")  # fmt: skip
-    print(format_report(vllm_runs, our_runs, cmp))
+    result = {"vllm": vllm_runs, "ours": our_runs, "comparison": compare(vllm_runs, our_runs),
+              "workload": {"input_len": args.input_len, "output_len": args.output_len,
+                           "concurrency": args.concurrency, "num_prompts": args.num_prompts,
+                           "warmup": args.warmup, "api": args.api}}  # fmt: skip
+    (out / "crosscheck.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _cmd_crosscheck(args: argparse.Namespace) -> int:
+    result = crosscheck(args)
+    print(format_report(result["vllm"], result["ours"], result["comparison"]))
     return 0
 
 
