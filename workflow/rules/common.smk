@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from attnbench.config import check_cross_fields, engine_id, engine_venv_dir
-from attnbench.cluster import remote_rules, run_resources
+from attnbench.cluster import build_resources, remote_rules, run_resources
 from attnbench.errors import ConfigError
 
 try:

@@ -49,6 +49,9 @@ rule build_image:
         f"{EXP_DIR}/logs/build_image/{{image}}-{{gpu_type}}-{{arm}}.log",
     conda:
         "../envs/attnbench.yaml"
+    resources:
+        # SLURM request when slurm.builds is cluster (docs/cluster.md)
+        **build_resources(config),
     params:
         config=CONFIG_FILE,
     shell:

@@ -11,6 +11,9 @@ rule engine_venv:
         f"{EXP_DIR}/logs/engine_venv.log",
     conda:
         "../envs/attnbench.yaml"
+    resources:
+        # SLURM request when slurm.builds is cluster (docs/cluster.md)
+        **build_resources(config),
     params:
         venv=str(engine_venv_dir(config)),
         version=config["engine"]["version"],
