@@ -1,6 +1,6 @@
 """Client overhead benchmark: our client against vLLM's benchmark client, on the same local load source.
 
-    python tests/bench/client_overhead.py [--engine-python PY] [--concurrency 1,32,256] [--seconds 8]
+    python tests/bench/client_overhead.py [--engine-python PY] [--concurrency 1,32,256] [--seconds 8] [--rounds 3]
 
 The load source is a small asyncio HTTP/1.1 server (its own process) that answers every chat request with an SSE
 stream shaped like vLLM's: one `data:` event per token, a usage event, `data: [DONE]`. It is not a stand-in for
@@ -208,27 +208,30 @@ def main(args: argparse.Namespace) -> None:
         source, url = _start_source(paced)
         try:
             for c in levels:
-                for name, python in clients:
-                    if paced:  # enough requests for a stable median at every level
-                        res = _run_driver(python, name, url, c, PACED_TOKENS, 0, max(2 * c, 64))
-                    else:
-                        res = _run_driver(python, name, url, c, FAST_TOKENS, args.seconds, 0)
-                    rows.append((paced, c, name, res))
-                    print(f"  {'paced' if paced else 'max  '} c={c:<4} {name:5} {json.dumps(res)}", file=sys.stderr)
+                for _ in range(args.rounds):  # clients alternate, so a change of machine load hits both
+                    for name, python in clients:
+                        if paced:  # enough requests for a stable median at every level
+                            res = _run_driver(python, name, url, c, PACED_TOKENS, 0, max(2 * c, 32))
+                        else:
+                            res = _run_driver(python, name, url, c, FAST_TOKENS, args.seconds, 0)
+                        rows.append((paced, c, name, res))
+                        print(f"  {'paced' if paced else 'max  '} c={c:<4} {name:5} {json.dumps(res)}", file=sys.stderr)
         finally:
             os.killpg(source.pid, 9)
             source.wait()
     print(f"\nclient overhead (load source: {FAST_TOKENS} tokens/request unpaced; paced: TTFT {TTFT_DELAY_S * 1000:.0f} ms, "
           f"ITL {PACED_ITL_S * 1000:.0f} ms, {PACED_TOKENS} tokens)")  # fmt: skip
+    print(f"medians over {args.rounds} alternating rounds; host load average now {os.getloadavg()[0]:.1f}")
     print(f"{'conc':>5} {'client':>7} {'max tok/s':>11} {'failed':>7} {'TTFT err med ms':>16} {'TTFT err p99 ms':>16}")
     for c in levels:
         for name, _ in clients:
-            fast = next(r for p, cc, n, r in rows if not p and cc == c and n == name)
-            paced = next(r for p, cc, n, r in rows if p and cc == c and n == name)
-            err_med = paced["ttft_ms_median"] - TTFT_DELAY_S * 1000
-            err_p99 = paced["ttft_ms_p99"] - TTFT_DELAY_S * 1000
-            print(f"{c:>5} {name:>7} {fast['tokens_per_s']:>11.0f} {fast['failed'] + paced['failed']:>7} "
-                  f"{err_med:>16.2f} {err_p99:>16.2f}")
+            fast = [r for p, cc, n, r in rows if not p and cc == c and n == name]
+            paced = [r for p, cc, n, r in rows if p and cc == c and n == name]
+            tps = statistics.median(r["tokens_per_s"] for r in fast)
+            failed = sum(r["failed"] for r in fast + paced)
+            err_med = statistics.median(r["ttft_ms_median"] for r in paced) - TTFT_DELAY_S * 1000
+            err_p99 = statistics.median(r["ttft_ms_p99"] for r in paced) - TTFT_DELAY_S * 1000
+            print(f"{c:>5} {name:>7} {tps:>11.0f} {failed:>7} {err_med:>16.2f} {err_p99:>16.2f}")
 
 
 if __name__ == "__main__":
@@ -247,6 +250,7 @@ if __name__ == "__main__":
     parser.add_argument("--engine-python", default=os.environ.get("ATTNBENCH_ENGINE_PYTHON"))
     parser.add_argument("--concurrency", default="1,32,256")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per client and level (median printed)")
     a = parser.parse_args()
     if a.cmd == "serve":
         serve(a.port, a.paced)

@@ -29,6 +29,7 @@ from attnbench.records import RequestRecord
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what llmapibenchmark sends
 API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 ERROR_TEXT_LIMIT = 300  # characters of a server's error body kept in a record
+_decode_json = json.JSONDecoder().decode  # on str: skips json.loads' encoding sniffing, once per token
 
 
 @dataclass
@@ -119,8 +120,8 @@ class StreamState:
         if self.done:
             raise StreamError(f"data after [DONE]: {_short(data)!r}")
         try:
-            payload = json.loads(data)
-        except ValueError:
+            payload = _decode_json(data.decode())
+        except ValueError:  # also UnicodeDecodeError
             raise StreamError(f"malformed SSE data (not JSON): {_short(data)!r}") from None
         if not isinstance(payload, dict):
             raise StreamError(f"malformed SSE data (not an object): {_short(data)!r}")
@@ -250,7 +251,8 @@ class Client:
                 continue
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                state.feed_line(line, now)
+                if line and line != b"\r":  # every other line is an event separator
+                    state.feed_line(line, now)
             if now > deadline:
                 raise httpx.ReadTimeout("request exceeded its total time limit")
         if buffer.strip():
