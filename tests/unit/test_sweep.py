@@ -32,6 +32,8 @@ def test_parse_concurrency():
 def test_requests_per_level_default():
     assert [requests_for(n, {"requests_per_level": None}) for n in (1, 4, 8, 32)] == [16, 16, 32, 128]
     assert requests_for(8, {"requests_per_level": 5}) == 5
+    assert requests_for(8, {"waves_per_level": 2, "min_requests_per_level": 4}) == 16
+    assert requests_for(1, {"waves_per_level": 2, "min_requests_per_level": 4}) == 4
 
 
 def test_refuses_a_folder_with_records(tmp_path):
