@@ -62,10 +62,11 @@ def what_ran(cfg: dict) -> str:
                 arm.get("variant") or "-",
                 arm.get("article_backend") or "-",
                 ", ".join(f"{k} {'+'.join(v)}" for k, v in expect.items() if v) or "-",
+                " ".join((arm.get("description") or "-").split()).replace("|", "/"),
             ]
         )
-    lines.append(aggregate.md_table(["Arm", "Backend", "FA version", "Variant", "Article backend", "Expect kernels"],
-                                    arm_rows, right=set()))  # fmt: skip
+    lines.append(aggregate.md_table(["Arm", "Backend", "FA version", "Variant", "Article backend", "Expect kernels",
+                                     "Description"], arm_rows, right=set()))  # fmt: skip
     return "\n".join(lines)
 
 def provenance(runs: list[aggregate.RunInfo]) -> str:
