@@ -168,6 +168,7 @@ def test_kernel_summaries():
 def test_md_table_pads_and_aligns():
     text = aggregate.md_table(["A", "Num"], [["x", "1.5"], ["long", "10.25"]], right={1})
     assert text.splitlines() == ["| A    |   Num |", "|------|------:|", "| x    |   1.5 |", "| long | 10.25 |"]
+    assert aggregate.md_table(["A"], [["x | y"]]).splitlines()[2] == "| x / y |"
 
 
 # --- from raw records (metrics.read_run) -----------------------------------------------------------------------

@@ -449,6 +449,9 @@ def fmt_ratio(ratio: float, interval: tuple[float, float] | None) -> str:
 def md_table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
     """A padded pipe table (the look of llmapibenchmark's output); columns in `right` are right-aligned."""
     right = set(range(len(headers))) if right is None else right
+    # A '|' inside a cell (free text: descriptions, error reasons) would split it; '/' reads the same.
+    headers = [h.replace("|", "/") for h in headers]
+    rows = [[c.replace("|", "/") for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:

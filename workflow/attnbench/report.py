@@ -62,7 +62,7 @@ def what_ran(cfg: dict) -> str:
                 arm.get("variant") or "-",
                 arm.get("article_backend") or "-",
                 ", ".join(f"{k} {'+'.join(v)}" for k, v in expect.items() if v) or "-",
-                " ".join((arm.get("description") or "-").split()).replace("|", "/"),
+                " ".join((arm.get("description") or "-").split()),
             ]
         )
     lines.append(aggregate.md_table(["Arm", "Backend", "FA version", "Variant", "Article backend", "Expect kernels",
