@@ -17,8 +17,8 @@ except ConfigError as exc:
 
 # Rules call the `attnbench` CLI of the environment running Snakemake, even when that venv is not activated
 # (`.venv/bin/snakemake ...`).
-os.environ["PATH"] = (
-    f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.update(
+    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 )
 
 EXP = config["experiment"]

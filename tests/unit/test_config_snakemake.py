@@ -1,0 +1,50 @@
+"""The workflow refuses a bad config before any job starts (snakemake -n), naming the field; every shipped config
+plans cleanly. Dry runs only: nothing is started."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted(p for p in (ROOT / "config").glob("*.yaml") if "arms" in yaml.safe_load(p.read_text()))
+
+
+def dry_run(configfile: Path, workdir: Path) -> subprocess.CompletedProcess:
+    if not (workdir / "config").exists():
+        (workdir / "config").symlink_to(ROOT / "config")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(workdir), "--configfile", str(configfile)]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_config_plans(path, tmp_path):
+    proc = dry_run(path, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "serve_sweep" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (lambda c: c.update(baseline="nope"), "baseline: 'nope' is not an arm"),
+        (lambda c: c["engine"].update(runtime="conda"), "'conda' is not one of ['venv', 'native', 'docker', 'apptainer']"),
+        (lambda c: c["arms"].append(dict(c["arms"][0])), "must be unique"),
+        (lambda c: c["sweep"].update(api="responses"), "'responses' is not one of ['chat', 'completions']"),
+    ],
+    ids=["baseline", "runtime", "duplicate-arm", "api"],
+)
+def test_bad_config_stops_the_workflow(edit, expected, tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    edit(cfg)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = dry_run(bad, tmp_path)
+    assert proc.returncode != 0
+    assert expected in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.jsonl"))
