@@ -192,3 +192,48 @@ def test_server_killed_mid_run_fails_clearly_and_keeps_records(engine_python, tm
     assert run["status"] == "failed" and "server" in run["error"]
     time.sleep(2)
     assert processes_mentioning(model_dir) == [], "a server process outlived the failed rule"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_run_arm_stops_the_server(engine_python, tmp_path, sig):
+    """What a cluster scheduler (SIGTERM) or Ctrl-C (SIGINT) does to a running job: the server goes, run.json says
+    why, the records stay."""
+    from attnbench.models import write_synthetic_model
+
+    arms = [{"name": "sig", "backend": "CPU_ATTN"}]
+    workloads = {"short": {"prompt_tokens": 45, "output_tokens": 256, "concurrency": [1]}}
+    cfg = reduced_config("sigtest", engine_python, arms, workloads, requests_per_level=40, warmup_requests=0)
+    exp = tmp_path / "results" / "sigtest"
+    write_synthetic_model(Path(cfg["model"]["architecture"]), exp / "models" / "tiny-qwen2" / "model",
+                          exp / "models" / "tiny-qwen2" / "tokenizer")  # fmt: skip
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run_dir = exp / "runs" / "sig" / "rep0"
+    cmd = [sys.executable, "-m", "attnbench.cli", "run-arm", "--config", str(tmp_path / "cfg.yaml"), "--arm", "sig",
+           "--out", str(run_dir), "--exp-dir", str(exp)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 900
+        records = run_dir / "records.jsonl"
+        while time.monotonic() < deadline:
+            if records.exists() and len(records.read_text().splitlines()) >= 1:
+                break
+            assert proc.poll() is None, f"run-arm ended early: {proc.stdout.read()[-3000:]}"
+            time.sleep(1)
+        else:
+            pytest.fail("no records within 900 s")
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert len(output.strip().splitlines()[-1]) < 400  # one line of cause, no traceback
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "failed"
+    assert ("terminated" if sig == signal.SIGTERM else "interrupted") in run["error"]
+    assert len((run_dir / "records.jsonl").read_text().splitlines()) >= 1
+    assert list((exp / "failed").glob("sig-rep0-*/records.jsonl"))
+    time.sleep(2)
+    assert processes_mentioning(str(exp / "models")) == [], "a server process outlived run-arm"

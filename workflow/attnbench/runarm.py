@@ -290,11 +290,16 @@ def keep_failed(out_dir: Path, exp_dir: Path, arm: str, repeat: int) -> Path:
 
 def _cmd_run_arm(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    exp_dir = Path(args.exp_dir) if args.exp_dir else Path("results") / cfg["experiment"]
+    kept = f"raw records kept in {exp_dir / 'failed'}"
     try:
-        run = run_arm(cfg, args.arm, args.repeat, Path(args.out), Path(args.exp_dir) if args.exp_dir else None)
-    except (AttnbenchError, Terminated, SystemExit) as exc:
-        exp_dir = Path(args.exp_dir) if args.exp_dir else Path("results") / cfg["experiment"]
-        raise AttnbenchError(f"{exc} (raw records kept in {exp_dir / 'failed'})") from None
+        run = run_arm(cfg, args.arm, args.repeat, Path(args.out), exp_dir)
+    except AttnbenchError as exc:
+        raise AttnbenchError(f"{exc} ({kept})") from None
+    except (Terminated, SystemExit):
+        raise AttnbenchError(f"terminated by SIGTERM, server stopped ({kept})") from None
+    except KeyboardInterrupt:
+        raise AttnbenchError(f"interrupted, server stopped ({kept})") from None
     print(f"run-arm {args.arm} rep{args.repeat}: ok, server ready in {run['server'].get('ready_s')} s, "
           f"backend logged {run['backend']['logged'] if run['backend'] else None}")  # fmt: skip
     return 0

@@ -1,4 +1,5 @@
 # Helpers only: paths and wildcard -> config lookups. No rules here.
+import hashlib
 import json
 import os
 import sys
@@ -49,11 +50,13 @@ CONFIG_FILE = effective_config_path()
 def arm_fingerprint(wildcards):
     """What the config file says about a run of this arm, as a params value: Snakemake reruns the run when it
     changes (the 'params' rerun trigger) and leaves the other arms alone. Built from the config as written, so a
-    default added to the schema later does not invalidate finished runs."""
+    default added to the schema later does not invalidate finished runs. A digest keeps Snakemake's rerun reason
+    short; config.effective.json shows the values."""
     arm = next(a for a in USER_CONFIG["arms"] if a["name"] == wildcards.arm)
     keys = ("engine", "model", "workloads", "sweep", "kernels")
     parts = {k: USER_CONFIG[k] for k in keys if k in USER_CONFIG}
-    return json.dumps({"arm": arm, **parts}, sort_keys=True, separators=(",", ":"))
+    text = json.dumps({"arm": arm, **parts}, sort_keys=True, separators=(",", ":"))
+    return "config-sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def model_inputs():
