@@ -1,0 +1,39 @@
+"""crosscheck's arithmetic and the command line it gives vLLM's benchmark (the runs themselves need a server)."""
+
+import argparse
+
+import pytest
+
+from attnbench.crosscheck import compare, vllm_bench_argv
+
+
+def run(tps, ttft, tpot):
+    return {"output_throughput_tps": tps, "ttft_ms_median": ttft, "tpot_ms_median": tpot}
+
+
+def test_compare_ratio_differences_and_noise():
+    vllm = [run(100.0, 20.0, 5.0), run(110.0, 22.0, 5.5)]
+    ours = [run(102.0, 21.0, 5.2), run(108.0, 23.0, 5.4)]
+    c = compare(vllm, ours)
+    assert c["output_throughput_ratio"] == pytest.approx(105 / 105)
+    assert c["ttft_ms_median_diff"] == pytest.approx(1.0)
+    assert c["tpot_ms_median_diff"] == pytest.approx(0.05)
+    assert c["noise_vllm_throughput_rel"] == pytest.approx(10 / 105)
+    assert c["noise_ours_ttft_ms"] == pytest.approx(2.0)
+    assert c["throughput_within_noise"] and c["ttft_within_noise"] and c["tpot_within_noise"]
+    far = compare(vllm, [run(150.0, 40.0, 9.0), run(151.0, 41.0, 9.1)])
+    assert not far["throughput_within_noise"] and not far["ttft_within_noise"] and not far["tpot_within_noise"]
+
+
+def test_vllm_argv_matches_the_workload(tmp_path):
+    args = argparse.Namespace(engine_python="/py", api="chat", base_url="http://127.0.0.1:1", model="m", tokenizer="/t",
+                              input_len=45, output_len=64, concurrency=4, num_prompts=32, warmup=2,
+                              temperature=1.0)  # fmt: skip
+    argv = vllm_bench_argv(args, 7, tmp_path, "r.json")
+    pairs = dict(zip(argv[3::1], argv[4::1]))
+    assert argv[:2] == ["/py", "-c"]
+    for flag, value in {"--backend": "openai-chat", "--endpoint": "/v1/chat/completions", "--random-input-len": "45",
+                        "--random-output-len": "64", "--random-range-ratio": "0", "--max-concurrency": "4",
+                        "--num-prompts": "32", "--num-warmups": "2", "--seed": "7", "--temperature": "1.0"}.items():  # fmt: skip
+        assert pairs[flag] == value, flag
+    assert "--ignore-eos" in argv and "--save-detailed" in argv
