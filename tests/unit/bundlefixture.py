@@ -99,9 +99,10 @@ def write_derived(exp_dir: Path, cfg: dict) -> None:
 
 def make_experiment(root: Path, *, experiment: str = "unit", slow_factor: float = 0.5,
                     missing_arm: bool = False, seed: int = 1, speedup: float = 1.0,
-                    gpu_type: str = "cpu-x86_64") -> tuple[Path, dict]:
+                    gpu_type: str = "cpu-x86_64", workloads: dict | None = None) -> tuple[Path, dict]:
     """speedup scales both arms' speed (a faster machine); slow_factor is the slow arm's speed relative to fast."""
     cfg = make_config(experiment)
+    cfg["workloads"] = workloads or cfg["workloads"]
     exp_dir = root / experiment
     rng = random.Random(seed)
     for arm in cfg["arms"]:

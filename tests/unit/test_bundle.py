@@ -100,6 +100,17 @@ def test_no_secret_reaches_the_bundle(built, tmp_path):
     assert bundle.REDACTED in (root / "runs/fast/rep0/server.log").read_text()
 
 
+def test_config_order_survives_the_manifest(tmp_path):
+    # Tables follow the config's order of workloads; a manifest with sorted keys would put "long" before "short"
+    # and every recomputed table would differ from the stored one.
+    workloads = {"short": {"prompt_tokens": 8, "output_tokens": 4, "concurrency": [1]},
+                 "long": {"prompt_tokens": 16, "output_tokens": 4, "concurrency": [1]}}
+    exp_dir, cfg = make_experiment(tmp_path / "results", workloads=workloads)
+    result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "b.tar.gz"))
+    assert result.findings == []
+    assert list(result.manifest["config"]["workloads"]) == ["short", "long"]
+
+
 def test_harmless_values_of_secret_named_variables_do_not_wreck_the_data(tmp_path):
     exp_dir, cfg = make_experiment(tmp_path / "results")
     environ = {"TOKENIZERS_PARALLELISM": "false", "SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "MAX_TOKENS": "512",

@@ -98,7 +98,9 @@ def sha256_file(path: Path) -> str:
 
 
 def canonical_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    """The manifest's one serialization. Keys keep their order: the config's order of arms and workloads is
+    meaningful (tables follow it), and every dict here is built in a fixed order, so the bytes are still stable."""
+    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
 
 
 def manifest_digest(manifest: dict) -> str:
