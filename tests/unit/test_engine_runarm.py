@@ -52,3 +52,26 @@ def test_keep_failed_copies_the_run_folder(tmp_path):
     dest = keep_failed(run, tmp_path, "a", 0)
     assert (dest / "records.jsonl").read_text() == '{"x": 1}\n'
     assert dest.parent == tmp_path / "failed"
+
+
+def test_missing_api_key_fails_with_run_json(tmp_path, monkeypatch):
+    """Fails before any server starts, and still leaves run.json saying why."""
+    import json
+
+    import pytest
+    import yaml
+
+    from attnbench.config import load_config
+    from attnbench.errors import AttnbenchError
+    from attnbench.runarm import run_arm
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = yaml.safe_load((root / "config" / "demo.yaml").read_text())
+    cfg["sweep"]["api_key_env"] = "ATTNBENCH_TEST_UNSET_KEY"
+    monkeypatch.delenv("ATTNBENCH_TEST_UNSET_KEY", raising=False)
+    out = tmp_path / "runs" / "cpu_attn" / "rep0"
+    with pytest.raises(AttnbenchError, match="ATTNBENCH_TEST_UNSET_KEY is not set"):
+        run_arm(load_config(cfg), "cpu_attn", 0, out, tmp_path)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "ATTNBENCH_TEST_UNSET_KEY" in run["error"]
+    assert list((tmp_path / "failed").glob("cpu_attn-rep0-*"))

@@ -168,8 +168,6 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
     engine = cfg["engine"]
     api_key_env = cfg["sweep"].get("api_key_env")
     api_key = os.environ.get(api_key_env) if api_key_env else None
-    if api_key_env and not api_key:
-        raise AttnbenchError(f"sweep.api_key_env: environment variable {api_key_env} is not set")
     secrets = provenance.secret_values(extra=[api_key])
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     ids = {"experiment": cfg["experiment"], "arm": arm_name, "repeat": repeat}
@@ -192,6 +190,8 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     server = None
     try:
+        if api_key_env and not api_key:
+            raise AttnbenchError(f"sweep.api_key_env: environment variable {api_key_env} is not set")
         model_dir, tokenizer_dir = model_paths(cfg, exp_dir)
         port = free_port(engine["host"])
         base_url = f"http://{engine['host']}:{port}"
