@@ -27,7 +27,9 @@ class DemoRun:
 
 def _run_demo(tmp: Path, experiment: str, arm: dict) -> DemoRun:
     cfg = reduced_config(experiment, os.environ["ATTNBENCH_ENGINE_PYTHON"], [arm],
-                         {"short": {"prompt_tokens": 45, "output_tokens": 8, "concurrency": [1, 2]}},
+                         # two workloads, not in name order: tables follow the config's order
+                         {"short": {"prompt_tokens": 45, "output_tokens": 8, "concurrency": [1, 2]},
+                          "long": {"prompt_tokens": 300, "output_tokens": 8, "concurrency": [1]}},
                          repeats=2, api_key_env=API_KEY_ENV)  # fmt: skip
     workdir = make_workdir(tmp, cfg)
     snakemake(workdir)

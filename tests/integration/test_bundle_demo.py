@@ -116,7 +116,8 @@ def test_compare_two_demo_bundles_and_the_article(demo_bundles, tmp_path):
     proc = cli("compare", str(a.bundle), str(b.bundle), "--reference", "article", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     for name in ("comparison.md", "sources.csv", "side_by_side.csv", "ratios.csv",
-                 "plots/side_by_side_short.png", "plots/side_by_side_short.svg", "plots/ratios_short.png"):
+                 "plots/side_by_side_short.png", "plots/side_by_side_short.svg", "plots/ratios_short.png",
+                 "plots/side_by_side_long.png", "plots/ratios_long.svg"):
         assert (out / name).stat().st_size > 0, name
     rat = pd.read_csv(out / "ratios.csv")
     pairs = set(zip(rat["source"], rat["arm"], rat["base_source"], rat["base_arm"]))
@@ -126,7 +127,8 @@ def test_compare_two_demo_bundles_and_the_article(demo_bundles, tmp_path):
     assert (b_label, "nosplit", a_label, "split") in pairs  # bundle vs bundle (different arms: all pairs)
     assert (a_label, "split", "article", "FLASH_ATTN") in pairs  # bundle vs the published numbers
     gen = rat[(rat["metric"] == "generation_throughput_tps") & (rat["base_source"] == a_label)]
-    assert set(gen["concurrency"]) == {1, 2} and gen["ratio"].gt(0).all()
+    assert set(zip(gen["workload"], gen["concurrency"])) == {("short", 1), ("short", 2), ("long", 1)}
+    assert gen["ratio"].gt(0).all()
     assert set(gen["exceeds_noise"]) <= {"yes", "no"}  # two repeats each side: the noise is measured
     md = (out / "comparison.md").read_text()
     assert "PASS" in md and "exceeds noise" in md
