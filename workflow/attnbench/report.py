@@ -18,6 +18,11 @@ from attnbench import aggregate, plots
 
 ANSWER_METRICS = [("generation_throughput_tps", "generation"), ("prompt_throughput_tps", "prompt")]
 
+
+def _level_size(sweep: dict) -> str:
+    """The default level size as the sweep computes it (sweep.requests_for), in words."""
+    return f"max({sweep.get('waves_per_level', 4)}N, {sweep.get('min_requests_per_level', 16)})"
+
 def _shift_headings(md: str, by: int) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + by) + " ", md, flags=re.M)
 
@@ -38,7 +43,7 @@ def what_ran(cfg: dict) -> str:
         + (f", quantization {model['quantization']}" if model.get("quantization") else ""),
         f"- Sweep: api `{sweep.get('api', 'chat')}`, {sweep.get('repeats', 1)} repeat(s), "
         f"{sweep.get('warmup_requests', 'n/a')} warmup request(s) per level, requests per level "
-        f"{sweep.get('requests_per_level') or 'max(4N, 16)'}, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
+        f"{sweep.get('requests_per_level') or _level_size(sweep)}, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
         f"temperature {sweep.get('temperature', 'n/a')}",
         f"- Baseline arm: `{aggregate.baseline_of(cfg)}`",
         "",
@@ -91,6 +96,26 @@ def provenance(runs: list[aggregate.RunInfo]) -> str:
         ["Arm", "Repeat", "Status", "Engine versions", "GPU type", "GPUs", "Driver", "CPU", "Server ready (s)"],
         rows, right={1},
     )  # fmt: skip
+
+def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
+    """vLLM's own benchmark client against ours on the same server (run-arm's crosscheck points), if any ran."""
+    rows = [
+        [info.arm, str(info.repeat), xc["point"], f"{xc['prompt_tokens']['vllm']:.0f} / {xc['prompt_tokens']['ours']:.0f}",
+         f"{xc['output_throughput_ratio']:.4f}", f"{xc['ttft_ms_median_diff']:+.2f}", f"{xc['tpot_ms_median_diff']:+.3f}",
+         f"{xc['noise_ours_throughput_rel'] * 100:.2f}% / {xc['noise_vllm_throughput_rel'] * 100:.2f}%"]
+        for info in runs for xc in info.run.get("crosscheck") or []
+    ]  # fmt: skip
+    if not rows:
+        return ""
+    return (
+        "## Cross-check with vLLM's own benchmark client\n\nBoth clients back to back on the arm's own server after "
+        "its sweep (run folder crosscheck/). Ratio > 1: ours measured more output tokens/s; differences are ours - "
+        "vLLM's. Noise is each tool's spread between its own repetitions (0 with one repetition: not measured).\n\n"
+        + aggregate.md_table(["Arm", "Repeat", "Point", "Prompt tokens vLLM / ours", "Output tok/s ours/vLLM",
+                              "Median TTFT diff (ms)", "Median TPOT diff (ms)", "Noise ours / vLLM"], rows,
+                             right={1, 4, 5, 6})  # fmt: skip
+    )
+
 
 def flags_section(runs: list[aggregate.RunInfo]) -> str:
     flagged = [r for r in runs if r.flags]
@@ -155,6 +180,9 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     if missing:
         parts.append("Runs the config names that hold no records yet: " + ", ".join(missing.split()) + "\n")
     parts.append(answer_block(exp_dir, cfg))
+    crosscheck = crosscheck_section(runs)
+    if crosscheck:
+        parts.append(crosscheck)
     for name in ("decode_efficiency.md", "kernels.md"):
         text = _read_table(exp_dir, name)
         if text:
