@@ -141,6 +141,20 @@ def test_h100_fa3_trace(tmp_path):
     assert "required kernel family fa2 did not run (seen: fa3)" in violations[1]
 
 
+def test_h100_fa2_trace(tmp_path):
+    """FA2 forced on sm_90 through --attention-config flash_attn_version 2: split-KV kernels for prefill and decode,
+    none of FA3's, so an arm that expects FA3 fails."""
+    att = kernels.attribute(trace_dir_with(tmp_path, FIXTURES / "h100-vllm0.26-fa2.trace.json.gz"))
+    assert att["families_seen"] == ["fa2"]
+    names = {k["name"].split("<")[0] for k in att["families"]["fa2"]["kernels"]}
+    assert {"void flash::flash_fwd_splitkv_kernel", "void flash::flash_fwd_splitkv_combine_kernel"} <= names
+    assert "fa2" in att["phases"]["prefill"]["families"] and "fa2" in att["phases"]["decode"]["families"]
+    assert kernels.check_expectations(att, {"require": ["fa2"], "forbid": ["fa3"]}) == []
+    assert kernels.check_expectations(att, {"require": ["fa3"]}) == [
+        "required kernel family fa3 did not run (seen: fa2)"
+    ]
+
+
 def test_h100_triton_trace(tmp_path):
     att = kernels.attribute(trace_dir_with(tmp_path, FIXTURES / "h100-vllm0.26-triton.trace.json.gz"))
     assert att["families_seen"] == ["triton_attention"]
