@@ -3,16 +3,32 @@ POST /start_profile, two requests, POST /stop_profile, then attribute() on the t
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
-from conftest import STARTUP_TIMEOUT_S, engine_launch_spec
 
 from attnbench import kernels
 from attnbench.server import Server, free_port
 
 pytestmark = pytest.mark.engine
+
+
+def _tests_conftest():
+    """tests/conftest.py by path: `from conftest import ...` resolves to whichever conftest.py pytest imported
+    last (tests/integration/ has one too), so the name alone is ambiguous in a full run."""
+    spec = importlib.util.spec_from_file_location("attnbench_tests_conftest", Path(__file__).parents[1] / "conftest.py")
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    if not hasattr(module, "engine_launch_spec"):
+        spec.loader.exec_module(module)  # dataclasses need the module registered while it executes
+    return module
+
+
+_conftest = _tests_conftest()
+STARTUP_TIMEOUT_S, engine_launch_spec = _conftest.STARTUP_TIMEOUT_S, _conftest.engine_launch_spec
 
 
 def test_profiler_config_keys_are_accepted_by_the_engines_vllm(engine_python, tmp_path):
