@@ -48,3 +48,13 @@ def test_bad_config_stops_the_workflow(edit, expected, tmp_path):
     assert proc.returncode != 0
     assert expected in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.jsonl"))
+
+
+def test_workflow_is_lint_and_snakefmt_clean():
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", "config/demo.yaml"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert lint.returncode == 0, (lint.stdout + lint.stderr)[-3000:]
+    fmt = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", "Snakefile", "workflow/rules/"],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert fmt.returncode == 0, (fmt.stdout + fmt.stderr)[-3000:]

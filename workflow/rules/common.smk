@@ -56,7 +56,7 @@ def arm_fingerprint(wildcards):
     keys = ("engine", "model", "workloads", "sweep", "kernels")
     parts = {k: USER_CONFIG[k] for k in keys if k in USER_CONFIG}
     text = json.dumps({"arm": arm, **parts}, sort_keys=True, separators=(",", ":"))
-    return "config-sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"config-sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def model_inputs():
