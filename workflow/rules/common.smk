@@ -37,7 +37,8 @@ def effective_config_path():
     """The validated config with defaults filled, which every attnbench command reads. Rewritten only when its
     content changes, so its timestamp does not trigger reruns by itself."""
     path = Path(EXP_DIR) / "config.effective.json"
-    text = json.dumps(config, indent=1, sort_keys=True) + "\n"
+    # Key order as written: tables and plots list workloads and arms in the config's order.
+    text = json.dumps(config, indent=1) + "\n"
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
