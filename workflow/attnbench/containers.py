@@ -40,6 +40,7 @@ import httpx
 import yaml
 
 from attnbench.errors import ConfigError, ContainerError
+from attnbench.server import ServerLifecycle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_DIR = REPO_ROOT / "containers"
@@ -468,7 +469,7 @@ def container_argv(argv: list[str]) -> list[str]:
     return out
 
 
-class DockerServer:
+class DockerServer(ServerLifecycle):
     """`server.Server` for runtime docker: `with DockerServer(spec, log, url, timeout, image=...) as srv: ...`.
 
     The container runs spec.argv (entrypoint replaced) with spec.env, the host port of base_url published on
@@ -645,26 +646,6 @@ class DockerServer:
             self._restore_sigterm_handler()
         return self._exit_code
 
-    def __enter__(self) -> "DockerServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _install_sigterm_handler(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def on_sigterm(signum, frame):
-            raise SystemExit(128 + signum)
-
-        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-
-    def _restore_sigterm_handler(self) -> None:
-        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
 
 
 def cleanup_orphans(client=None) -> list[str]:

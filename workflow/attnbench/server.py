@@ -54,7 +54,43 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class Server:
+class ServerLifecycle:
+    """What every kind of server shares (Server below, containers.DockerServer): `with` starts it and always stops
+    it, and while it runs a SIGTERM to this process becomes SystemExit, so that stop() still runs."""
+
+    _old_sigterm = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, grace_s: float = 20) -> int | None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _install_sigterm_handler(self) -> None:
+        # Only the main thread may set handlers; elsewhere the caller is responsible (the context manager still
+        # covers exceptions and Ctrl-C).
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum, frame):
+            raise SystemExit(128 + signum)
+
+        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm_handler(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+
+class Server(ServerLifecycle):
     """One server process: `with Server(spec, log, url, timeout) as srv: srv.wait_ready(); ...`."""
 
     def __init__(self, spec: LaunchSpec, log_path: Path, base_url: str, startup_timeout_s: float):
@@ -165,29 +201,6 @@ class Server:
         self._restore_sigterm_handler()
         return self.proc.returncode
 
-    def __enter__(self) -> "Server":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # --- parent signals ---------------------------------------------------------------------------------------
-    def _install_sigterm_handler(self) -> None:
-        # Only the main thread may set handlers; elsewhere the caller is responsible (the context manager still
-        # covers exceptions and Ctrl-C).
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def on_sigterm(signum, frame):
-            raise SystemExit(128 + signum)
-
-        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-
-    def _restore_sigterm_handler(self) -> None:
-        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
 
 
 def _signal_group(pgid: int, sig: int) -> None:
