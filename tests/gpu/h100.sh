@@ -73,6 +73,7 @@ start)
   echo "started: ${targets[*]}"
   ;;
 pack)
+  cd $RUN  # the results live in the pipeline's copy, not in the checkout
   pack
   ;;
 poll)
