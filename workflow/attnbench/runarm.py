@@ -263,9 +263,12 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
             reason = f"terminated (exit status {exc.code})"
         if server is not None and "exit_code" not in run["server"]:
             reason_server = server.exit_reason() if hasattr(server, "exit_reason") else None
-            if reason_server and "server" not in reason:
-                reason += f"; server: {reason_server}"
+            if reason_server and reason_server not in reason:
+                # e.g. the sweep saw "server unreachable": say why it was (killed, exit code...)
+                reason += f"; {reason_server}"
         run["error"] = provenance.redact_text(reason, secrets)
+        if isinstance(exc, AttnbenchError) and run["error"] != str(exc):
+            raise AttnbenchError(run["error"]) from exc  # the CLI prints the whole (redacted) cause
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
