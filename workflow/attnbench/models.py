@@ -68,20 +68,15 @@ def word_vocab(vocab_size: int) -> list[str]:
     return words
 
 
+def _special_token(content: str) -> dict:
+    """A special token as both tokenizer.json and tokenizer_config.json describe it."""
+    return {"content": content, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+            "special": True}  # fmt: skip
+
+
 def tokenizer_json(vocab_size: int) -> dict:
     words = word_vocab(vocab_size)
-    added = [
-        {
-            "id": i,
-            "content": tok,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": True,
-        }
-        for i, tok in enumerate(SPECIAL_TOKENS)
-    ]
+    added = [{"id": i, **_special_token(tok)} for i, tok in enumerate(SPECIAL_TOKENS)]
     return {
         "version": "1.0",
         "truncation": None,
@@ -97,17 +92,7 @@ def tokenizer_json(vocab_size: int) -> dict:
 
 
 def tokenizer_config(max_length: int) -> dict:
-    added = {
-        str(i): {
-            "content": tok,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for i, tok in enumerate(SPECIAL_TOKENS)
-    }
+    added = {str(i): _special_token(tok) for i, tok in enumerate(SPECIAL_TOKENS)}
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "added_tokens_decoder": added,
