@@ -291,6 +291,18 @@ def _legend_below(fig, axes) -> None:
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7, frameon=False)
 
 
+def _workload_panels(frame: pd.DataFrame, plt):
+    """One figure per workload of `frame` with a panel per plotted metric: yields (workload, fig, axes,
+    [(ax, metric, rows of that metric)]) for the caller to draw into."""
+    for workload in dict.fromkeys(frame["workload"]):
+        sub = frame[(frame["workload"] == workload) & frame["metric"].isin(PLOTTED)]
+        if sub.empty:
+            continue
+        metrics = [m for m in PLOTTED if m in set(sub["metric"])]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+        yield workload, fig, axes, [(ax, m, sub[sub["metric"] == m]) for ax, m in zip(axes[0], metrics)]
+
+
 def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Metric vs concurrency per workload, one line per (source, arm); and the ratios with their intervals."""
     import matplotlib  # noqa: PLC0415
@@ -304,14 +316,8 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
     name = _short_names(sbs)
     written = []
     with plt.rc_context(plots_mod.RC):
-        for workload in dict.fromkeys(sbs["workload"]):
-            sub = sbs[(sbs["workload"] == workload) & sbs["metric"].isin(PLOTTED)]
-            if sub.empty:
-                continue
-            metrics = [m for m in PLOTTED if m in set(sub["metric"])]
-            fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-            for ax, metric in zip(axes[0], metrics):
-                msub = sub[sub["metric"] == metric]
+        for workload, fig, axes, panels in _workload_panels(sbs, plt):
+            for ax, metric, msub in panels:
                 for (gpu, src, arm), g in msub.groupby(["gpu_type", "source", "arm"], sort=False):
                     g = g.sort_values("concurrency")
                     style = "--" if src in REFERENCES else "-"
@@ -322,14 +328,8 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
             _legend_below(fig, axes)
             fig.suptitle(f"{workload}: side by side (mean ± std over repeats)", y=1.03)
             written += plots_mod._save(fig, out_dir, f"side_by_side_{workload}")
-        for workload in dict.fromkeys(rat["workload"]):
-            sub = rat[(rat["workload"] == workload) & rat["metric"].isin(PLOTTED)]
-            if sub.empty:
-                continue
-            metrics = [m for m in PLOTTED if m in set(sub["metric"])]
-            fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-            for ax, metric in zip(axes[0], metrics):
-                msub = sub[sub["metric"] == metric]
+        for workload, fig, axes, panels in _workload_panels(rat, plt):
+            for ax, metric, msub in panels:
                 for (src, arm, bsrc, barm), g in msub.groupby(["source", "arm", "base_source", "base_arm"], sort=False):
                     g = g.sort_values("concurrency")
                     low = (g["ratio"] - g["ci_low"]).fillna(0).clip(lower=0)
