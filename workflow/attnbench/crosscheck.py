@@ -142,6 +142,13 @@ def compare(vllm_runs: list[dict], our_runs: list[dict]) -> dict:
     return out
 
 
+def crosscheck_means(result: dict) -> dict:
+    """Each tool's absolute figures (means over its repetitions), so a crosscheck point can also be set against a
+    reference measured elsewhere (the same client on another host, a published table)."""
+    keys = ("output_throughput_tps", "ttft_ms_median", "tpot_ms_median")
+    return {tool: {k: statistics.fmean(r[k] for r in result[tool]) for k in keys} for tool in ("vllm", "ours")}
+
+
 def format_report(vllm_runs: list[dict], our_runs: list[dict], cmp: dict) -> str:
     runs = [(f"vllm #{i + 1}", r) for i, r in enumerate(vllm_runs)] + [(f"ours #{i + 1}", r) for i, r in enumerate(our_runs)]
     rows = [("prompt tokens (median)", "prompt_tokens_median", "{:.0f}"),

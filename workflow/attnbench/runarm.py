@@ -26,6 +26,8 @@ from attnbench import provenance
 from attnbench.config import arm_by_name, engine_id, load_config, workloads_of
 from attnbench.engine import engine_python, launch_spec
 from attnbench.errors import AttnbenchError, ServerError
+from attnbench.gpumon import GpuMonitor
+from attnbench.gpumon import summarize as gpu_summary
 
 RUN_FILES = ("records.jsonl", "levels.jsonl", "server.log", "run.json")
 
@@ -131,7 +133,7 @@ def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_k
 def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: Path) -> list[dict]:
     """vLLM's own benchmark and our client, back to back on this arm's server, at the config's crosscheck points:
     the same server and the same moment, so a difference between the tools is the tools'."""
-    from attnbench.crosscheck import crosscheck
+    from attnbench.crosscheck import crosscheck, crosscheck_means
 
     xc = cfg["crosscheck"]
     results = []
@@ -142,13 +144,15 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
             base_url=base_url, model=cfg["model"]["name"], tokenizer=str(tokenizer_dir or cfg["model"]["path"]),
             engine_python=engine_python(cfg), input_len=workload["prompt_tokens"],
             output_len=workload["output_tokens"], concurrency=point["concurrency"],
-            num_prompts=point.get("num_prompts") or max(2 * point["concurrency"], 4), warmup=xc["warmup"],
+            num_prompts=point.get("num_prompts") or max(2 * point["concurrency"], 4),
+            warmup=xc["warmup"] if point.get("warmup") is None else point["warmup"],
             repeats=xc["repeats"], api=cfg["sweep"]["api"], api_key_env=cfg["sweep"].get("api_key_env"),
             seed=xc["seed"], temperature=cfg["sweep"]["temperature"], timeout=cfg["sweep"]["request_timeout_s"],
             output=str(out_dir / "crosscheck" / tag),
         )
         result = crosscheck(args)
-        results.append({"point": tag, **result["comparison"],
+        results.append({"point": tag, **result["comparison"], "workload": result["workload"],
+                        "repeats": args.repeats, "means": crosscheck_means(result),
                         "prompt_tokens": {t: result[t][0]["prompt_tokens_median"] for t in ("vllm", "ours")}})
     return results
 
@@ -165,6 +169,7 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("records.jsonl", "levels.jsonl"):
         (out_dir / name).touch()
+    (out_dir / "gpu.jsonl").unlink(missing_ok=True)  # samples of an earlier attempt are not this run's
     engine = cfg["engine"]
     api_key_env = cfg["sweep"].get("api_key_env")
     api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -235,22 +240,25 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
                     return None
                 return f"server died ({server.exit_reason() or 'no reason known'})"
 
-            asyncio.run(run_sweep(base_url, cfg["model"]["name"], workloads_of(cfg), cfg["sweep"], out_dir,
-                                  api_key=api_key, abort_check=abort_check, **ids))  # fmt: skip
-            if not server.alive():
-                raise ServerError(f"server died during the sweep ({server.exit_reason() or 'no reason known'})")
-            # The profiler probe runs after the sweep: the sweep wants a fresh run folder, and a trace must not
-            # slow down measured requests.
-            if cfg["kernels"]["probe"]:
-                probe = _kernel_probe(cfg, arm, base_url, cfg["model"]["name"], out_dir, headers, ids, api_key)
-                run["kernels"] = {"violations": probe["violations"],
-                                  "families": {k: v.get("share") for k, v in
-                                               probe["attribution"].get("families", {}).items()}}  # fmt: skip
-                if probe["violations"]:
-                    raise AttnbenchError(f"arm {arm_name}: kernel expectations failed: {'; '.join(probe['violations'])}")
+            # Clocks, power and temperature from the first measured request to the last crosscheck (gpu.jsonl).
+            with GpuMonitor(out_dir / "gpu.jsonl"):
+                asyncio.run(run_sweep(base_url, cfg["model"]["name"], workloads_of(cfg), cfg["sweep"], out_dir,
+                                      api_key=api_key, abort_check=abort_check, **ids))  # fmt: skip
+                if not server.alive():
+                    raise ServerError(f"server died during the sweep ({server.exit_reason() or 'no reason known'})")
+                # The profiler probe runs after the sweep: the sweep wants a fresh run folder, and a trace must not
+                # slow down measured requests.
+                if cfg["kernels"]["probe"]:
+                    probe = _kernel_probe(cfg, arm, base_url, cfg["model"]["name"], out_dir, headers, ids, api_key)
+                    run["kernels"] = {"violations": probe["violations"],
+                                      "families": {k: v.get("share") for k, v in
+                                                   probe["attribution"].get("families", {}).items()}}  # fmt: skip
+                    if probe["violations"]:
+                        raise AttnbenchError(
+                            f"arm {arm_name}: kernel expectations failed: {'; '.join(probe['violations'])}")
 
-            if cfg["crosscheck"]["points"] and repeat == 0:
-                run["crosscheck"] = _crosscheck(cfg, base_url, tokenizer_dir, out_dir)
+                if cfg["crosscheck"]["points"] and repeat in cfg["crosscheck"]["runs"]:
+                    run["crosscheck"] = _crosscheck(cfg, base_url, tokenizer_dir, out_dir)
 
             run["server"]["exit_code"] = server.stop(engine["stop_grace_s"])
         run["status"] = "ok"
@@ -273,6 +281,7 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
     finally:
         signal.signal(signal.SIGTERM, previous)
         run["finished"] = _now()
+        run["gpu"] = gpu_summary(out_dir / "gpu.jsonl")
         provenance.redact_file(out_dir / "server.log", secrets)
         (out_dir / "server.log").touch()
         (out_dir / "run.json").write_text(json.dumps(run, indent=1, sort_keys=True) + "\n", encoding="utf-8")
