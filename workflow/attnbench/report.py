@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from attnbench import aggregate, plots
+from attnbench.reference import reference_section
 
 ANSWER_METRICS = [("generation_throughput_tps", "generation"), ("prompt_throughput_tps", "prompt")]
 
@@ -74,6 +75,16 @@ def what_ran(cfg: dict) -> str:
                                      "Description"], arm_rows, right=set()))  # fmt: skip
     return "\n".join(lines)
 
+def _gpu_telemetry(gpu: dict | None) -> list[str]:
+    """run.json's `gpu` (gpumon.summarize) as report cells; runs without samples (CPU, older runs) say so."""
+    if not gpu:
+        return ["not sampled"] + ["-"] * 4
+    def v(key: str) -> str:
+        return "n/a" if gpu.get(key) is None else f"{gpu[key]:g}"
+    return [gpu["gpu"], f"{v('sm_clock_mhz_median')} / {v('sm_clock_max_mhz')}",
+            f"{v('power_w_median')} / {v('power_limit_w')}", v("temperature_c_max"), gpu["clock_event_reasons"]]
+
+
 def provenance(runs: list[aggregate.RunInfo]) -> str:
     rows = []
     for info in runs:
@@ -87,22 +98,37 @@ def provenance(runs: list[aggregate.RunInfo]) -> str:
                 aggregate.arm_label(info.arm, bool(info.flags)), str(info.repeat), info.status,
                 " ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v) or "n/a",
                 host.get("gpu_type") or "n/a", gpu, str(host.get("driver") or "n/a"), str(host.get("cpu") or "n/a"),
-                str((run.get("server") or {}).get("ready_s", "n/a")),
+                str((run.get("server") or {}).get("ready_s", "n/a")), *_gpu_telemetry(run.get("gpu")),
             ]  # fmt: skip
         )
     commits = sorted({f"{(r.run.get('git') or {}).get('commit') or 'unknown'}"
                       + (" (dirty)" if (r.run.get("git") or {}).get("dirty") else "") for r in runs})  # fmt: skip
     return f"## Runs and hosts\n\nCode: git {', '.join(commits) or 'unknown'}\n\n" + aggregate.md_table(
-        ["Arm", "Repeat", "Status", "Engine versions", "GPU type", "GPUs", "Driver", "CPU", "Server ready (s)"],
+        ["Arm", "Repeat", "Status", "Engine versions", "GPU type", "GPUs", "Driver", "CPU", "Server ready (s)",
+         "GPU id", "SM clock MHz (busy median / max)", "Power W (busy median / limit)", "Max temp C",
+         "Clock event reasons"],
         rows, right={1},
     )  # fmt: skip
+
+def _crosscheck_absolute(xc: dict) -> list[str]:
+    """Each tool's own figures (crosscheck means), so a point can be read against numbers from elsewhere; crosschecks
+    recorded before they were kept show n/a."""
+    means, workload = xc.get("means"), xc.get("workload") or {}
+    size = f"{workload['num_prompts']} x {xc['repeats']}" if workload and xc.get("repeats") else "n/a"
+    if not means:
+        return [size, "n/a", "n/a"]
+    v, o = means["vllm"], means["ours"]
+    return [size, f"{v['output_throughput_tps']:.1f} / {o['output_throughput_tps']:.1f}",
+            f"{v['tpot_ms_median']:.3f} / {o['tpot_ms_median']:.3f}"]
+
 
 def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
     """vLLM's own benchmark client against ours on the same server (run-arm's crosscheck points), if any ran."""
     rows = [
         [info.arm, str(info.repeat), xc["point"], f"{xc['prompt_tokens']['vllm']:.0f} / {xc['prompt_tokens']['ours']:.0f}",
          f"{xc['output_throughput_ratio']:.4f}", f"{xc['ttft_ms_median_diff']:+.2f}", f"{xc['tpot_ms_median_diff']:+.3f}",
-         f"{xc['noise_ours_throughput_rel'] * 100:.2f}% / {xc['noise_vllm_throughput_rel'] * 100:.2f}%"]
+         f"{xc['noise_ours_throughput_rel'] * 100:.2f}% / {xc['noise_vllm_throughput_rel'] * 100:.2f}%",
+         *_crosscheck_absolute(xc)]
         for info in runs for xc in info.run.get("crosscheck") or []
     ]  # fmt: skip
     if not rows:
@@ -112,8 +138,9 @@ def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
         "its sweep (run folder crosscheck/). Ratio > 1: ours measured more output tokens/s; differences are ours - "
         "vLLM's. Noise is each tool's spread between its own repetitions (0 with one repetition: not measured).\n\n"
         + aggregate.md_table(["Arm", "Repeat", "Point", "Prompt tokens vLLM / ours", "Output tok/s ours/vLLM",
-                              "Median TTFT diff (ms)", "Median TPOT diff (ms)", "Noise ours / vLLM"], rows,
-                             right={1, 4, 5, 6})  # fmt: skip
+                              "Median TTFT diff (ms)", "Median TPOT diff (ms)", "Noise ours / vLLM",
+                              "Requests x repetitions", "Output tok/s vLLM / ours", "Median TPOT ms vLLM / ours"],
+                             rows, right={1, 4, 5, 6})  # fmt: skip
     )
 
 
@@ -180,9 +207,9 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     if missing:
         parts.append("Runs the config names that hold no records yet: " + ", ".join(missing.split()) + "\n")
     parts.append(answer_block(exp_dir, cfg))
-    crosscheck = crosscheck_section(runs)
-    if crosscheck:
-        parts.append(crosscheck)
+    for section in (crosscheck_section(runs), reference_section(exp_dir, cfg, runs)):
+        if section:
+            parts.append(section)
     for name in ("decode_efficiency.md", "kernels.md"):
         text = _read_table(exp_dir, name)
         if text:
