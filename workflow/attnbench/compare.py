@@ -323,11 +323,11 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
                     style = "--" if src in REFERENCES else "-"
                     ax.errorbar(g["concurrency"], g["mean"], yerr=g["std"].fillna(0), linestyle=style, marker="o",
                                 capsize=2, label=f"{name[src]} {arm}")
-                plots_mod._setup_x(ax, sorted(msub["concurrency"].unique()))
+                plots_mod.setup_concurrency_axis(ax, sorted(msub["concurrency"].unique()))
                 ax.set_title(metric)
             _legend_below(fig, axes)
             fig.suptitle(f"{workload}: side by side (mean ± std over repeats)", y=1.03)
-            written += plots_mod._save(fig, out_dir, f"side_by_side_{workload}")
+            written += plots_mod.save_figure(fig, out_dir, f"side_by_side_{workload}")
         for workload, fig, axes, panels in _workload_panels(rat, plt):
             for ax, metric, msub in panels:
                 for (src, arm, bsrc, barm), g in msub.groupby(["source", "arm", "base_source", "base_arm"], sort=False):
@@ -337,11 +337,11 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
                     ax.errorbar(g["concurrency"], g["ratio"], yerr=[low, high], marker="o", capsize=2,
                                 label=f"{name[src]} {arm} / {name[bsrc]} {barm}")
                 ax.axhline(1.0, color="grey", linewidth=0.8)
-                plots_mod._setup_x(ax, sorted(msub["concurrency"].unique()))
+                plots_mod.setup_concurrency_axis(ax, sorted(msub["concurrency"].unique()))
                 ax.set_title(f"{metric} ratio")
             _legend_below(fig, axes)
             fig.suptitle(f"{workload}: ratio to base (95% bootstrap interval)", y=1.03)
-            written += plots_mod._save(fig, out_dir, f"ratios_{workload}")
+            written += plots_mod.save_figure(fig, out_dir, f"ratios_{workload}")
     return written
 
 

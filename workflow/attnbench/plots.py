@@ -38,7 +38,9 @@ def arm_color(index: int) -> str:
     return f"C{index % 10}"
 
 
-def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
+    """PNG and SVG without dates or software versions in their metadata, so equal data gives equal bytes (also used
+    by compare.py)."""
     paths = []
     for ext in FORMATS:
         path = out_dir / f"{stem}.{ext}"
@@ -49,7 +51,8 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _setup_x(ax, concurrency: list[int]) -> None:
+def setup_concurrency_axis(ax, concurrency: list[int]) -> None:
+    """Log2 x axis with a tick at each measured concurrency (also used by compare.py)."""
     ax.set_xscale("log", base=2)
     ax.set_xticks(concurrency)
     ax.set_xticklabels([str(c) for c in concurrency])
@@ -92,12 +95,12 @@ def plot_throughput(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -
                         color=arm_color(i), label=name)  # fmt: skip
             f = s[s["flagged"]]
             _mark_flagged(ax, f["concurrency"], f[f"{m}_mean"], flagged_labelled)
-        _setup_x(ax, cfg["workloads"][workload]["concurrency"])
+        setup_concurrency_axis(ax, cfg["workloads"][workload]["concurrency"])
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
     _legend_below(fig, axes[0])
     fig.suptitle(f"{cfg['experiment']} / {workload}: throughput vs concurrency (mean ± sd over repeats)")
-    return _save(fig, out_dir, f"throughput_{workload}")
+    return save_figure(fig, out_dir, f"throughput_{workload}")
 
 
 def plot_ttft(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> list[Path]:
@@ -121,12 +124,12 @@ def plot_ttft(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> list
         ax.plot(x, s["max_ttft_s_mean"], color=color, linestyle="--", linewidth=1)
         f = s[s["flagged"]]
         _mark_flagged(ax, f["concurrency"], f["ttft_s_median_mean"], flagged_labelled)
-    _setup_x(ax, cfg["workloads"][workload]["concurrency"])
+    setup_concurrency_axis(ax, cfg["workloads"][workload]["concurrency"])
     ax.set_ylabel("TTFT (s)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     ax.set_title(f"{cfg['experiment']} / {workload}: TTFT min (dotted) / median / max (dashed)", fontsize=9)
-    return _save(fig, out_dir, f"ttft_{workload}")
+    return save_figure(fig, out_dir, f"ttft_{workload}")
 
 
 def plot_speedup(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> list[Path]:
@@ -155,7 +158,7 @@ def plot_speedup(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> l
             fx = [xx for xx, c in zip(x, comps) if c.flagged]
             fy = [yy for yy, c in zip(y, comps) if c.flagged]
             _mark_flagged(ax, fx, fy, flagged_labelled)
-        _setup_x(ax, concurrency)
+        setup_concurrency_axis(ax, concurrency)
         ax.set_ylabel(label)
     if axes[0].get_legend_handles_labels()[0]:
         _legend_below(fig, axes[0])
@@ -164,7 +167,7 @@ def plot_speedup(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> l
         for ax in axes:
             ax.text(0.5, 0.5, f"{why}:\nno speedup to show", transform=ax.transAxes, ha="center", va="center")
     fig.suptitle(f"{cfg['experiment']} / {workload}: arm / baseline with 95% bootstrap interval over repeats")
-    return _save(fig, out_dir, f"speedup_{workload}")
+    return save_figure(fig, out_dir, f"speedup_{workload}")
 
 
 def write_plots(exp_dir: Path, cfg: dict) -> list[Path]:
