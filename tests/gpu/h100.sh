@@ -50,6 +50,9 @@ start)
   targets=("$@")
   [ ${#targets[@]} -gt 0 ] || targets=("${PLAN[@]/#/results/$EXP/runs/}")
   targets=("${targets[@]/%//run.json}")
+  # The host's copy has no .git: the commit travels in .gpu/commit, written here before the call with
+  # `git describe --always --dirty --abbrev=40 > .gpu/commit` and carried with it (provenance.git_commit reads it).
+  [ -f .gpu/commit ] && export ATTNBENCH_GIT_COMMIT="$(cat .gpu/commit)"
   mkdir -p $RUN
   tar cf - --exclude=./.wheelhouse --exclude=./.git --exclude=./results --exclude=./.snakemake . | tar xf - -C $RUN
   cd $RUN

@@ -1,6 +1,7 @@
 """Secret redaction (every writer of argv, env and logs goes through provenance.redact) and run provenance."""
 
 import json
+from pathlib import Path
 
 from attnbench import provenance
 from attnbench.provenance import REDACTED, redact, redact_argv, redact_file, redact_text, secret_values
@@ -64,3 +65,18 @@ def test_engine_versions_from_a_real_interpreter(tmp_path):
     assert set(versions) >= {"vllm", "torch", "xformers", "cuda"}
     missing = provenance.engine_versions([str(tmp_path / "no-python")])
     assert "error" in missing
+
+
+def test_git_commit_of_a_copy_without_git_comes_from_the_environment(tmp_path):
+    """An offline GPU host gets the working tree without .git; tests/gpu/h100.sh passes the commit in the env."""
+    sha = "262774c" + "0" * 33
+    assert provenance.git_commit(tmp_path, env={}) == {"commit": None, "dirty": None}
+    got = provenance.git_commit(tmp_path, env={"ATTNBENCH_GIT_COMMIT": sha})
+    assert got["commit"] == sha and got["dirty"] is False
+    assert provenance.git_commit(tmp_path, env={"ATTNBENCH_GIT_COMMIT": f"{sha}-dirty\n"})["dirty"] is True
+    # Anything that is not a full commit id is not recorded as one.
+    assert provenance.git_commit(tmp_path, env={"ATTNBENCH_GIT_COMMIT": "main"})["commit"] is None
+    # A real checkout wins over the variable.
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / ".git").exists():
+        assert provenance.git_commit(repo, env={"ATTNBENCH_GIT_COMMIT": sha})["commit"] != sha

@@ -99,9 +99,21 @@ def _cmd(argv: list[str], timeout: float = 30) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def git_commit(repo: Path | None = None) -> dict:
+COMMIT_ENV = "ATTNBENCH_GIT_COMMIT"
+
+
+def git_commit(repo: Path | None = None, env: dict[str, str] | None = None) -> dict:
+    """The code's commit and whether tracked files differ from it. A copy without .git (an offline GPU host gets the
+    working tree only) can name it in $ATTNBENCH_GIT_COMMIT as `git describe --always --dirty --abbrev=40` prints
+    it (`<sha>` or `<sha>-dirty`); anything else there is ignored rather than recorded."""
     cwd = ["-C", str(repo)] if repo else []
     commit = _cmd(["git", *cwd, "rev-parse", "HEAD"])
+    if commit is None:
+        given = (os.environ if env is None else env).get(COMMIT_ENV, "").strip()
+        match = re.fullmatch(r"([0-9a-f]{40})(-dirty)?", given)
+        if match:
+            return {"commit": match[1], "dirty": bool(match[2]), "source": COMMIT_ENV}
+        return {"commit": None, "dirty": None}
     dirty = _cmd(["git", *cwd, "status", "--porcelain", "--untracked-files=no"])
     return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
 
