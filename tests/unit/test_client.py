@@ -6,10 +6,15 @@ The well-behaved path against a real vLLM is covered in tests/integration/test_e
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from attnbench.client import Client, Sampling, StreamError, StreamState, chat_messages, request_body
+
+sys.path.insert(0, str(Path(__file__).parent))
+from loopback import LoopbackServer, read_request  # noqa: E402
 
 IDS = dict(experiment="e", arm="a", repeat=0, workload="w", concurrency=1, phase="measure", index=0,
            request_id="e-a-r0-w-c1-0", prompt_seed=1)
@@ -38,7 +43,7 @@ def as_chunks(*parts: bytes, last: bool = True) -> bytes:
     return b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in parts if p) + (b"0\r\n\r\n" if last else b"")
 
 
-class Scripted:
+class Scripted(LoopbackServer):
     """Answers every request with scripted bytes: a list of (bytes, delay_s) pieces; 'CLOSE' aborts the socket."""
 
     def __init__(self, pieces):
@@ -46,9 +51,8 @@ class Scripted:
         self.bodies = []
 
     async def handle(self, reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
-        self.bodies.append(json.loads(await reader.readexactly(length)))
+        _, body = await read_request(reader)
+        self.bodies.append(json.loads(body))
         for piece, delay in self.pieces:
             await asyncio.sleep(delay)
             if piece == "CLOSE":
@@ -57,14 +61,6 @@ class Scripted:
             writer.write(piece)
             await writer.drain()
         writer.close()
-
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
 
 
 def run(pieces, *, api="chat", timeout_s=5.0, api_key=None, sampling=None):

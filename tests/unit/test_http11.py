@@ -1,14 +1,19 @@
 """The lean HTTP/1.1 transport on real sockets: keep-alive reuse, stale connections, framing, limits, errors."""
 
 import asyncio
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from attnbench.http11 import LoopbackTransport
 
+sys.path.insert(0, str(Path(__file__).parent))
+from loopback import LoopbackServer, read_request  # noqa: E402
 
-class Origin:
+
+class Origin(LoopbackServer):
     """A raw HTTP/1.1 server; `reply(n)` gives the bytes for the n-th request on a connection (None: close at once;
     a 1-tuple: send its bytes, then close)."""
 
@@ -22,10 +27,7 @@ class Origin:
         n = 0
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0)
-                body = await reader.readexactly(length)
-                self.requests.append((head, body))
+                self.requests.append(await read_request(reader))
                 out = self.reply(n)
                 n += 1
                 if out is None:
@@ -38,14 +40,6 @@ class Origin:
         except asyncio.IncompleteReadError:
             pass
         writer.close()
-
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
 
 
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n"
