@@ -39,13 +39,7 @@ def test_vllm_argv_matches_the_workload(tmp_path):
     assert "--ignore-eos" in argv and "--save-detailed" in argv
 
 
-def test_crosscheck_means_are_each_tools_mean_over_repetitions():
-    from attnbench.crosscheck import crosscheck_means
-
-    def run(tps, ttft, tpot):
-        return {"output_throughput_tps": tps, "ttft_ms_median": ttft, "tpot_ms_median": tpot}
-
-    means = crosscheck_means({"vllm": [run(160.0, 20.0, 6.2), run(162.0, 22.0, 6.0)],
-                              "ours": [run(161.0, 19.0, 6.1)]})  # fmt: skip
+def test_compare_keeps_each_tools_mean_over_repetitions():
+    means = compare([run(160.0, 20.0, 6.2), run(162.0, 22.0, 6.0)], [run(161.0, 19.0, 6.1)])["means"]
     assert means["vllm"] == pytest.approx({"output_throughput_tps": 161.0, "ttft_ms_median": 21.0, "tpot_ms_median": 6.1})
     assert means["ours"]["output_throughput_tps"] == 161.0

@@ -115,23 +115,29 @@ def run_ours(args: argparse.Namespace, seed: int, prompt_tokens: int, out: Path,
     }
 
 
-def compare(vllm_runs: list[dict], our_runs: list[dict]) -> dict:
-    """Agreement figures: ours vs vLLM (means over repetitions) and each tool's spread between repetitions."""
+# Each tool's figures that are averaged over its repetitions and compared.
+MEAN_KEYS = ("output_throughput_tps", "ttft_ms_median", "tpot_ms_median")
 
-    def mean(runs, key):
-        return statistics.fmean(r[key] for r in runs)
+
+def compare(vllm_runs: list[dict], our_runs: list[dict]) -> dict:
+    """Agreement figures: each tool's means over its repetitions (kept, so a point can also be set against a
+    reference measured elsewhere), ours vs vLLM from those means, and each tool's spread between repetitions."""
 
     def spread(runs, key):
         values = [r[key] for r in runs]
         return max(values) - min(values)
 
+    means = {tool: {k: statistics.fmean(r[k] for r in runs) for k in MEAN_KEYS}
+             for tool, runs in (("vllm", vllm_runs), ("ours", our_runs))}  # fmt: skip
+    v, o = means["vllm"], means["ours"]
     out = {
-        "output_throughput_ratio": mean(our_runs, "output_throughput_tps") / mean(vllm_runs, "output_throughput_tps"),
-        "ttft_ms_median_diff": mean(our_runs, "ttft_ms_median") - mean(vllm_runs, "ttft_ms_median"),
-        "tpot_ms_median_diff": mean(our_runs, "tpot_ms_median") - mean(vllm_runs, "tpot_ms_median"),
+        "means": means,
+        "output_throughput_ratio": o["output_throughput_tps"] / v["output_throughput_tps"],
+        "ttft_ms_median_diff": o["ttft_ms_median"] - v["ttft_ms_median"],
+        "tpot_ms_median_diff": o["tpot_ms_median"] - v["tpot_ms_median"],
     }
     for tool, runs in (("vllm", vllm_runs), ("ours", our_runs)):
-        out[f"noise_{tool}_throughput_rel"] = spread(runs, "output_throughput_tps") / mean(runs, "output_throughput_tps")
+        out[f"noise_{tool}_throughput_rel"] = spread(runs, "output_throughput_tps") / means[tool]["output_throughput_tps"]
         out[f"noise_{tool}_ttft_ms"] = spread(runs, "ttft_ms_median")
         out[f"noise_{tool}_tpot_ms"] = spread(runs, "tpot_ms_median")
     # Within noise: the gap between the tools is no larger than the larger run-to-run spread of either tool.
@@ -140,13 +146,6 @@ def compare(vllm_runs: list[dict], our_runs: list[dict]) -> dict:
     out["ttft_within_noise"] = abs(out["ttft_ms_median_diff"]) <= max(out["noise_vllm_ttft_ms"], out["noise_ours_ttft_ms"])
     out["tpot_within_noise"] = abs(out["tpot_ms_median_diff"]) <= max(out["noise_vllm_tpot_ms"], out["noise_ours_tpot_ms"])
     return out
-
-
-def crosscheck_means(result: dict) -> dict:
-    """Each tool's absolute figures (means over its repetitions), so a crosscheck point can also be set against a
-    reference measured elsewhere (the same client on another host, a published table)."""
-    keys = ("output_throughput_tps", "ttft_ms_median", "tpot_ms_median")
-    return {tool: {k: statistics.fmean(r[k] for r in result[tool]) for k in keys} for tool in ("vllm", "ours")}
 
 
 def format_report(vllm_runs: list[dict], our_runs: list[dict], cmp: dict) -> str:

@@ -16,12 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench import aggregate
+from attnbench.crosscheck import MEAN_KEYS
 from attnbench.errors import AttnbenchError
 
 COLUMNS = ["arm", "workload", "concurrency", "metric", "value", "note"]
-# Crosscheck means (run.json) by levels.csv metric name.
-CROSSCHECK_METRICS = {"output_throughput_tps": "output_throughput_tps", "tpot_ms_median": "tpot_ms_median",
-                      "ttft_ms_median": "ttft_ms_median"}  # fmt: skip
 
 
 class ReferenceError(AttnbenchError):
@@ -92,8 +90,9 @@ def compare(levels: pd.DataFrame, runs: list[aggregate.RunInfo], ref: pd.DataFra
 
 
 def _crosscheck_vllm(runs: list[aggregate.RunInfo], arm: str, point: str, metric: str) -> float | None:
-    key = CROSSCHECK_METRICS.get(metric)
-    values = [xc["means"]["vllm"][key] for r in runs if r.arm == arm and key
+    if metric not in MEAN_KEYS:  # the crosscheck keeps these figures, under the same names as levels.csv
+        return None
+    values = [xc["means"]["vllm"][metric] for r in runs if r.arm == arm
               for xc in r.run.get("crosscheck") or [] if xc.get("point") == point and "means" in xc]  # fmt: skip
     return sum(values) / len(values) if values else None
 

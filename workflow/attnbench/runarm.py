@@ -133,7 +133,7 @@ def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_k
 def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: Path) -> list[dict]:
     """vLLM's own benchmark and our client, back to back on this arm's server, at the config's crosscheck points:
     the same server and the same moment, so a difference between the tools is the tools'."""
-    from attnbench.crosscheck import crosscheck, crosscheck_means
+    from attnbench.crosscheck import crosscheck
 
     xc = cfg["crosscheck"]
     results = []
@@ -152,7 +152,7 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
         )
         result = crosscheck(args)
         results.append({"point": tag, **result["comparison"], "workload": result["workload"],
-                        "repeats": args.repeats, "means": crosscheck_means(result),
+                        "repeats": args.repeats,
                         "prompt_tokens": {t: result[t][0]["prompt_tokens_median"] for t in ("vllm", "ours")}})
     return results
 
