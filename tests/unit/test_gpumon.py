@@ -102,3 +102,12 @@ def test_monitor_stops_when_the_block_fails(tmp_path):
     assert len(gpumon.read_samples(out)) == len(kept)
     assert json.loads(out.read_text().splitlines()[0])["index"] == 0
     assert subprocess.run(["pgrep", "-f", str(exe)], capture_output=True).returncode == 1
+
+
+def test_nvidia_smi_that_answers_no_query_is_reported(tmp_path, capsys):
+    exe = fake_smi(tmp_path, accept="no_such_field")  # like a driver-less host: every query fails
+    out = tmp_path / "gpu.jsonl"
+    with gpumon.GpuMonitor(out, exe=exe) as mon:
+        pass
+    assert mon.reason_field is None and not out.exists()
+    assert "answers no --query-gpu" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -77,9 +78,13 @@ class GpuMonitor:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> GpuMonitor:
-        if self.exe:
-            self.reason_field = _reason_field(self.exe)
-        if self.reason_field is None:  # no nvidia-smi, or no driver behind it: nothing to sample
+        if self.exe is None:  # no nvidia-smi: a CPU host, nothing to sample
+            return self
+        self.reason_field = _reason_field(self.exe)
+        if self.reason_field is None:
+            # nvidia-smi is there but answers no query (no driver, no device): the run goes on without telemetry,
+            # and says so rather than leaving an unexplained "not sampled".
+            print(f"gpumon: {self.exe} answers no --query-gpu; this run has no GPU samples", file=sys.stderr)
             return self
         query = ",".join(FIELDS + [self.reason_field])
         self._proc = subprocess.Popen([self.exe, f"--query-gpu={query}", "--format=csv,noheader,nounits",
