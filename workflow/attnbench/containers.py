@@ -647,7 +647,6 @@ class DockerServer(ServerLifecycle):
         return self._exit_code
 
 
-
 def cleanup_orphans(client=None) -> list[str]:
     """Remove server containers whose owning attnbench process on this host no longer exists (it was SIGKILLed and
     could not clean up). Returns the removed containers' short ids."""

@@ -202,7 +202,6 @@ class Server(ServerLifecycle):
         return self.proc.returncode
 
 
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
