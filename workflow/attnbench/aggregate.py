@@ -31,6 +31,7 @@ import pandas as pd
 from attnbench import kernels as kernels_mod
 from attnbench import metrics
 from attnbench.errors import AttnbenchError
+from attnbench.lag import lag_reason
 from attnbench.records import RecordError
 
 TABLES_DIR = "tables"
@@ -225,6 +226,12 @@ def levels_frame(exp_dir: Path, cfg: dict) -> pd.DataFrame:
         }
         for key, value in meta.items():
             df[key] = value
+        if "client_lagged" in df:  # a level where our client lagged is flagged like a contradicted kernel (lag.py)
+            lagged = df["client_lagged"].astype(bool)
+            df.loc[lagged, "flag_reason"] = [
+                "; ".join(x for x in (reason, lag_reason(row)) if x)
+                for reason, row in zip(df.loc[lagged, "flag_reason"], df.loc[lagged].to_dict("records"))]
+            df["flagged"] = df["flagged"] | lagged
         frames.append(df)
     if not frames:
         raise AggregateError(

@@ -19,6 +19,9 @@ The modern set, as vLLM's benchmark (vllm/benchmarks/serve.py) defines it, over 
   content chunks of every request; E2EL = end - start; each as mean, median, p90, p99 (numpy.percentile, linear),
   in ms. goodput_rps (only when limits are given): requests meeting every limit, per second.
 
+The client's own lag (lag.py), when the level recorded it: client_{loop,send}_lag_ms_{p50,p99,max}, client_cpu_pct
+and client_lagged (either p99 beyond the level's stored limit).
+
 Output is deterministic: rows sorted by their key, fixed column order and dtypes, so a verifier that recomputes
 the table from the raw files gets an identical frame.
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from attnbench.lag import LAG_COLUMNS, lag_columns
 from attnbench.records import LevelRecord, RequestRecord, read_levels, read_requests
 
 KEY_COLUMNS = ["experiment", "arm", "repeat", "workload", "concurrency"]
@@ -125,6 +129,9 @@ def level_row(level: LevelRecord, measured: list[RequestRecord], *, ttft_limit_m
                     continue
             good += 1
         row["goodput_rps"] = _div(good, duration)
+    # The client's own lag (lag.py); sent requests only: a "not sent" record has no send time worth the name.
+    row.update(lag_columns(level.client, [r.start - r.scheduled for r in measured if r.scheduled is not None
+                                          and not (r.error or "").startswith("not sent")]))  # fmt: skip
     return row
 
 
@@ -143,8 +150,13 @@ def level_table(records: list[RequestRecord], levels: list[LevelRecord], *, ttft
     columns = KEY_COLUMNS + ARTICLE_COLUMNS + MODERN_COLUMNS
     if ttft_limit_ms is not None or tpot_limit_ms is not None:
         columns.append("goodput_rps")
+    if any(lv.client is not None for lv in levels):  # runs made before lag.py have none: their tables stay as made
+        columns += LAG_COLUMNS
+        for row in rows:
+            row.setdefault("client_lagged", False)
     frame = pd.DataFrame(rows, columns=columns)
-    dtypes = {c: ("int64" if c in INT_COLUMNS else "object" if c in STR_COLUMNS else "float64") for c in columns}
+    dtypes = {c: ("int64" if c in INT_COLUMNS else "object" if c in STR_COLUMNS else
+                  "bool" if c == "client_lagged" else "float64") for c in columns}  # fmt: skip
     frame = frame.astype(dtypes)
     return frame.sort_values(KEY_COLUMNS, kind="mergesort").reset_index(drop=True)
 

@@ -35,6 +35,9 @@ class RequestRecord:
     ok: bool = False
     error: str | None = None
     prompt_seed: int | None = None
+    # open loop only (openloop.py): wall time the arrival process scheduled the send for; start - scheduled is
+    # the client's send lag. None in closed loop, where a request is sent when a slot frees.
+    scheduled: float | None = None
     schema: int = SCHEMA_VERSION
     type: str = "request"
 
@@ -53,6 +56,10 @@ class LevelRecord:
     latency_ms: list[float] = field(default_factory=list)  # llmapibenchmark-style GET round trips
     failed: int = 0
     complete: bool = True
+    client: dict | None = None  # the client's own lag and CPU use over the level (lag.ClientLoad as a dict)
+    # open loop only (openloop.py): target rate (requests/s), arrival process and its parameters
+    rate: float | None = None
+    arrival: dict | None = None
     schema: int = SCHEMA_VERSION
     type: str = "level"
 

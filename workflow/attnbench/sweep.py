@@ -27,6 +27,7 @@ import httpx
 
 from attnbench.client import DEFAULT_SYSTEM_PROMPT, Client, Sampling
 from attnbench.errors import AttnbenchError, SweepError
+from attnbench.lag import DEFAULT_LIMIT_MS, LoopLagMonitor, as_record, lag_note
 from attnbench.records import JsonlAppender, LevelRecord, RequestRecord, iter_jsonl
 from attnbench.workload import PromptBuilder
 
@@ -44,6 +45,7 @@ SWEEP_DEFAULTS = {
     "request_timeout_s": 600,
     "latency_probe_gets": 5,
     "api_key_env": None,
+    "client_lag_limit_ms": DEFAULT_LIMIT_MS,  # lag.py: a level whose client lag p99 exceeds it is flagged
 }
 UNREACHABLE = "cannot connect"  # prefix of the client's error when nothing listens: the server is gone
 
@@ -230,7 +232,10 @@ async def run_sweep(
                     except SweepError as exc:
                         measure.abort = (abort_check() if abort_check else None) or str(exc)
                 progress = _Progress(label, n_req)
+                monitor = LoopLagMonitor(limit_ms=float(cfg["client_lag_limit_ms"]))
+                monitor.start()
                 await _closed_loop(client, measure, sampling, records, abort_check, lambda: progress.tick(measure))
+                load = await monitor.stop()
                 records.sync()
                 summary.records += measure.records
 
@@ -241,7 +246,7 @@ async def run_sweep(
                     start=min((r.start for r in window), default=time.time()),
                     end=max((r.end or r.start for r in window), default=time.time()),
                     latency_ms=latency, failed=sum(not r.ok for r in measure.records),
-                    complete=measure.abort is None,
+                    complete=measure.abort is None, client=as_record(load),
                 )  # fmt: skip
                 levels_file.append(level)
                 levels_file.sync()
@@ -255,6 +260,7 @@ async def run_sweep(
                 duration = level.end - level.start
                 gen = sum(r.completion_tokens or 0 for r in measure.records if r.ok)
                 progress.finish(f"{duration:.1f} s, {gen / duration if duration > 0 else 0:.1f} output tok/s"
+                                + lag_note(load)
                                 + (f", ABORTED: {measure.abort}" if measure.abort else ""))  # fmt: skip
                 if measure.abort:
                     raise SweepError(
