@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "crosscheck",
     "models",
     "engine",
+    "openloop",
     "runarm",
     "gpu",
     "containers",

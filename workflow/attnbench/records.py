@@ -38,6 +38,7 @@ class RequestRecord:
     # open loop only (openloop.py): wall time the arrival process scheduled the send for; start - scheduled is
     # the client's send lag. None in closed loop, where a request is sent when a slot frees.
     scheduled: float | None = None
+    rate: float | None = None  # open loop only: the level's target rate (requests/s), its key beside the workload
     schema: int = SCHEMA_VERSION
     type: str = "request"
 
@@ -57,9 +58,10 @@ class LevelRecord:
     failed: int = 0
     complete: bool = True
     client: dict | None = None  # the client's own lag and CPU use over the level (lag.ClientLoad as a dict)
-    # open loop only (openloop.py): target rate (requests/s), arrival process and its parameters
+    # open loop only (openloop.py): target rate (requests/s); arrival process, its seed and origin (wall time of
+    # schedule offset 0), in-flight cap and goodput limits, so achieved rate and goodput recompute from this file
     rate: float | None = None
-    arrival: dict | None = None
+    open_loop: dict | None = None
     schema: int = SCHEMA_VERSION
     type: str = "level"
 

@@ -160,6 +160,7 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
 def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
     """Run one (arm, repeat) into out_dir and return the run.json content; raises AttnbenchError on failure
     after writing run.json with status failed."""
+    from attnbench.openloop import rate_workloads, run_open_loop
     from attnbench.server import free_port, parse_backend
     from attnbench.sweep import run_sweep
 
@@ -244,6 +245,10 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
             with GpuMonitor(out_dir / "gpu.jsonl"):
                 asyncio.run(run_sweep(base_url, cfg["model"]["name"], workloads_of(cfg), cfg["sweep"], out_dir,
                                       api_key=api_key, abort_check=abort_check, **ids))  # fmt: skip
+                if rate_workloads(cfg):  # open-loop rates, on the same server after the closed loop (openloop.py)
+                    asyncio.run(run_open_loop(base_url, cfg["model"]["name"], rate_workloads(cfg), cfg["sweep"],
+                                              cfg.get("open_loop"), out_dir, api_key=api_key, abort_check=abort_check,
+                                              **ids))  # fmt: skip
                 if not server.alive():
                     raise ServerError(f"server died during the sweep ({server.exit_reason() or 'no reason known'})")
                 # The profiler probe runs after the sweep: the sweep wants a fresh run folder, and a trace must not

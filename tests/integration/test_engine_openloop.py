@@ -1,0 +1,71 @@
+"""Open-loop load and the client's own lag against a real vLLM CPU server (tiny synthetic model)."""
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+
+from attnbench.metrics import read_run as read_closed_run
+from attnbench.openloop import read_run
+from attnbench.records import read_levels, read_requests
+from attnbench.sweep import Workload, run_sweep
+
+pytestmark = pytest.mark.engine
+
+
+def test_poisson_at_two_rates_hits_its_targets_and_recomputes_from_raw_files(engine_server, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "open-loop", "--base-url", engine_server.base_url,
+         "--model", engine_server.model, "--workload", "short=45:8", "--rates", "2,5", "--requests", "60",
+         "--warmup", "1", "--ttft-limit-ms", "500", "--output", str(out), "--summary-json", str(tmp_path / "s.json")],
+        capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = [r for r in read_requests(out / "openloop.jsonl") if r.phase == "measure"]
+    assert len(records) == 120 and all(r.ok for r in records), [r.error for r in records if not r.ok][:3]
+    assert all(r.scheduled is not None and r.start >= r.scheduled - 0.001 for r in records)
+    levels = read_levels(out / "openloop_levels.jsonl")
+    assert [(lv.rate, lv.open_loop["arrival"]) for lv in levels] == [(2.0, "poisson"), (5.0, "poisson")]
+    reported = json.loads((tmp_path / "s.json").read_text())
+    recomputed = read_run(out).to_dict(orient="records")
+    assert len(reported) == 2 and [r["rate"] for r in reported] == [2.0, 5.0]
+    for rep, rec in zip(reported, recomputed):
+        assert rep.keys() == rec.keys()
+        for key in rep:
+            same = rep[key] == rec[key] or (isinstance(rec[key], float) and math.isnan(rec[key]) and math.isnan(rep[key]))
+            assert same, (key, rep[key], rec[key])
+        # achieved rate from the actual send times of 60 requests, against the target
+        assert abs(rec["achieved_rate_rps"] / rec["rate"] - 1) < 0.05, rec
+        assert rec["n_ok"] == 60 and not math.isnan(rec["goodput_rps"]) and rec["client_send_lag_ms_p50"] < 10
+    # the gaps really are random (Poisson), not a constant pace
+    starts = sorted(r.scheduled for r in records if r.rate == 5.0)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert max(gaps) > 2 * min(gaps) + 0.1
+
+
+async def _busy_loop_while(task: asyncio.Task, block_s: float, every_s: float) -> None:
+    while not task.done():
+        stop = time.perf_counter() + block_s
+        while time.perf_counter() < stop:  # a CPU-bound client starving its own event loop
+            pass
+        await asyncio.sleep(every_s)
+
+
+def test_blocked_event_loop_flags_the_level(engine_server, tmp_path):
+    async def main():
+        sweep = asyncio.create_task(run_sweep(
+            engine_server.base_url, engine_server.model, [Workload("short", 45, 8, [2])],
+            {"warmup_requests": 0, "requests_per_level": 6, "latency_probe_gets": 1}, tmp_path / "run",
+            experiment="t", arm="cpu", repeat=0))  # fmt: skip
+        await _busy_loop_while(sweep, block_s=0.05, every_s=0.02)
+        return await sweep
+
+    asyncio.run(main())
+    level = read_levels(tmp_path / "run" / "levels.jsonl")[0]
+    assert level.client["loop_lag_ms_p99"] > level.client["limit_ms"] == 10
+    row = read_closed_run(tmp_path / "run").iloc[0]
+    assert bool(row["client_lagged"]) and row["client_loop_lag_ms_max"] >= 40
