@@ -3,6 +3,7 @@
 import asyncio
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -69,3 +70,36 @@ def test_blocked_event_loop_flags_the_level(engine_server, tmp_path):
     assert level.client["loop_lag_ms_p99"] > level.client["limit_ms"] == 10
     row = read_closed_run(tmp_path / "run").iloc[0]
     assert bool(row["client_lagged"]) and row["client_loop_lag_ms_max"] >= 40
+
+
+def test_server_metrics_scraped_into_the_run_folder_and_summarized(engine_server, tmp_path):
+    from attnbench import openloop, servermetrics
+    from attnbench.openloop import run_open_loop
+
+    run_dir = tmp_path / "exp" / "runs" / "cpu" / "rep0"
+    ids = dict(experiment="t", arm="cpu", repeat=0)
+    sweep_cfg = {"warmup_requests": 1, "requests_per_level": 6, "latency_probe_gets": 1}
+
+    async def main(scraper):
+        await run_sweep(engine_server.base_url, engine_server.model, [Workload("short", 45, 16, [1, 4])], sweep_cfg,
+                        run_dir, on_level=scraper.mark, **ids)  # fmt: skip
+        await run_open_loop(engine_server.base_url, engine_server.model, [(Workload("short", 45, 16, []), [4.0])],
+                            sweep_cfg, {"requests_per_rate": 12}, run_dir, on_level=scraper.mark, **ids)  # fmt: skip
+
+    with servermetrics.Scraper(engine_server.base_url, run_dir / servermetrics.FILE, interval_s=0.5) as scraper:
+        asyncio.run(main(scraper))
+    scrapes = servermetrics.read(run_dir / servermetrics.FILE)
+    assert all(s["ok"] for s in scrapes), [s["error"] for s in scrapes if not s["ok"]][:2]
+    assert {s["event"] for s in scrapes} == {"start", "end", "interval"}
+    levels = servermetrics.summarize(scrapes)
+    assert [(lv["workload"], lv["concurrency"], lv["rate"]) for lv in levels] == [
+        ("short", 1, None), ("short", 4, None), ("short", None, 4.0)]  # fmt: skip
+    for lv in levels:
+        # the server counted exactly our measured requests' tokens between the level's start and end scrapes
+        assert lv["generation_tokens"] == 16 * (12 if lv["rate"] else 6), lv
+        assert lv["server_ttft_ms_mean"] > 0 and lv["kv_cache_usage_max"] is not None
+    open_start = next(s["t"] for s in scrapes if s["event"] == "start" and s["level"].get("rate"))
+    assert any(s["event"] == "interval" and s["t"] > open_start for s in scrapes)  # 12 requests at 4/s: ~3 s
+    section = servermetrics.report_section(tmp_path / "exp")
+    assert "| short c=4 |" in section and "| short rate 4/s |" in section and "server TTFT ms" in section
+    assert re.search(r"\| short( \(!\))? \| 4 \| ", openloop.report_section(tmp_path / "exp"))  # (!) if we lagged

@@ -14,7 +14,7 @@ import html
 import re
 from pathlib import Path
 
-from attnbench import aggregate, openloop, plots
+from attnbench import aggregate, openloop, plots, servermetrics
 from attnbench.reference import reference_section
 
 ANSWER_METRICS = [("generation_throughput_tps", "generation"), ("prompt_throughput_tps", "prompt")]
@@ -207,7 +207,8 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     if missing:
         parts.append("Runs the config names that hold no records yet: " + ", ".join(missing.split()) + "\n")
     parts.append(answer_block(exp_dir, cfg))
-    for section in (crosscheck_section(runs), reference_section(exp_dir, cfg, runs), openloop.report_section(exp_dir)):
+    for section in (crosscheck_section(runs), reference_section(exp_dir, cfg, runs), openloop.report_section(exp_dir),
+                    servermetrics.report_section(exp_dir)):
         if section:
             parts.append(section)
     for name in ("decode_efficiency.md", "kernels.md"):

@@ -28,6 +28,9 @@ from attnbench.engine import engine_python, launch_spec
 from attnbench.errors import AttnbenchError, ServerError
 from attnbench.gpumon import GpuMonitor
 from attnbench.gpumon import summarize as gpu_summary
+from attnbench.servermetrics import DEFAULT_INTERVAL_S as DEFAULT_SCRAPE_S
+from attnbench.servermetrics import Scraper
+from attnbench.servermetrics import run_summary as servermetrics_summary
 
 RUN_FILES = ("records.jsonl", "levels.jsonl", "server.log", "run.json")
 
@@ -171,6 +174,7 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
     for name in ("records.jsonl", "levels.jsonl"):
         (out_dir / name).touch()
     (out_dir / "gpu.jsonl").unlink(missing_ok=True)  # samples of an earlier attempt are not this run's
+    (out_dir / "servermetrics.jsonl").unlink(missing_ok=True)
     engine = cfg["engine"]
     api_key_env = cfg["sweep"].get("api_key_env")
     api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -241,14 +245,19 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
                     return None
                 return f"server died ({server.exit_reason() or 'no reason known'})"
 
-            # Clocks, power and temperature from the first measured request to the last crosscheck (gpu.jsonl).
-            with GpuMonitor(out_dir / "gpu.jsonl"):
+            # Clocks, power and temperature from the first measured request to the last crosscheck (gpu.jsonl);
+            # the server's /metrics at each level's start and end and every interval_s (servermetrics.jsonl).
+            metrics_cfg = cfg.get("server_metrics") or {}
+            with GpuMonitor(out_dir / "gpu.jsonl"), Scraper(
+                base_url, out_dir / "servermetrics.jsonl", headers=headers, enabled=metrics_cfg.get("scrape", True),
+                interval_s=metrics_cfg.get("interval_s", DEFAULT_SCRAPE_S),
+            ) as scraper:  # fmt: skip
                 asyncio.run(run_sweep(base_url, cfg["model"]["name"], workloads_of(cfg), cfg["sweep"], out_dir,
-                                      api_key=api_key, abort_check=abort_check, **ids))  # fmt: skip
+                                      api_key=api_key, abort_check=abort_check, on_level=scraper.mark, **ids))  # fmt: skip
                 if rate_workloads(cfg):  # open-loop rates, on the same server after the closed loop (openloop.py)
                     asyncio.run(run_open_loop(base_url, cfg["model"]["name"], rate_workloads(cfg), cfg["sweep"],
                                               cfg.get("open_loop"), out_dir, api_key=api_key, abort_check=abort_check,
-                                              **ids))  # fmt: skip
+                                              on_level=scraper.mark, **ids))  # fmt: skip
                 if not server.alive():
                     raise ServerError(f"server died during the sweep ({server.exit_reason() or 'no reason known'})")
                 # The profiler probe runs after the sweep: the sweep wants a fresh run folder, and a trace must not
@@ -287,6 +296,7 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         signal.signal(signal.SIGTERM, previous)
         run["finished"] = _now()
         run["gpu"] = gpu_summary(out_dir / "gpu.jsonl")
+        run["server_metrics"] = servermetrics_summary(out_dir)
         provenance.redact_file(out_dir / "server.log", secrets)
         (out_dir / "server.log").touch()
         (out_dir / "run.json").write_text(json.dumps(run, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -183,8 +183,10 @@ async def run_sweep(
     api_key: str | None = None,
     abort_check: Callable[[], str | None] | None = None,
     fail_on_errors: bool = True,
+    on_level: Callable[[str, dict], None] | None = None,
 ) -> SweepSummary:
     """Sweep every workload's concurrency levels against a running server; see the module docstring.
+    on_level("start"|"end", level ids) is called around each level's measured requests (the /metrics scraper).
 
     Raises SweepError, after writing everything measured, when the sweep aborts (abort_check() gave a reason or
     the server became unreachable) and, with fail_on_errors, when any measured request failed."""
@@ -232,10 +234,14 @@ async def run_sweep(
                     except SweepError as exc:
                         measure.abort = (abort_check() if abort_check else None) or str(exc)
                 progress = _Progress(label, n_req)
+                if on_level:
+                    on_level("start", {**ids, "concurrency": n})
                 monitor = LoopLagMonitor(limit_ms=float(cfg["client_lag_limit_ms"]))
                 monitor.start()
                 await _closed_loop(client, measure, sampling, records, abort_check, lambda: progress.tick(measure))
                 load = await monitor.stop()
+                if on_level:
+                    on_level("end", {**ids, "concurrency": n})
                 records.sync()
                 summary.records += measure.records
 
