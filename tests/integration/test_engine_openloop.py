@@ -103,3 +103,20 @@ def test_server_metrics_scraped_into_the_run_folder_and_summarized(engine_server
     section = servermetrics.report_section(tmp_path / "exp")
     assert "| short c=4 |" in section and "| short rate 4/s |" in section and "server TTFT ms" in section
     assert re.search(r"\| short( \(!\))? \| 4 \| ", openloop.report_section(tmp_path / "exp"))  # (!) if we lagged
+
+
+def test_two_client_processes_merge_into_one_record_stream(engine_server, tmp_path):
+    out = tmp_path / "run"
+    asyncio.run(run_sweep(engine_server.base_url, engine_server.model, [Workload("short", 45, 8, [1, 5])],
+                          {"warmup_requests": 1, "requests_per_level": 10, "client_processes": 2,
+                           "latency_probe_gets": 1}, out, experiment="t", arm="cpu", repeat=0))  # fmt: skip
+    measured = [r for r in read_requests(out / "records.jsonl") if r.phase == "measure"]
+    assert len(measured) == 20 and all(r.ok and r.completion_tokens == 8 for r in measured)
+    for conc in (1, 5):
+        ids = sorted(r.index for r in measured if r.concurrency == conc)
+        assert ids == list(range(10))  # every prompt once, from whichever process sent it
+    levels = read_levels(out / "levels.jsonl")
+    # c=1 runs in one worker, c=5 in both (3 + 2 in flight); the parent counts as a process too
+    assert [lv.client["processes"] for lv in levels] == [2, 3]
+    assert all(lv.client["cpu_s"] > 0 for lv in levels)
+    assert read_closed_run(out)["n_ok"].tolist() == [10, 10]

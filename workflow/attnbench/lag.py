@@ -5,7 +5,7 @@ tells that apart from a slow server. Three signals, each kept in the level's raw
 
 - event-loop lag: a timer asks to wake every `interval_s`; how late it actually wakes is the time any ready
   callback (a chunk to parse, a request to send) waited behind others. p50/p99/max over the level's measured window.
-- the client's CPU use: process CPU seconds (all threads; plus its workers' for the multi-process client) over wall seconds,
+- the client's CPU use: process CPU seconds (all threads; plus its worker processes', multiproc.py) over wall seconds,
   in percent of one core; near 100 the event loop is saturated whatever the lag says.
 - send lag (open loop only): actual send time minus scheduled send time, computed from the request records'
   `scheduled` and `start` fields (metrics.py), so it is recomputable from raw files.
@@ -45,7 +45,7 @@ class ClientLoad:
 
 def _cpu_seconds() -> float:
     """User + system CPU of this process (every thread). Not RUSAGE_CHILDREN: the server may be our child, and
-    worker processes report their own CPU time (extra_cpu_s)."""
+    worker processes report their own CPU time (merge_loads)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     return own.ru_utime + own.ru_stime
 
@@ -81,8 +81,8 @@ class LoopLagMonitor:
             await asyncio.sleep(self.interval_s)
             self.samples.append(max(0.0, time.perf_counter() - due))
 
-    async def stop(self, *, extra_cpu_s: float = 0.0, processes: int = 1) -> ClientLoad:
-        """Stop sampling and summarize; extra_cpu_s adds CPU time spent elsewhere (worker processes)."""
+    async def stop(self) -> ClientLoad:
+        """Stop sampling and summarize."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -90,13 +90,30 @@ class LoopLagMonitor:
             except asyncio.CancelledError:
                 pass
         wall = time.perf_counter() - self._t0
-        cpu = _cpu_seconds() - self._cpu0 + extra_cpu_s
+        cpu = _cpu_seconds() - self._cpu0
         p50, p99, peak = percentiles_ms(self.samples)
         return ClientLoad(
             loop_lag_ms_p50=p50, loop_lag_ms_p99=p99, loop_lag_ms_max=peak, loop_samples=len(self.samples),
             interval_ms=self.interval_s * 1000, cpu_s=round(cpu, 4), wall_s=round(wall, 4),
-            cpu_pct=round(cpu / wall * 100, 2) if wall > 0 else None, limit_ms=self.limit_ms, processes=processes,
+            cpu_pct=round(cpu / wall * 100, 2) if wall > 0 else None, limit_ms=self.limit_ms,
         )  # fmt: skip
+
+
+def merge_loads(parent: ClientLoad, workers: list[ClientLoad]) -> ClientLoad:
+    """One level's client record from the parent's and its worker processes' (multiproc.py): the worst event loop's
+    lag percentiles (a request waits on the loop of its own process), the CPU time of all processes."""
+    if not workers:
+        return parent
+    loops = [w for w in workers if w.loop_samples] or [parent]
+    cpu = parent.cpu_s + sum(w.cpu_s for w in workers)
+    return ClientLoad(
+        loop_lag_ms_p50=max(w.loop_lag_ms_p50 or 0.0 for w in loops),
+        loop_lag_ms_p99=max(w.loop_lag_ms_p99 or 0.0 for w in loops),
+        loop_lag_ms_max=max(w.loop_lag_ms_max or 0.0 for w in loops),
+        loop_samples=sum(w.loop_samples for w in loops), interval_ms=parent.interval_ms, cpu_s=round(cpu, 4),
+        wall_s=parent.wall_s, cpu_pct=round(cpu / parent.wall_s * 100, 2) if parent.wall_s > 0 else None,
+        limit_ms=parent.limit_ms, processes=1 + len(workers),
+    )  # fmt: skip
 
 
 def as_record(load: ClientLoad) -> dict:

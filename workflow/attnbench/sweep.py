@@ -27,7 +27,8 @@ import httpx
 
 from attnbench.client import DEFAULT_SYSTEM_PROMPT, Client, Sampling
 from attnbench.errors import AttnbenchError, SweepError
-from attnbench.lag import DEFAULT_LIMIT_MS, LoopLagMonitor, as_record, lag_note
+from attnbench.lag import DEFAULT_LIMIT_MS, LoopLagMonitor, as_record, lag_note, merge_loads
+from attnbench.multiproc import ClientPool
 from attnbench.records import JsonlAppender, LevelRecord, RequestRecord, iter_jsonl
 from attnbench.workload import PromptBuilder
 
@@ -46,6 +47,7 @@ SWEEP_DEFAULTS = {
     "latency_probe_gets": 5,
     "api_key_env": None,
     "client_lag_limit_ms": DEFAULT_LIMIT_MS,  # lag.py: a level whose client lag p99 exceeds it is flagged
+    "client_processes": 1,  # > 1: measured requests spread over that many client processes (multiproc.py)
 }
 UNREACHABLE = "cannot connect"  # prefix of the client's error when nothing listens: the server is gone
 
@@ -206,7 +208,12 @@ async def run_sweep(
     aux = httpx.AsyncClient(headers=headers)
     records = JsonlAppender(out_dir / "records.jsonl")
     levels_file = JsonlAppender(out_dir / "levels.jsonl")
+    processes = int(cfg["client_processes"] or 1)
+    pool = ClientPool(processes, base_url=base_url, model=model, api=cfg["api"], concurrency=max_conc,
+                      timeout_s=float(cfg["request_timeout_s"]), api_key=api_key) if processes > 1 else None  # fmt: skip
     try:
+        if pool:
+            await pool.__aenter__()
         builder = PromptBuilder(aux, base_url, model, api=cfg["api"], system_prompt=cfg["system_prompt"],
                                 headers=headers)  # fmt: skip
         done_levels = 0
@@ -236,10 +243,15 @@ async def run_sweep(
                 progress = _Progress(label, n_req)
                 if on_level:
                     on_level("start", {**ids, "concurrency": n})
-                monitor = LoopLagMonitor(limit_ms=float(cfg["client_lag_limit_ms"]))
+                limit, worker_loads = float(cfg["client_lag_limit_ms"]), []
+                monitor = LoopLagMonitor(limit_ms=limit)
                 monitor.start()
-                await _closed_loop(client, measure, sampling, records, abort_check, lambda: progress.tick(measure))
-                load = await monitor.stop()
+                if pool and measure.abort is None:
+                    worker_loads = await pool.run(measure, sampling, records, abort_check,
+                                                  lambda: progress.tick(measure), limit)  # fmt: skip
+                else:
+                    await _closed_loop(client, measure, sampling, records, abort_check, lambda: progress.tick(measure))
+                load = merge_loads(await monitor.stop(), worker_loads)
                 if on_level:
                     on_level("end", {**ids, "concurrency": n})
                 records.sync()
@@ -274,6 +286,8 @@ async def run_sweep(
                         f"{n_levels - done_levels} level(s) not run; records kept in {out_dir}"
                     )
     finally:
+        if pool:
+            await pool.__aexit__(None, None, None)
         records.close()
         levels_file.close()
         await aux.aclose()
@@ -368,7 +382,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         cfg.update(full.get("sweep") or {})
         known = {w.name: w for w in workloads_of(full)}
     overrides = {"api": args.api, "warmup_requests": args.warmup, "requests_per_level": args.requests,
-                 "seed": args.seed, "request_timeout_s": args.timeout, "api_key_env": args.api_key_env}  # fmt: skip
+                 "seed": args.seed, "request_timeout_s": args.timeout, "api_key_env": args.api_key_env,
+                 "client_processes": args.processes}  # fmt: skip
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if args.no_system_prompt:
         cfg["system_prompt"] = None
@@ -433,6 +448,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="prompt seed (default 0)")
     p.add_argument("--timeout", type=float, help="per-request time limit in seconds (default 600)")
     p.add_argument("--no-system-prompt", action="store_true", help="send no system message")
+    p.add_argument("--processes", type=int, help="client processes the measured requests are spread over (default 1)")
     p.add_argument("--experiment", default="adhoc", help="experiment id written into records")
     p.add_argument("--arm", default="default", help="arm id written into records")
     p.add_argument("--repeat", type=int, default=0, help="repeat index written into records")
