@@ -12,7 +12,9 @@ Two figures per client and concurrency level:
   TTFT error    the source waits exactly TTFT_DELAY_S before the first token and then paces tokens every
                 PACED_ITL_S; error = client-measured TTFT - TTFT_DELAY_S (median and p99, ms). It includes sending
                 the request and reading the reply through the loopback, which is what a client adds.
-Ours runs under this interpreter (the project venv); vLLM's (vllm.benchmarks.lib.endpoint_request_func, aiohttp,
+Ours runs under this interpreter (the project venv), in one process ("ours") and spread over two client processes
+("ours2p", attnbench.multiproc; it runs a request count calibrated to --seconds, so its figure includes the tail
+of the last wave, which the one-process loop's deadline does not); vLLM's (vllm.benchmarks.lib.endpoint_request_func, aiohttp,
 a session configured as vllm/benchmarks/serve.py does) under --engine-python. Numbers are printed, not asserted.
 """
 
@@ -146,6 +148,47 @@ async def drive_ours(url: str, concurrency: int, tokens: int, seconds: float | N
         return await _closed_loop(send, concurrency, seconds, count)
 
 
+class _Discard:
+    def append(self, record) -> None:
+        pass
+
+
+async def drive_ours_mp(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None,
+                        processes: int = 2) -> dict:  # fmt: skip
+    """Ours spread over `processes` client processes (attnbench.multiproc). The pool runs a level of a given request
+    count, not a time: in --seconds mode a first level calibrates the count to about `seconds` of work."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
+    from attnbench.client import Sampling
+    from attnbench.multiproc import ClientPool
+    from attnbench.sweep import _Level
+
+    sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
+    ids = {"experiment": "b", "arm": "b", "repeat": 0, "workload": "b"}
+    async with ClientPool(processes, base_url=url, model="m", concurrency=concurrency, timeout_s=120) as pool:
+
+        async def level(n: int):
+            lv = _Level(ids, [("hi", 0)] * n, "measure", concurrency)
+            t0 = time.perf_counter()
+            await pool.run(lv, sampling, _Discard(), None, lambda: None, 1e9)
+            return lv.records, time.perf_counter() - t0
+
+        if count is None:
+            records, wall = await level(max(8 * concurrency, 256))
+            count = max(int(len(records) / wall * seconds), 8 * concurrency)
+        records, wall = await level(count)
+    ok = [r for r in records if r.ok]
+    ttfts = sorted(r.ttft for r in ok)
+    return {
+        "requests": len(records),
+        "failed": len(records) - len(ok),
+        "tokens": sum(r.completion_tokens or 0 for r in ok),
+        "wall_s": wall,
+        "tokens_per_s": sum(r.completion_tokens or 0 for r in ok) / wall,
+        "ttft_ms_median": statistics.median(ttfts) * 1000 if ttfts else None,
+        "ttft_ms_p99": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] * 1000 if ttfts else None,
+    }
+
+
 async def drive_vllm(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None) -> dict:
     import aiohttp
     from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_chat_completions
@@ -166,7 +209,7 @@ async def drive_vllm(url: str, concurrency: int, tokens: int, seconds: float | N
 
 
 def drive(args: argparse.Namespace) -> None:
-    fn = drive_ours if args.client == "ours" else drive_vllm
+    fn = {"ours": drive_ours, "ours2p": drive_ours_mp, "vllm": drive_vllm}[args.client]
     seconds = args.seconds if args.seconds > 0 else None
     count = args.count if args.count > 0 else None
     # One short untimed round first, so connection set-up and imports are not in the figure.
@@ -202,7 +245,8 @@ def _run_driver(python: str, client: str, url: str, concurrency: int, tokens: in
 
 def main(args: argparse.Namespace) -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
-    clients = [("ours", sys.executable)] + ([("vllm", args.engine_python)] if args.engine_python else [])
+    clients = [("ours", sys.executable), ("ours2p", sys.executable)] + (
+        [("vllm", args.engine_python)] if args.engine_python else [])
     rows = []
     for paced in (False, True):
         source, url = _start_source(paced)
@@ -241,7 +285,7 @@ if __name__ == "__main__":
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--paced", action="store_true")
     d = sub.add_parser("drive")
-    d.add_argument("--client", choices=["ours", "vllm"], required=True)
+    d.add_argument("--client", choices=["ours", "ours2p", "vllm"], required=True)
     d.add_argument("--url", required=True)
     d.add_argument("--concurrency", type=int, required=True)
     d.add_argument("--tokens", type=int, required=True)
