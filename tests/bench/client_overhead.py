@@ -172,6 +172,7 @@ async def drive_ours_mp(url: str, concurrency: int, tokens: int, seconds: float 
             await pool.run(lv, sampling, _Discard(), None, lambda: None, 1e9)
             return lv.records, time.perf_counter() - t0
 
+        await level(2 * concurrency)  # waits for the workers to be up (spawn imports take a second or two)
         if count is None:
             records, wall = await level(max(8 * concurrency, 256))
             count = max(int(len(records) / wall * seconds), 8 * concurrency)
