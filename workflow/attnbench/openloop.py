@@ -46,7 +46,7 @@ from attnbench.errors import SweepError
 from attnbench.lag import LoopLagMonitor, as_record, lag_note
 from attnbench.metrics import KEY_COLUMNS, level_row
 from attnbench.records import JsonlAppender, LevelRecord, RequestRecord, read_levels, read_requests
-from attnbench.sweep import SWEEP_DEFAULTS, UNREACHABLE, SweepSummary, Workload, _Level, _closed_loop
+from attnbench.sweep import SWEEP_DEFAULTS, UNREACHABLE, SweepSummary, Workload, _closed_loop, _Level, add_common_args
 from attnbench.workload import PromptBuilder
 
 ARRIVALS = ("poisson", "gamma", "constant")
@@ -353,7 +353,7 @@ def parse_rates(text: str) -> list[float]:
 
 
 def _cmd_open_loop(args: argparse.Namespace) -> int:
-    from attnbench.sweep import parse_workload
+    from attnbench.sweep import apply_common_args, parse_workload
 
     cfg = dict(SWEEP_DEFAULTS)
     ocfg: dict = {}
@@ -371,8 +371,7 @@ def _cmd_open_loop(args: argparse.Namespace) -> int:
                  "duration_s": args.duration, "max_in_flight": args.max_in_flight,
                  "ttft_limit_ms": args.ttft_limit_ms, "tpot_limit_ms": args.tpot_limit_ms}  # fmt: skip
     ocfg.update({k: v for k, v in overrides.items() if v is not None})
-    if args.warmup is not None:
-        cfg["warmup_requests"] = args.warmup
+    api_key = apply_common_args(args, cfg, {})
     if args.workload:
         rates = parse_rates(args.rates) if args.rates else None
         chosen = [parse_workload(w, known) for w in args.workload]
@@ -388,7 +387,8 @@ def _cmd_open_loop(args: argparse.Namespace) -> int:
     error: SweepError | None = None
     try:
         asyncio.run(run_open_loop(args.base_url, args.model, plan, cfg, ocfg, Path(args.output),
-                                  experiment=args.experiment, arm=args.arm, repeat=args.repeat))  # fmt: skip
+                                  experiment=args.experiment, arm=args.arm, repeat=args.repeat,
+                                  api_key=api_key))  # fmt: skip
     except SweepError as exc:
         error = exc
     table = read_run(Path(args.output))  # what was kept, recomputed from the files, also after an abort
@@ -405,10 +405,7 @@ def _cmd_open_loop(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("open-loop", help="open-loop load: requests at scheduled times at target rates")
-    p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
-    p.add_argument("--model", required=True, help="served model name")
-    p.add_argument("--workload", action="append",
-                   help="NAME=PROMPT_TOKENS:OUTPUT_TOKENS or a workload name of --config; repeatable")
+    add_common_args(p)
     p.add_argument("--rates", help="target rates in requests/s, e.g. 0.5,1,2 (default: the config's per workload)")
     p.add_argument("--arrival", choices=ARRIVALS, help="arrival process (default poisson)")
     p.add_argument("--burstiness", type=float, help="gamma shape, vLLM's --burstiness (default 1)")
@@ -417,11 +414,6 @@ def register(subparsers) -> None:
     p.add_argument("--max-in-flight", type=int, help="cap on requests in flight (default none)")
     p.add_argument("--ttft-limit-ms", type=float, help="goodput: TTFT limit")
     p.add_argument("--tpot-limit-ms", type=float, help="goodput: TPOT limit")
-    p.add_argument("--warmup", type=int, help="warmup requests before each rate, one at a time (default 2)")
     p.add_argument("--output", required=True, help="run folder: openloop.jsonl and openloop_levels.jsonl go here")
     p.add_argument("--config", help="experiment config: its workloads' rates and open_loop section are the defaults")
-    p.add_argument("--experiment", default="adhoc", help="experiment id written into records")
-    p.add_argument("--arm", default="default", help="arm id written into records")
-    p.add_argument("--repeat", type=int, default=0, help="repeat index written into records")
-    p.add_argument("--summary-json", help="also write the per-rate table as JSON records to this file")
     p.set_defaults(func=_cmd_open_loop)

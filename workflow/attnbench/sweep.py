@@ -370,6 +370,40 @@ def parse_concurrency(text: str) -> list[int]:
     return levels
 
 
+def apply_common_args(args: argparse.Namespace, cfg: dict, overrides: dict) -> str | None:
+    """Put add_common_args' options (and the command's own `overrides`) over the sweep settings `cfg`; returns the
+    API key read from the environment variable the settings name (None without one)."""
+    common = {"api": args.api, "warmup_requests": args.warmup, "seed": args.seed, "request_timeout_s": args.timeout,
+              "api_key_env": args.api_key_env}  # fmt: skip
+    cfg.update({k: v for k, v in {**common, **overrides}.items() if v is not None})
+    if args.no_system_prompt:
+        cfg["system_prompt"] = None
+    if not cfg.get("api_key_env"):
+        return None
+    api_key = os.environ.get(cfg["api_key_env"])
+    if not api_key:
+        raise SweepError(f"environment variable {cfg['api_key_env']} (--api-key-env) is not set or empty")
+    return api_key
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The options every load command (sweep, open-loop) shares: the server, the request shape, the record ids."""
+    p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument("--workload", action="append",
+                   help="NAME=PROMPT_TOKENS:OUTPUT_TOKENS (e.g. short=45:512) or a workload name of --config; repeatable")
+    p.add_argument("--warmup", type=int, help="warmup requests per level, recorded but excluded (default 2)")
+    p.add_argument("--api", choices=["chat", "completions"], help="endpoint (default chat)")
+    p.add_argument("--api-key-env", help="name of the environment variable holding the API key (never the key)")
+    p.add_argument("--seed", type=int, help="prompt seed (default 0)")
+    p.add_argument("--timeout", type=float, help="per-request time limit in seconds (default 600)")
+    p.add_argument("--no-system-prompt", action="store_true", help="send no system message")
+    p.add_argument("--experiment", default="adhoc", help="experiment id written into records")
+    p.add_argument("--arm", default="default", help="arm id written into records")
+    p.add_argument("--repeat", type=int, default=0, help="repeat index written into records")
+    p.add_argument("--summary-json", help="also write the summary table as JSON records to this file")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from attnbench.metrics import format_table, level_table
 
@@ -381,12 +415,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         full = load_config(args.config)
         cfg.update(full.get("sweep") or {})
         known = {w.name: w for w in workloads_of(full)}
-    overrides = {"api": args.api, "warmup_requests": args.warmup, "requests_per_level": args.requests,
-                 "seed": args.seed, "request_timeout_s": args.timeout, "api_key_env": args.api_key_env,
-                 "client_processes": args.processes}  # fmt: skip
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    if args.no_system_prompt:
-        cfg["system_prompt"] = None
+    api_key = apply_common_args(args, cfg, {"requests_per_level": args.requests, "client_processes": args.processes})
     workloads = [parse_workload(w, known) for w in args.workload] if args.workload else list(known.values())
     if not workloads:
         raise SweepError("no workload: give --workload NAME=PROMPT:OUTPUT or --config with workloads")
@@ -396,12 +425,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     missing = [w.name for w in workloads if not w.concurrency]
     if missing:
         raise SweepError(f"workload(s) {missing} have no concurrency levels: give --concurrency 1,2,4")
-    api_key = None
-    if cfg.get("api_key_env"):
-        api_key = os.environ.get(cfg["api_key_env"])
-        if not api_key:
-            raise SweepError(f"environment variable {cfg['api_key_env']} (--api-key-env) is not set or empty")
-
     summary: SweepSummary | None = None
     error: AttnbenchError | None = None
     collected: list[RequestRecord] = []
@@ -434,23 +457,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="closed-loop concurrency sweep against a running OpenAI-compatible server")
-    p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
-    p.add_argument("--model", required=True, help="served model name")
-    p.add_argument("--workload", action="append",
-                   help="NAME=PROMPT_TOKENS:OUTPUT_TOKENS (e.g. short=45:512) or a workload name of --config; repeatable")
+    add_common_args(p)
     p.add_argument("--concurrency", help="levels, e.g. 1,2,4 (default: the config's per workload)")
     p.add_argument("--requests", type=int, help="measured requests per level (default max(4N, 16))")
-    p.add_argument("--warmup", type=int, help="warmup requests per level, recorded but excluded (default 2)")
     p.add_argument("--output", required=True, help="run folder: records.jsonl and levels.jsonl are written here")
-    p.add_argument("--api", choices=["chat", "completions"], help="endpoint (default chat)")
-    p.add_argument("--api-key-env", help="name of the environment variable holding the API key (never the key)")
     p.add_argument("--config", help="experiment config: its workloads and sweep sections are the defaults")
-    p.add_argument("--seed", type=int, help="prompt seed (default 0)")
-    p.add_argument("--timeout", type=float, help="per-request time limit in seconds (default 600)")
-    p.add_argument("--no-system-prompt", action="store_true", help="send no system message")
     p.add_argument("--processes", type=int, help="client processes the measured requests are spread over (default 1)")
-    p.add_argument("--experiment", default="adhoc", help="experiment id written into records")
-    p.add_argument("--arm", default="default", help="arm id written into records")
-    p.add_argument("--repeat", type=int, default=0, help="repeat index written into records")
-    p.add_argument("--summary-json", help="also write the summary table as JSON records to this file")
     p.set_defaults(func=_cmd_sweep)
