@@ -174,7 +174,8 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
     for name in ("records.jsonl", "levels.jsonl"):
         (out_dir / name).touch()
     (out_dir / "gpu.jsonl").unlink(missing_ok=True)  # samples of an earlier attempt are not this run's
-    (out_dir / "servermetrics.jsonl").unlink(missing_ok=True)
+    for name in ("servermetrics.jsonl", "openloop.jsonl", "openloop_levels.jsonl"):  # undeclared outputs: same reason
+        (out_dir / name).unlink(missing_ok=True)
     engine = cfg["engine"]
     api_key_env = cfg["sweep"].get("api_key_env")
     api_key = os.environ.get(api_key_env) if api_key_env else None
