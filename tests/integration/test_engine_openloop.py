@@ -120,3 +120,21 @@ def test_two_client_processes_merge_into_one_record_stream(engine_server, tmp_pa
     assert [lv.client["processes"] for lv in levels] == [2, 3]
     assert all(lv.client["cpu_s"] > 0 for lv in levels)
     assert read_closed_run(out)["n_ok"].tolist() == [10, 10]
+
+
+def test_in_flight_cap_holds_requests_back_as_send_lag(engine_server, tmp_path):
+    from attnbench.openloop import run_open_loop
+
+    # 40 requests/s offered, one in flight at a time: each waits for the previous one to finish
+    asyncio.run(run_open_loop(engine_server.base_url, engine_server.model, [(Workload("short", 45, 16, []), [40.0])],
+                              {"warmup_requests": 0}, {"requests_per_rate": 12, "max_in_flight": 1,
+                                                       "arrival": "constant"}, tmp_path,
+                              experiment="t", arm="cpu", repeat=0))  # fmt: skip
+    records = sorted(read_requests(tmp_path / "openloop.jsonl"), key=lambda r: r.start)
+    assert len(records) == 12 and all(r.ok and r.concurrency == 1 for r in records)
+    assert all(a.end <= b.start + 0.001 for a, b in zip(records, records[1:]))  # never two in flight
+    row = read_run(tmp_path).iloc[0]
+    assert row["max_in_flight"] == 1 and row["sent"] == 12
+    # a request takes longer than the 25 ms schedule gap on this engine, so the cap makes the client send late
+    assert row["client_send_lag_ms_max"] > 25 and bool(row["client_lagged"])
+    assert row["achieved_rate_rps"] < 40

@@ -81,3 +81,15 @@ def test_lagged_level_is_flagged_in_aggregate_tables(tmp_path):
     tables = aggregate.build_tables(tmp_path, cfg)
     assert "client lagged" in tables["article_fast_short.md"]
     assert "client lagged" not in tables["article_base_short.md"]
+
+
+def test_merged_load_takes_the_worst_loop_and_all_cpu():
+    from attnbench.lag import ClientLoad, merge_loads
+
+    def load(p99, cpu, samples=100):
+        return ClientLoad(1.0, p99, p99 + 1, samples, 10.0, cpu, 2.0, cpu / 2 * 100, 10.0)
+
+    merged = merge_loads(load(0.5, 0.2), [load(3.0, 1.0), load(12.0, 1.5)])
+    assert (merged.loop_lag_ms_p99, merged.loop_lag_ms_max, merged.processes) == (12.0, 13.0, 3)
+    assert merged.cpu_s == 2.7 and merged.cpu_pct == 135.0  # more than one core: the point of several processes
+    assert merge_loads(load(0.5, 0.2), []) == load(0.5, 0.2)
