@@ -138,3 +138,24 @@ def test_in_flight_cap_holds_requests_back_as_send_lag(engine_server, tmp_path):
     # a request takes longer than the 25 ms schedule gap on this engine, so the cap makes the client send late
     assert row["client_send_lag_ms_max"] > 25 and bool(row["client_lagged"])
     assert row["achieved_rate_rps"] < 40
+
+
+def test_knee_mode_doubles_the_rate_until_a_level_breaks(engine_server, tmp_path):
+    from attnbench.openloop import breaks
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "open-loop", "--base-url", engine_server.base_url,
+         "--model", engine_server.model, "--workload", "short=45:16", "--rates", "4", "--requests", "12",
+         "--warmup", "0", "--ttft-limit-ms", "40", "--knee", "--output", str(out)],
+        capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    levels = read_levels(out / "openloop_levels.jsonl")
+    records = read_requests(out / "openloop.jsonl")
+    rates = [lv.rate for lv in levels]
+    assert rates == [4.0 * 2**i for i in range(len(rates))] and 1 <= len(rates) <= 8
+    verdicts = [breaks(lv, [r for r in records if r.rate == lv.rate and r.phase == "measure"]) for lv in levels]
+    assert all(v is None for v in verdicts[:-1])  # every rate but the last held
+    assert verdicts[-1] is not None or len(rates) == 8
+    if verdicts[-1]:
+        assert f"the knee is below {rates[-1]:g}/s" in proc.stderr

@@ -59,3 +59,26 @@ def test_level_table_achieved_rate_goodput_and_send_lag_from_records():
     assert row["sent"] == 4 and math.isclose(row["achieved_rate_rps"], 4 / (2.0 + 0.04))
     assert math.isclose(row["goodput_rps"], 3 / (recs[-1].end - recs[0].start))  # request 2 misses the TTFT limit
     assert math.isclose(row["client_send_lag_ms_max"], 40.0, abs_tol=1e-6) and bool(row["client_lagged"])
+
+
+def _level_of(rate, ttfts, late_s=0.0, ok=True, limit=200):
+    origin, recs = 1000.0, []
+    for i, ttft in enumerate(ttfts):
+        sched = origin + (i + 1) / rate
+        start = sched + (late_s if i == len(ttfts) - 1 else 0.0)
+        recs.append(RequestRecord("e", "a", 0, "w", 0, "measure", i, f"x{i}", start=start, end=start + 1.0, ttft=ttft,
+                                  prompt_tokens=10, completion_tokens=10, http_status=200, ok=ok, scheduled=sched,
+                                  rate=rate, error=None if ok else "HTTP 500: x"))  # fmt: skip
+    level = LevelRecord("e", "a", 0, "w", 0, requests=len(recs), warmup=0, start=recs[0].start, end=recs[-1].end,
+                        rate=rate, open_loop={"origin": origin, "ttft_limit_ms": limit})  # fmt: skip
+    return level, recs
+
+
+def test_knee_breaks_on_failures_lagging_sends_or_missed_limits():
+    from attnbench.openloop import breaks
+
+    assert breaks(*_level_of(2.0, [0.05] * 20)) is None
+    assert "failed" in breaks(*_level_of(2.0, [0.05] * 20, ok=False))
+    assert "achieved" in breaks(*_level_of(2.0, [0.05] * 20, late_s=2.0))  # last send 2 s late: 20 in 12 s
+    assert "met the TTFT/TPOT limits" in breaks(*_level_of(2.0, [0.05] * 17 + [0.5] * 3))  # 85% < 90%
+    assert breaks(*_level_of(2.0, [0.05] * 19 + [0.5])) is None  # 95%

@@ -19,6 +19,10 @@ the wait shows up as send lag, never as a silently lower rate. Records go to the
 one line per finished rate to openloop_levels.jsonl, appended as they finish, apart from the closed-loop files
 so the closed-loop tables keep one row per (workload, concurrency).
 
+Knee mode (`knee: true`): after a workload's listed rates, the last rate is multiplied by `knee_factor` as long as
+the level held (`breaks`: no failure, achieved rate within 5% of the target, and with TTFT/TPOT limits at least 90%
+of the requests meeting them), up to `knee_max_rates` levels; the last rate that held is the knee.
+
 Derived per level, from those two files only (`level_table`): metrics.py's whole set (TTFT, TPOT, ITL, E2EL,
 throughputs, goodput under the level's stored TTFT/TPOT limits), the client's lag, and
   achieved_rate_rps = requests sent / (last actual send - schedule origin): the rate the server was offered
@@ -58,7 +62,12 @@ OPEN_LOOP_DEFAULTS = {
     "max_in_flight": None,  # None: no cap
     "ttft_limit_ms": None,  # goodput: requests meeting every limit, per second
     "tpot_limit_ms": None,
+    # "find the knee": after the listed rates, multiply the last by knee_factor while the level holds (see breaks)
+    "knee": False,
+    "knee_factor": 2.0,
+    "knee_max_rates": 8,  # levels per workload at most, listed rates included
 }
+KNEE_GOODPUT_SHARE = 0.9  # a level holds while at least this share of its requests meets the limits
 DEFAULT_REQUESTS = 32
 UNCAPPED_POOL = 4096  # connection-pool ceiling without a cap: the transport opens connections only as needed
 RECORDS_FILE, LEVELS_FILE = "openloop.jsonl", "openloop_levels.jsonl"
@@ -207,6 +216,7 @@ async def run_open_loop(
             # Own seed space ("<workload>/open"): no open-loop prompt repeats a closed-loop one of the same run.
             space, prompt_index = f"{wl.name}/open", 0
             n_warm = int(cfg["warmup_requests"])
+            rates = list(rates)  # knee mode appends to it
             for rate in rates:
                 n = requests_for_rate(rate, ocfg)
                 prompts = [await builder.prompt(wl.prompt_tokens, seed, space, prompt_index + i)
@@ -256,12 +266,34 @@ async def run_open_loop(
                 if level.abort:
                     raise SweepError(f"open loop aborted at {wl.name} rate {rate:g}/s: {level.abort}; "
                                      f"records kept in {out_dir}")  # fmt: skip
+                if ocfg["knee"] and rate == rates[-1] and len(rates) < int(ocfg["knee_max_rates"]):
+                    broken = breaks(lv, level.records)
+                    if broken:
+                        print(f"{wl.name}: the knee is below {rate:g}/s ({broken})", file=sys.stderr)
+                    else:
+                        rates.append(round(rate * float(ocfg["knee_factor"]), 6))
     finally:
         records.close()
         levels_file.close()
         await aux.aclose()
         await client.aclose()
     return summary
+
+
+def breaks(level: LevelRecord, records: list[RequestRecord]) -> str | None:
+    """Why a level shows the server past its knee (None when it held): a failed request, an achieved rate more than
+    5% under the target, or (with TTFT/TPOT limits) fewer than KNEE_GOODPUT_SHARE of the requests meeting them."""
+    row = level_table(records, [level]).iloc[0]
+    if row["n_failed"]:
+        return f"{row['n_failed']} request(s) failed"
+    if not row["achieved_rate_rps"] >= 0.95 * level.rate:
+        return f"achieved {row['achieved_rate_rps']:.3g}/s of {level.rate:g}/s"
+    limits = level.open_loop or {}
+    if limits.get("ttft_limit_ms") is not None or limits.get("tpot_limit_ms") is not None:
+        share = row["goodput_rps"] * row["duration_s"] / max(row["n_ok"], 1)
+        if share < KNEE_GOODPUT_SHARE:
+            return f"{share:.0%} of requests met the TTFT/TPOT limits"
+    return None
 
 
 # --- metrics from the raw files ----------------------------------------------------------------------------------
@@ -369,7 +401,7 @@ def _cmd_open_loop(args: argparse.Namespace) -> int:
         known = {w.name: w for w, _ in plan}
     overrides = {"arrival": args.arrival, "burstiness": args.burstiness, "requests_per_rate": args.requests,
                  "duration_s": args.duration, "max_in_flight": args.max_in_flight,
-                 "ttft_limit_ms": args.ttft_limit_ms, "tpot_limit_ms": args.tpot_limit_ms}  # fmt: skip
+                 "ttft_limit_ms": args.ttft_limit_ms, "tpot_limit_ms": args.tpot_limit_ms, "knee": args.knee}  # fmt: skip
     ocfg.update({k: v for k, v in overrides.items() if v is not None})
     api_key = apply_common_args(args, cfg, {})
     if args.workload:
@@ -414,6 +446,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-in-flight", type=int, help="cap on requests in flight (default none)")
     p.add_argument("--ttft-limit-ms", type=float, help="goodput: TTFT limit")
     p.add_argument("--tpot-limit-ms", type=float, help="goodput: TPOT limit")
+    p.add_argument("--knee", action="store_true", default=None,
+                   help="after the given rates, double the rate while every request succeeds, the achieved rate "
+                        "keeps up and 90%% meet the limits (at most 8 rates per workload)")
     p.add_argument("--output", required=True, help="run folder: openloop.jsonl and openloop_levels.jsonl go here")
     p.add_argument("--config", help="experiment config: its workloads' rates and open_loop section are the defaults")
     p.set_defaults(func=_cmd_open_loop)
