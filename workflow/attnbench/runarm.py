@@ -141,6 +141,15 @@ def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_k
                                    output_tokens=cfg["kernels"]["probe_output_tokens"], **ids))  # fmt: skip
         finally:
             client.post(f"{server_url}/stop_profile", timeout=600).raise_for_status()
+        # vLLM 0.7.1 with a stack-capturing profiler died in its engine process at stop_profile while the API
+        # server went on answering /health: only a real request shows that the engine survived the probe.
+        try:
+            reply = client.post(f"{server_url}/v1/completions", timeout=120,
+                                json={"model": model_name, "prompt": "probe", "max_tokens": 1})  # fmt: skip
+            reply.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ServerError(f"the engine stopped serving after the kernel probe's /stop_profile ({exc}); see "
+                              f"server.log") from None  # fmt: skip
     attribution = kernels.attribute(out_dir / "trace")
     (out_dir / "kernels.json").write_text(json.dumps(attribution, indent=1, sort_keys=True), encoding="utf-8")
     violations = kernels.check_expectations(attribution, arm.get("expect_kernels") or {})
@@ -219,6 +228,8 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         base_url = f"http://{engine['host']}:{port}"
         run["base_url"] = base_url
         trace_dir = (out_dir / "trace").resolve() if cfg["kernels"]["probe"] else None
+        if trace_dir is not None:
+            trace_dir.mkdir(parents=True, exist_ok=True)  # a container binds it in: it must exist first
         spec = launch_spec(cfg, arm, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
                            host=engine["host"], port=port, trace_dir=trace_dir)  # fmt: skip
         if api_key:
