@@ -62,7 +62,7 @@ install-apptainer)
   chmod +x /tmp/abin/attnbench
   touch $SITE/.attnbench
   apptainer --version
-  python3 -c "import snakemake, attnbench; print('snakemake', snakemake.__version__)"
+  python3 -c "import snakemake; print('snakemake', snakemake.__version__)"
   nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader
   ;;
 start)
@@ -73,6 +73,7 @@ start)
   # The host's copy has no .git: the commit travels in .gpu/commit, written here before the call with
   # `git describe --always --dirty --abbrev=40 > .gpu/commit` and carried with it (provenance.git_commit reads it).
   [ -f .gpu/commit ] && export ATTNBENCH_GIT_COMMIT="$(cat .gpu/commit)"
+  [ -f /tmp/gpu/commit ] && export ATTNBENCH_GIT_COMMIT="$(cat /tmp/gpu/commit)"  # pack-apptainer.sh's
   mkdir -p $RUN
   tar cf - --exclude=./.wheelhouse --exclude=./.gpu --exclude=./.git --exclude=./results --exclude=./.snakemake . | tar xf - -C $RUN
   cd $RUN
