@@ -10,7 +10,7 @@ from synth_runs import config, write_run
 from attnbench import aggregate
 from attnbench.lag import LoopLagMonitor, as_record, lag_columns
 from attnbench.metrics import level_table
-from attnbench.records import LevelRecord, RequestRecord, read_levels, read_requests
+from attnbench.records import LevelRecord, RequestRecord, append_jsonl, read_levels, read_requests
 
 
 async def _measure(block_s: float, *, every_s: float = 0.05, total_s: float = 0.6):
@@ -66,8 +66,6 @@ def test_lagged_level_is_flagged_in_aggregate_tables(tmp_path):
         # rewrite the levels with client records: arm fast lagged at short c=2
         levels = read_levels(rdir / "levels.jsonl")
         (rdir / "levels.jsonl").unlink()
-        from attnbench.records import append_jsonl
-
         for lv in levels:
             bad = arm == "fast" and lv.workload == "short" and lv.concurrency == 2
             lv.client = {"loop_lag_ms_p50": 1.0, "loop_lag_ms_p99": 25.0 if bad else 1.0, "loop_lag_ms_max": 30.0,
