@@ -513,22 +513,27 @@ def verify_extracted(root: Path, build_tables: Callable | None = None, *, archiv
 
 
 def check_report(root: Path, manifest: dict) -> list[Finding]:
-    """report.md must hold each derived table it embeds exactly as the bundle's tables/ has it (and those tables
-    were just recomputed from the raw records), so a report whose text no longer matches its tables is named.
-    The whole report is not regenerated: parts of it read files outside the bundle (analysis.reference)."""
+    """report.md regenerated from the bundle (tables, run files, config) must equal the bundled one. Where the
+    report cannot be regenerated here (a section reads a file outside the bundle, such as analysis.reference),
+    each derived table it embeds must still appear in it exactly as the bundle's tables/ has it."""
     from attnbench import report  # noqa: PLC0415
 
     path = root / "report.md"
     if not path.is_file():
         return []
     stored = safejson.read_text(path, "report.md")
+    try:
+        expected = report.build_report_md(root, manifest["config"])
+    except Exception:  # noqa: BLE001  (not regenerable here: fall back to the tables it embeds)
+        expected = None
+    if expected is not None:
+        return [] if stored == expected else [first_difference("report.md", expected, stored)]
     out = []
     for table in sorted((root / "tables").glob("*.md")):
         text = safejson.read_text(table, f"tables/{table.name}")
-        level = 2 if table.name.startswith("article_") else 1
-        if text.strip() and report._shift_headings(text, level) not in stored:
-            first = next((ln for ln in report._shift_headings(text, level).splitlines() if ln.strip()
-                          and ln not in stored), "(order or spacing)")
+        section = report._shift_headings(text, 2 if table.name.startswith("article_") else 1)
+        if text.strip() and section not in stored:
+            first = next((ln for ln in section.splitlines() if ln.strip() and ln not in stored), "(order or spacing)")
             out.append(Finding("report.md", f"section from tables/{table.name}", first, "absent or edited"))
     return out
 
