@@ -371,6 +371,10 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args.config)
     path = build_bundle(Path(args.exp_dir), cfg, Path(args.out) if args.out else None)
     print(path)
+    if args.sign_key:  # a detached SSH signature beside the archive: the archive's bytes stay reproducible
+        from attnbench import signing  # noqa: PLC0415
+
+        print(signing.sign(path, Path(args.sign_key)))
     if args.verify:  # the pipeline's last step checks its own bundle the way a peer will
         from attnbench.verify import report_result, verify_bundle  # noqa: PLC0415
 
@@ -390,6 +394,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help="the experiment config YAML")
     p.add_argument("--out", help="output folder or .tar.gz path (default: EXP_DIR/bundle-<gpu-type>-<yyyymmdd>.tar.gz)")
     p.add_argument("--receipt", help="also write '<sha256>  <bundle name>' to this file (the Snakemake target)")
+    p.add_argument("--sign-key", help="Ed25519 OpenSSH private key: also write BUNDLE.sig (ssh-keygen -Y sign)")
     p.add_argument("--verify", action="store_true", help="verify the written bundle; exit 1 (no receipt) if it fails")
     p.set_defaults(func=_cmd_bundle)
 

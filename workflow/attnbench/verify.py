@@ -30,7 +30,7 @@ import jsonschema
 import yaml
 
 from attnbench import bundle as bundle_mod
-from attnbench import plausibility, safejson
+from attnbench import plausibility, safejson, signing
 from attnbench.errors import AttnbenchError, BundleError, UnsafeInputError
 from attnbench.finding import Finding, short
 from attnbench.plausibility import RunData
@@ -432,6 +432,7 @@ class VerifyResult:
     notes: list[str]
     manifest: dict | None
     unsafe: bool = False  # unreadable or unsafe input: nothing past the failing step was checked
+    signature: signing.Signature | None = None
 
     @property
     def ok(self) -> bool:
@@ -539,17 +540,34 @@ def check_report(root: Path, manifest: dict) -> list[Finding]:
 
 
 def verify_bundle(archive: Path, *, workdir: Path | None = None, build_tables: Callable | None = None,
-                  limits: Limits = Limits()) -> VerifyResult:
-    """Verify a bundle file. Extracts into workdir (kept, for inspection) or a temporary folder (removed).
-    An unreadable or unsafe archive gives a result with unsafe=True (exit 2), never an exception other than
-    BundleError for a file that is not there."""
+                  limits: Limits = Limits(), signature: Path | None = None,
+                  allowed_signers: Path | None = None) -> VerifyResult:
+    """Verify a bundle file and its signature (<archive>.sig unless `signature` names another file).
+    Extracts into workdir (kept, for inspection) or a temporary folder (removed). An unreadable or unsafe archive
+    gives a result with unsafe=True (exit 2); a bad signature, or a key outside a given allowed-signers file, is a
+    finding (exit 1). Raises BundleError only for a file that cannot be opened at all."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise BundleError(f"{archive}: no such file")
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         if any(workdir.iterdir()):
             raise BundleError(f"{workdir}: extraction folder must be empty")
-        return _verify_into(Path(archive), workdir, build_tables, limits)
-    with tempfile.TemporaryDirectory(prefix="attnbench-verify-") as tmp:
-        return _verify_into(Path(archive), Path(tmp), build_tables, limits)
+        result = _verify_into(archive, workdir, build_tables, limits)
+    else:
+        with tempfile.TemporaryDirectory(prefix="attnbench-verify-") as tmp:
+            result = _verify_into(archive, Path(tmp), build_tables, limits)
+    sig = signing.check(archive, signature, allowed_signers)
+    result.signature = sig
+    where = (signature or signing.signature_path(archive)).name
+    if sig.state == "bad":
+        result.findings.append(Finding(where, "signature", "a good Ed25519 signature of the archive's bytes",
+                                       sig.detail))
+    elif sig.state == "good" and sig.trusted is False:
+        result.findings.append(Finding(where, "signer", f"a key in {allowed_signers}", sig.fingerprint))
+    elif sig.state == "unsigned" and allowed_signers is not None:
+        result.findings.append(Finding(where, "signature", f"signed by a key in {allowed_signers}", "unsigned"))
+    return result
 
 
 def _verify_into(archive: Path, root: Path, build_tables: Callable | None, limits: Limits) -> VerifyResult:
@@ -564,6 +582,8 @@ def report_result(name: str, result: VerifyResult) -> int:
     2 unreadable or unsafe)."""
     for note in result.notes:
         print(f"note: {printable(note, 400)}")
+    if result.signature is not None:
+        print(f"signature: {printable(result.signature.describe(), 400)}")
     if result.ok:
         print(f"PASS {printable(name)}")
         return 0
@@ -576,9 +596,17 @@ def report_result(name: str, result: VerifyResult) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     try:
-        result = verify_bundle(Path(args.bundle), workdir=Path(args.extract_to) if args.extract_to else None)
+        result = verify_bundle(Path(args.bundle), workdir=Path(args.extract_to) if args.extract_to else None,
+                               signature=Path(args.signature) if args.signature else None,
+                               allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None)
     except BundleError as exc:
         print(f"attnbench: {printable(str(exc), 400)}", file=sys.stderr)
+        if Path(args.bundle).is_file():  # say too whether the unreadable bytes are the ones that were signed
+            try:
+                sig = signing.check(Path(args.bundle), Path(args.signature) if args.signature else None)
+                print(f"signature: {printable(sig.describe(), 400)}")
+            except BundleError:
+                pass
         return 2
     return report_result(args.bundle, result)
 
@@ -587,4 +615,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("verify", help="check a result bundle: checksums, schema, recomputed tables, consistency")
     p.add_argument("bundle", help="bundle-<gpu-type>-<yyyymmdd>.tar.gz")
     p.add_argument("--extract-to", help="keep the extracted bundle in this (empty) folder")
+    p.add_argument("--signature", help="the bundle's SSH signature (default: BUNDLE.sig when present)")
+    p.add_argument("--allowed-signers", help="ssh-keygen allowed-signers file: a signature by a key not in it, "
+                   "or no signature, fails")
     p.set_defaults(func=_cmd_verify)
