@@ -93,7 +93,8 @@ def _signed_label(sig) -> str:
 def load_reference(name_or_path: str) -> Source:
     """The article's published numbers (or a CSV in the same format) as a source with one 'repeat' per level."""
     path = REFERENCES.get(name_or_path, Path(name_or_path))
-    pub = aggregate.read_published(Path(path))
+    # "article": read_published looks in the checkout, the working directory and the installed package's data
+    pub = aggregate.read_published(None if name_or_path in REFERENCES else Path(path))
     needed = {"backend", "workload", "concurrency"}
     if not needed <= set(pub.columns):
         raise BundleError(f"{path}: reference table needs columns {sorted(needed)}, has {list(pub.columns)}")

@@ -18,7 +18,8 @@ import yaml
 
 from attnbench.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+# attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # vLLM 0.11 replaced the VLLM_ATTENTION_BACKEND variable by --attention-backend / --attention-config.
 ATTENTION_FLAG_VERSION = (0, 11)

@@ -344,8 +344,8 @@ def _architecture(cfg: dict, search: list[Path]) -> dict | None:
     arch = (cfg.get("model") or {}).get("architecture")
     if not isinstance(arch, str) or not arch.endswith(".json") or ".." in Path(arch).parts or Path(arch).is_absolute():
         return None
-    for base in search:
-        path = base / arch
+    # An installed package carries config/models/*.json as package data in attnbench/models/.
+    for path in [base / arch for base in search] + [Path(__file__).resolve().parent / "models" / Path(arch).name]:
         if path.is_file():
             try:
                 return safejson.load_file(path, str(path))

@@ -36,7 +36,8 @@ from attnbench.finding import Finding, short
 from attnbench.plausibility import RunData
 from attnbench.safejson import printable
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "bundle.schema.yaml"
+# attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "bundle.schema.yaml"
 
 
 # --- safe extraction --------------------------------------------------------------------------------------------
