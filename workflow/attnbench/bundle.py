@@ -48,42 +48,19 @@ SEALED_SECTIONS = ("attnbench", "config")  # manifest fields not derivable from 
 
 # --- secrets ----------------------------------------------------------------------------------------------------
 
-# Shapes that provenance.redact_text does not cover on its own because it sees one string at a time: a secret flag
-# followed by its value in a log line or inside a JSON argv list, and secret-named keys in JSON text or KEY=VALUE.
-# A name is secret when its last part says so (HF_TOKEN, api_key, AWS_SECRET_ACCESS_KEY), not when a secret word
-# is merely inside it (tokenizer, api_key_env, max_tokens hold no secrets and must survive).
-_SECRET_NAME = r"(?:[A-Za-z0-9]+[_-])*(?:api[_-]?key|access[_-]?key|token|secret|password|passwd|authorization|credentials?)"
-_EXTRA_PATTERNS = [
-    re.compile(r'((?:--api-key|--hf-token|--token|--password)(?:=|\s+|",\s*"))([^\s"\',\]]+)'),
-    re.compile(r'("' + _SECRET_NAME + r'"\s*:\s*")((?:[^"\\]|\\.)+)(?=")', re.IGNORECASE),
-    re.compile(r"(\b" + _SECRET_NAME + r"=)([^\s\"']+)", re.IGNORECASE),
-    re.compile(r"(\b[Bb]earer\s+)([A-Za-z0-9._~+/=-]+)"),
-    re.compile(r"()\bhf_[A-Za-z0-9]{8,}"),
-]
-
-
-# Values of secret-named variables that are no secret and would wreck the data if blanked everywhere
-# (TOKENIZERS_PARALLELISM=false would turn every JSON false into ***; SSH_AUTH_SOCK is a path).
-_NOT_A_SECRET = re.compile(r"^(true|false|none|null|yes|no|on|off|[0-9.]+|/.*)$", re.IGNORECASE)
-
 
 def secret_values(cfg: dict, environ: dict[str, str] | None = None) -> list[str]:
-    """Values to blank: secret-named env vars (provenance's rule) that look like secrets, plus the value of the
-    variable the config names for the API key, whatever its name and shape."""
+    """Values to blank (provenance's one policy), plus the value of the variable the config names for the API
+    key, whatever its name and shape."""
     environ = os.environ if environ is None else environ
     key_env = (cfg.get("sweep") or {}).get("api_key_env")
-    api_key = environ.get(key_env) if key_env else None
-    named = [v for v in provenance.secret_values(environ) if len(v) >= 8 and not _NOT_A_SECRET.match(v)]
-    return sorted(set(named) | ({api_key} if api_key else set()), key=len, reverse=True)
+    return provenance.secret_values(environ, extra=[environ.get(key_env) if key_env else None])
 
 
 def scrub(text: str, secrets: list[str]) -> str:
     """Blank secrets in text. Runs again over files their writers already redacted, because a bundle leaves the
     machine: a key that slipped into one log must not travel with it."""
-    text = provenance.redact_text(text, secrets)
-    for pattern in _EXTRA_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-    return text
+    return provenance.redact_text(text, secrets)
 
 
 # --- describing an experiment folder ----------------------------------------------------------------------------
