@@ -165,3 +165,34 @@ def test_workflow_stops_before_any_job_with_at_most_three_lines(name, tmp_path):
              if ln.strip() and not ln.startswith("Using workflow specific profile")]
     assert len(lines) <= 3 and any(expected in ln for ln in lines), lines
     assert not (work / "results").exists()  # nothing planned, nothing written
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sweep", "--base-url", "127.0.0.1:8000"], "--base-url '127.0.0.1:8000': expected http:// or https://"),
+    (["sweep", "--base-url", "ftp://127.0.0.1:8000"], "--base-url 'ftp://127.0.0.1:8000'"),
+    (["sweep", "--base-url", "http://127.0.0.1:99999"], "the port is not a number"),
+    (["sweep", "--requests", "0"], "--requests 0: must be a finite number >= 1"),
+    (["sweep", "--warmup", "-1"], "--warmup -1"),
+    (["sweep", "--timeout", "nan"], "--timeout nan"),
+    (["sweep", "--output", "FILE"], "is an existing file"),
+    (["crosscheck", "--concurrency", "0"], "--concurrency 0"),
+    (["crosscheck", "--base-url", "localhost"], "--base-url 'localhost'"),
+])
+def test_cli_options_are_checked_before_any_server_is_contacted(argv, expected, tmp_path, capsys):
+    from attnbench.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    argv = [str(a_file) if a == "FILE" else a for a in argv]
+    defaults = {"sweep": ["--base-url", "http://127.0.0.1:9", "--model", "m", "--workload", "s=4:4",
+                          "--concurrency", "1", "--output", str(tmp_path / "out")],
+                "crosscheck": ["--base-url", "http://127.0.0.1:9", "--model", "m", "--tokenizer", "t",
+                               "--engine-python", sys.executable, "--output", str(tmp_path / "out")]}[argv[0]]
+    given = set(argv[1::2])
+    for i in range(0, len(defaults), 2):  # argparse keeps the last value: put the case's options after defaults
+        if defaults[i] not in given:
+            argv += defaults[i:i + 2]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()  # nothing written, no server contacted (port 9 would refuse)

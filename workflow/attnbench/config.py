@@ -13,6 +13,7 @@ import difflib
 import json
 import math
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,27 @@ def preflight(configfiles: list, cfg: dict) -> None:
     validate_schema(trial)
     check_cross_fields(trial)
     check_model_files(trial)
+
+
+def check_cli_inputs(*, base_url: str | None = None, minimum: dict[str, tuple[float | None, float]] | None = None,
+                     output: str | None = None) -> None:
+    """Options of commands that talk to a server, checked before any connection is made: the URL's scheme and
+    host, numbers against their least allowed value ({"--requests": (value, 1)}), and an output folder that is not
+    an existing file. ConfigError naming the option."""
+    if base_url is not None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--base-url {base_url!r}: expected http:// or https:// and a host, "
+                              f"e.g. http://127.0.0.1:8000")
+        try:
+            parts.port  # noqa: B018  (raises for a port that is not a number in range)
+        except ValueError:
+            raise ConfigError(f"--base-url {base_url!r}: the port is not a number from 1 to 65535") from None
+    for option, (value, least) in (minimum or {}).items():
+        if value is not None and (not math.isfinite(value) or value < least):
+            raise ConfigError(f"{option} {value}: must be a finite number >= {least:g}")
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        raise ConfigError(f"--output {output}: is an existing file; give a folder")
 
 
 def load_config(path_or_dict: str | Path | dict) -> dict:
