@@ -172,6 +172,9 @@ CASES = [
     Case("run.json nested deep", lambda root: (root / RUN).write_text(_deep(100)), RUN, "nested", code=2, reseal=False),
     Case("kernels.json families as a list", lambda root: (root / FAST0 / "kernels.json").write_text(
         '{"families": ["fa3"]}'), "kernels.json", "families", tables=False),
+    Case("kernel count as a string", lambda root: (root / FAST0 / "kernels.json").write_text(
+        '{"families": {"cpu_attention": {"count": "many", "share": 1.0, "kernels": []}}}'), "kernels.json",
+         "families{}.count", tables=False),
     # config (the sealed section recomputed by the forger)
     Case("config asks for other request counts", lambda root: edit_config(
         root, lambda c: c["sweep"].update(requests_per_level=3)), LEV, "requests"),

@@ -107,11 +107,17 @@ _RUN_SHAPE: dict[str, tuple[type, ...]] = {
     "kernels.families": (dict, type(None)), "gpu": (dict, type(None)), "gpu.gpu": (str, type(None)),
     "slurm_job_id": (str, int, type(None)),
 }
-_KERNELS_SHAPE: dict[str, tuple[type, ...]] = {"": (dict,), "families": (dict, type(None))}
+_KERNELS_SHAPE: dict[str, tuple[type, ...]] = {
+    "": (dict,), "families": (dict, type(None)), "families{}": (dict,), "families{}.count": (int,),
+    "families{}.share": (int, float), "families{}.kernels": (list,), "families{}.kernels[]": (dict,),
+    "families{}.kernels[].name": (str,), "families_seen": (list, type(None)), "families_seen[]": (str,),
+    "time_basis": (str, type(None)),
+}
 
 
 def check_shape(value: Any, shape: dict[str, tuple[type, ...]], rel: str) -> list[Finding]:
-    """Type findings for the dotted paths of `shape` that exist in value ([] walks a list's items)."""
+    """Type findings for the dotted paths of `shape` that exist in value ([] walks a list's items, {} a mapping's
+    values)."""
     out: list[Finding] = []
 
     def walk(node: Any, path: str) -> None:
@@ -122,10 +128,13 @@ def check_shape(value: Any, shape: dict[str, tuple[type, ...]], rel: str) -> lis
                 out.append(Finding(rel, path or "(top level)", "/".join(t.__name__ for t in allowed),
                                    type(node).__name__))
                 return
-        if isinstance(node, dict):
+        if isinstance(node, dict) and f"{path}{{}}" in shape:  # "x{}": every value of the mapping x
+            for sub in node.values():
+                walk(sub, f"{path}{{}}")
+        elif isinstance(node, dict):
             for key, sub in node.items():
                 child = f"{path}.{key}" if path else str(key)
-                if child in shape or any(p.startswith(child + ".") or p.startswith(child + "[") for p in shape):
+                if child in shape or any(p.startswith((child + ".", child + "[", child + "{")) for p in shape):
                     walk(sub, child)
         elif isinstance(node, list) and f"{path}[]" in shape:
             for item in node:
