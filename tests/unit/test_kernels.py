@@ -39,7 +39,9 @@ def write_trace(path: Path, events: list[dict]) -> Path:
 def test_old_vllm_gets_the_profiler_dir_variable(version, tmp_path):
     args, env = kernels.profiler_settings(version, tmp_path / "t")
     assert args == []
-    assert env == {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "t")}
+    # and the layer that turns off vLLM 0.7's with_stack=True, which crashed the engine at stop_profile
+    assert env == {"VLLM_TORCH_PROFILER_DIR": str(tmp_path / "t"), "PYTHONPATH": str(kernels.PROFILER_LAYER)}
+    assert (kernels.PROFILER_LAYER / "sitecustomize.py").is_file()
 
 
 @pytest.mark.parametrize("version", ["0.13.0", "0.26.0", "0.32.0"])

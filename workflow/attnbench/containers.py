@@ -1,13 +1,14 @@
-"""Engine images: render their definitions, build them, find out what was built, and run the server in one.
+"""Docker engine images: render their definitions, build them, find out what was built, and run the server in one;
+plus the lock file (containers/lock.yaml) and image provenance for both container runtimes. Apptainer images (a
+base image per engine line plus a layer per arm) live in apptainer.py.
 
-One image per (engine line, arm, GPU type). The engine line is a key of containers/lock.yaml (base image, digest,
+One docker image per (engine line, arm, GPU type). The engine line is a key of containers/lock.yaml (base image, digest,
 CUDA, compute capabilities); the arm bakes what selects its attention backend (environment for vLLM < 0.11, flags
 for later lines, both from `engine.backend_selection`) and, for a variant arm, the variant's files from
 containers/variants/<variant>/; the GPU type only goes into the labels and the file name, so that results and images
 of different cards never mix.
 
-Definitions are rendered from containers/<engine line>/Apptainer.def.in and Dockerfile.in (string.Template,
-`$name` placeholders). A variant folder is copied to /opt/attnbench/variant, put first on PYTHONPATH (a
+Definitions are rendered from containers/<engine line>/Dockerfile.in (string.Template, `$name` placeholders). A variant folder is copied to /opt/attnbench/variant, put first on PYTHONPATH (a
 sitecustomize.py there runs at interpreter start) and its install.sh, if any, runs at build time.
 
 Pinning: a lock entry's `digest` pins the base image (`From: image@sha256:...`). With digest null the build refuses
@@ -21,7 +22,6 @@ could resolve (skopeo/docker inspect) next to `pinned: false` in image.json, whi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -134,35 +134,30 @@ def image_spec(cfg: dict, arm: dict, gpu_type: str, lock: dict, *, digest: str |
     return spec
 
 
-def image_path(results_dir: str | os.PathLike, spec_or_key, *, arm: str | None = None, gpu_type: str | None = None) -> Path:
-    """Where the apptainer image of (engine line, arm, GPU type) lives: results/<exp>/images/<key>/<gpu>/<arm>.sif."""
-    if isinstance(spec_or_key, ImageSpec):
-        key, arm, gpu_type = spec_or_key.key, spec_or_key.arm, spec_or_key.gpu_type
-    else:
-        key = spec_or_key
-    return Path(results_dir) / "images" / key / gpu_type / f"{arm}.sif"
-
-
 def image_files(cfg: dict, arm_name: str, gpu_type: str, results_dir: str | os.PathLike) -> list[str]:
-    """What a run of the arm needs from the image rules (containers.smk): build record, and for apptainer the .sif and
-    the versions seen inside. Empty for runtime venv/native."""
+    """What a run of the arm needs from the image rules (containers.smk): for docker the build record; for apptainer
+    the arm's layer record, the base image and the versions seen inside it. Empty for runtime venv/native."""
+    from attnbench import apptainer
+
     runtime = cfg["engine"]["runtime"]
-    if runtime not in ("apptainer", "docker"):
-        return []
-    sif = image_path(results_dir, cfg["engine"]["image"], arm=arm_name, gpu_type=gpu_type)
+    key = cfg["engine"].get("image")
     if runtime == "docker":
-        return [str(sif.with_suffix(".json"))]
-    return [str(sif.with_suffix(".json")), str(sif), str(sif.with_suffix(".versions.json"))]
+        return [str(Path(results_dir) / "images" / key / gpu_type / f"{arm_name}.json")]
+    if runtime == "apptainer":
+        return [str(apptainer.layer_path(results_dir, key, gpu_type, arm_name).with_suffix("").with_suffix(".layer.json")),
+                str(apptainer.base_sif(key)), str(apptainer.base_versions_path(key))]  # fmt: skip
+    return []
 
 
-def image_for(cfg: dict, arm: dict, *, gpu_type: str | None = None, results_dir: str | os.PathLike | None = None) -> str:
-    """The image reference a run uses: the .sif path (apptainer) or the docker tag (docker)."""
+def image_for(cfg: dict, arm: dict, *, gpu_type: str | None = None) -> str:
+    """The image a run uses: the engine line's base .sif (apptainer; the arm's layer is applied at exec time) or the
+    arm's docker tag (docker)."""
+    from attnbench.apptainer import base_sif
     from attnbench.gpu import resolve_gpu_type
 
-    gpu_type = gpu_type or resolve_gpu_type(cfg)
-    results_dir = results_dir or Path("results") / cfg["experiment"]
     if cfg["engine"]["runtime"] == "apptainer":
-        return str(image_path(results_dir, cfg["engine"]["image"], arm=arm["name"], gpu_type=gpu_type))
+        return str(base_sif(cfg["engine"]["image"]))
+    gpu_type = gpu_type or resolve_gpu_type(cfg)
     entry = lock_entry(load_lock(), cfg["engine"]["image"])
     spec = ImageSpec(key=cfg["engine"]["image"], experiment=cfg["experiment"], arm=arm["name"], gpu_type=gpu_type,
                      base=f"{entry['image']}:{entry['tag']}", digest=None, backend=None, backend_args=[],
@@ -199,21 +194,6 @@ def _env(spec: ImageSpec) -> dict[str, str]:
 
 def _sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
-
-
-def render_apptainer(spec: ImageSpec) -> str:
-    env = _env(spec)
-    environment = "\n".join(f"    export {k}={_sh_quote(v)}" for k, v in sorted(env.items())) or "    :"
-    files = ""
-    post = "    :"
-    if spec.variant:
-        files = f"%files\n    {variant_dir(spec.variant)} {VARIANT_TARGET}\n"
-        post = f"    if [ -f {VARIANT_TARGET}/install.sh ]; then sh {VARIANT_TARGET}/install.sh; fi"
-    labels = "\n".join(f"    {k} {v}" for k, v in sorted(spec.labels.items()))
-    return _template(spec.key, "Apptainer.def").substitute(
-        base_ref=spec.base_ref, files_section=files, environment=environment, post=post, labels=labels,
-        backend_args=" ".join(_sh_quote(a) for a in spec.backend_args),
-    )  # fmt: skip
 
 
 def render_dockerfile(spec: ImageSpec) -> str:
@@ -261,33 +241,6 @@ def require_pinned(cfg: dict, entry: dict, key: str) -> None:
 
 
 # --- building -----------------------------------------------------------------------------------------------------
-
-
-def apptainer_build_argv(definition: Path, sif: Path, apptainer: str = "apptainer") -> list[str]:
-    # --force: Snakemake removes stale outputs itself; a half-written .sif from a killed build must not block a rerun.
-    return [apptainer, "build", "--force", str(sif), str(definition)]
-
-
-def build_apptainer(spec: ImageSpec, sif: Path) -> dict:
-    sif = Path(sif)
-    sif.parent.mkdir(parents=True, exist_ok=True)
-    definition = sif.with_suffix(".def")
-    definition.write_text(render_apptainer(spec), encoding="utf-8")
-    if shutil.which("apptainer") is None:
-        raise ContainerError(f"apptainer is not installed on this host; cannot build {sif} (definition: {definition})")
-    proc = subprocess.run(apptainer_build_argv(definition, sif), capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
-        raise ContainerError(f"apptainer build {sif} failed (exit {proc.returncode}): {tail}")
-    return {"ref": str(sif), "image_id": "sha256:" + _sha256_file(sif), "definition": str(definition)}
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def docker_client(client=None):
@@ -357,31 +310,38 @@ def probe_docker_versions(ref: str, client=None) -> dict:
 
 def image_provenance(cfg: dict, arm: dict, *, gpu_type: str | None = None,
                      results_dir: str | os.PathLike | None = None) -> dict:  # fmt: skip
-    """What run.json records about the image an arm ran in: reference, digest (or unpinned), image ID and the
-    versions seen inside, from the image.json and versions.json that the build rules wrote. Missing files give
-    nulls, never a guess."""
+    """What run.json records about the image an arm ran in, from the records the image rules wrote: for apptainer
+    the base SIF's sha256 and size, the lock's sha256 and the arm layer's digest and variant checksum; for docker the
+    reference, digest (or unpinned) and image ID; both with the versions seen inside. Missing files give nulls,
+    never a guess."""
+    from attnbench import apptainer
     from attnbench.gpu import resolve_gpu_type
 
     gpu_type = resolve_gpu_type(cfg, gpu_type)
     results_dir = results_dir or Path("results") / cfg["experiment"]
-    base = image_path(results_dir, cfg["engine"]["image"], arm=arm["name"], gpu_type=gpu_type).with_suffix("")
-    record = _read_json(base.with_suffix(".json")) or {}
-    versions = _read_json(base.with_suffix(".versions.json")) or record.get("versions") or {}
+    key = cfg["engine"]["image"]
+    if cfg["engine"]["runtime"] == "apptainer":
+        base = apptainer.read_json(apptainer.base_record_path(key)) or {}
+        layer = apptainer.read_json(Path(image_files(cfg, arm["name"], gpu_type, results_dir)[0])) or {}
+        versions = apptainer.read_json(apptainer.base_versions_path(key)) or {}
+        return {
+            "image": str(apptainer.base_sif(key)), "image_sha256": base.get("sif_sha256"),
+            "image_bytes": base.get("sif_bytes"), "lock": base.get("requirements"),
+            "lock_sha256": base.get("lock_sha256"), "pinned": bool(base.get("lock_sha256")),
+            "layer_digest": layer.get("digest"), "variant": layer.get("variant"),
+            "variant_sha256": layer.get("variant_sha256"), "imported": base.get("imported"),
+            "versions": {k: versions.get(k) for k in ("vllm", "torch", "cuda", "xformers")} if versions else {},
+        }  # fmt: skip
+    record = apptainer.read_json(Path(image_files(cfg, arm["name"], gpu_type, results_dir)[0])) or {}
+    versions = record.get("versions") or {}
     return {
-        "image": record.get("ref") or image_for(cfg, arm, gpu_type=gpu_type, results_dir=results_dir),
+        "image": record.get("ref") or image_for(cfg, arm, gpu_type=gpu_type),
         "digest": record.get("resolved_digest"),
         "pinned": record.get("pinned"),
         "image_id": record.get("image_id"),
         "base": record.get("base_ref"),
         "versions": {k: versions.get(k) for k in ("vllm", "torch", "cuda", "xformers")} if versions else {},
     }
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def build_image(cfg: dict, arm: dict, gpu_type: str, out: Path, *, lock: dict | None = None, client=None) -> dict:
@@ -399,8 +359,9 @@ def build_image(cfg: dict, arm: dict, gpu_type: str, out: Path, *, lock: dict | 
     out = Path(out)
     runtime = cfg["engine"]["runtime"]
     if runtime == "apptainer":
-        built = build_apptainer(spec, out.with_suffix(".sif"))
-    elif runtime == "docker":
+        raise ConfigError("runtime apptainer builds one base image per engine line (attnbench image build-base) and a "
+                          "layer per arm (attnbench image layer), not a full image per arm")  # fmt: skip
+    if runtime == "docker":
         built = build_docker(spec, out.with_suffix(".Dockerfile"), client)
         facts = inspect_docker_image(spec.tag, client)
         built["versions"] = probe_docker_versions(spec.tag, client)
@@ -421,25 +382,6 @@ def build_image(cfg: dict, arm: dict, gpu_type: str, out: Path, *, lock: dict | 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return record
-
-
-# --- apptainer command line for run-arm ---------------------------------------------------------------------------
-
-
-def apptainer_exec_argv(sif: str, inner_argv: list[str], *, env: dict[str, str] | None = None,
-                        binds: list[str] | None = None, apptainer_args: str | list[str] = "") -> list[str]:  # fmt: skip
-    """`apptainer exec` of inner_argv in sif. `apptainer_args` are the workflow profile's (e.g. "--nv --bind /data"),
-    the same that Snakemake's container: directive uses, so both ways of entering the image see the same GPU and
-    mounts."""
-    import shlex
-
-    extra = shlex.split(apptainer_args) if isinstance(apptainer_args, str) else list(apptainer_args)
-    argv = ["apptainer", "exec", *extra]
-    for bind in binds or []:
-        argv += ["--bind", bind]
-    for key, value in sorted((env or {}).items()):
-        argv += ["--env", f"{key}={value}"]
-    return [*argv, str(sif), *inner_argv]
 
 
 # --- runtime docker: the server in a container --------------------------------------------------------------------
@@ -694,8 +636,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     gpu_type = resolve_gpu_type(cfg, args.gpu_type)
     arm = arm_by_name(cfg, args.arm)
     check_compatible(cfg, gpu_type, lock, [arm])
-    spec = image_spec(cfg, arm, gpu_type, lock)
-    print(render_apptainer(spec) if args.format == "apptainer" else render_dockerfile(spec), end="")
+    print(render_dockerfile(image_spec(cfg, arm, gpu_type, lock)), end="")
     return 0
 
 
@@ -708,8 +649,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("image", help="engine images: render definitions, build (apptainer/docker), inspect")
     sub = p.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     for name, func, helptext in (
-        ("build", _cmd_build, "check the GPU pair, render and build one arm's image; write image.json to --out"),
-        ("render", _cmd_render, "print one arm's rendered definition"),
+        ("build", _cmd_build, "runtime docker: check the GPU pair, render and build one arm's image; write image.json to --out"),
+        ("render", _cmd_render, "print one arm's rendered Dockerfile"),
     ):
         c = sub.add_parser(name, help=helptext)
         c.add_argument("--config", required=True, help="experiment config YAML")
@@ -718,9 +659,10 @@ def register(subparsers) -> None:
         c.add_argument("--lock", default=None, help="lock file (default: containers/lock.yaml)")
         if name == "build":
             c.add_argument("--out", required=True, help="image.json to write; the .sif/.Dockerfile goes next to it")
-        else:
-            c.add_argument("--format", choices=["apptainer", "docker"], default="apptainer")
         c.set_defaults(func=func)
+    from attnbench.apptainer import register_image_commands
+
+    register_image_commands(sub)
     i = sub.add_parser("inspect", help="print a local docker image's ID, digests and labels")
     i.add_argument("ref", help="image reference")
     i.set_defaults(func=_cmd_inspect)

@@ -102,6 +102,13 @@ def _str_env(env: dict) -> dict[str, str]:
     return {str(k): str(v) for k, v in (env or {}).items()}
 
 
+def _merge_pythonpath(env: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """extra, with a PYTHONPATH that comes after the one already in env instead of replacing it."""
+    if "PYTHONPATH" in extra and env.get("PYTHONPATH"):
+        return {**extra, "PYTHONPATH": os.pathsep.join([env["PYTHONPATH"], extra["PYTHONPATH"]])}
+    return dict(extra)
+
+
 def launch_spec(
     cfg: dict, arm: dict, *, model_dir, tokenizer_dir, host: str, port: int, trace_dir: Path | None
 ) -> LaunchSpec:
@@ -118,7 +125,7 @@ def launch_spec(
 
         prof_args, prof_env = profiler_settings(engine["version"], Path(trace_dir))
         args += prof_args
-        env.update(prof_env)
+        env.update(_merge_pythonpath(env, prof_env))
 
     description = {
         "runtime": runtime,
@@ -132,13 +139,14 @@ def launch_spec(
         argv = [engine_python(cfg), "-m", API_SERVER_MODULE, *args]
         description["python"] = argv[0]
     elif runtime == "apptainer":
-        image = image_path(cfg, arm)
-        from attnbench.containers import apptainer_exec_argv
+        from attnbench import apptainer
 
-        binds = sorted({str(Path(p).resolve()) for p in (model_dir, tokenizer_dir, trace_dir) if p is not None})
-        # --env as well as the inherited environment: the engine settings are then visible in the recorded argv.
-        argv = apptainer_exec_argv(image, ["python3", "-m", API_SERVER_MODULE, *args], env=env, binds=binds,
-                                   apptainer_args="--nv" if engine.get("device") == "cuda" else "")  # fmt: skip
+        image = str(Path(image_path(cfg, arm)).resolve())
+        # The arm's layer (variant folder, profiler layer) is bound in at the same path and put on PYTHONPATH; the
+        # engine settings go in as --env (the container starts from a clean environment), visible in the argv.
+        binds, env = apptainer.server_binds_env(arm, [model_dir, tokenizer_dir, trace_dir], env)
+        argv = apptainer.exec_argv(image, ["python3", "-m", API_SERVER_MODULE, *args], env=env, binds=binds,
+                                   gpu=engine.get("device") == "cuda")  # fmt: skip
         description["image"] = image
     elif runtime == "docker":
         # containers.DockerServer runs this argv inside the image with env and the GPU request.

@@ -310,7 +310,7 @@ def compatibility_problems(cfg: dict, arm: dict, gpu_type: str, lock: dict) -> l
             instead = (
                 "a smaller model or a GPU with more memory"
                 if quantized
-                else "the 4-bit AWQ model (config/models/qwen2.5-7b-instruct-awq.json, model.quantization: awq)"
+                else "the 4-bit AWQ model (config/models/qwen2.5-7b-instruct-awq.json)"
             )
             problems.append(
                 f"model {model['name']}: its weights need about {weights / (1 << 30):.1f} GiB, and with the engine's "

@@ -38,6 +38,7 @@ class KernelTraceError(AttnbenchError):
 # (PR #33536). Verified: 0.7.1 reads only the variable (envs.py, api_server.py registers /start_profile only when it
 # is set); 0.26.0 and 0.32.0 have no such variable and register the endpoints only when profiler_config.profiler is set.
 PROFILER_CONFIG_VERSION = (0, 13)
+PROFILER_LAYER = Path(__file__).resolve().parents[2] / "containers" / "layers" / "profiler-no-stack"
 
 # Order matters: the first family whose pattern matches wins. pytorch_flash precedes fa2 because PyTorch's copy of
 # FlashAttention-2 lives in namespace pytorch_flash:: and its names contain "flash::flash_fwd" as a substring.
@@ -99,7 +100,9 @@ def profiler_settings(vllm_version: str, trace_dir: Path) -> tuple[list[str], di
     POST /start_profile and /stop_profile."""
     trace_dir = str(Path(trace_dir))
     if version_tuple(vllm_version) < PROFILER_CONFIG_VERSION:
-        return [], {"VLLM_TORCH_PROFILER_DIR": trace_dir}
+        # These versions hard-code with_stack=True, which crashed vLLM 0.7.1's engine at stop_profile on the H100:
+        # the profiler-no-stack layer (containers/layers/) turns it off from outside.
+        return [], {"VLLM_TORCH_PROFILER_DIR": trace_dir, "PYTHONPATH": str(PROFILER_LAYER)}
     # Python stacks would make the trace tens of MiB for a few requests; kernel names are all we need.
     config = {"profiler": "torch", "torch_profiler_dir": trace_dir, "torch_profiler_with_stack": False}
     return ["--profiler-config", json.dumps(config, sort_keys=True)], {}

@@ -81,6 +81,16 @@ def check_backend(arm: dict, parsed: dict, device: str) -> dict:
     }
 
 
+def check_quantization(model: dict, parsed: dict) -> dict:
+    """Compare the quantization method the log names with model.expect_quantization, else model.quantization. No
+    expectation: recorded only (a match). An AWQ checkpoint served without --quantization runs awq_marlin on sm_80+,
+    as the article's did; naming awq forces the slow AWQ GEMM kernels instead, which this check catches."""
+    expected = model.get("expect_quantization") or model.get("quantization")
+    logged = parsed.get("logged")
+    match = expected is None or (logged is not None and logged.lower() == str(expected).lower())
+    return {"expected": expected, "logged": logged, "log_lines": parsed.get("lines", []), "match": match}
+
+
 def _get_json(client: httpx.Client, url: str) -> dict | None:
     try:
         reply = client.get(url, timeout=30)
@@ -104,9 +114,16 @@ def _versions_argv(cfg: dict, spec) -> list[str] | None:
     runtime = cfg["engine"]["runtime"]
     if runtime in ("venv", "native"):
         return [engine_python(cfg)]
-    if runtime == "apptainer":
-        return ["apptainer", "exec", spec.description["image"], "python3"]
-    return None  # docker: containers.py records the image's versions
+    return None  # containers: the image rules record the versions seen inside (image_provenance)
+
+
+def _layer_digests(env: dict[str, str]) -> dict[str, str]:
+    """sha256 over the files of each folder the server gets on PYTHONPATH (a container variant, the profiler layer):
+    code that changes the engine's behaviour from outside, so a run records exactly which."""
+    from attnbench.apptainer import tree_digest
+
+    folders = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {str(p): tree_digest(p)["sha256"] for p in folders if p.is_dir()}
 
 
 def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_key) -> dict:
@@ -124,6 +141,15 @@ def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_k
                                    output_tokens=cfg["kernels"]["probe_output_tokens"], **ids))  # fmt: skip
         finally:
             client.post(f"{server_url}/stop_profile", timeout=600).raise_for_status()
+        # vLLM 0.7.1 with a stack-capturing profiler died in its engine process at stop_profile while the API
+        # server went on answering /health: only a real request shows that the engine survived the probe.
+        try:
+            reply = client.post(f"{server_url}/v1/completions", timeout=120,
+                                json={"model": model_name, "prompt": "probe", "max_tokens": 1})  # fmt: skip
+            reply.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ServerError(f"the engine stopped serving after the kernel probe's /stop_profile ({exc}); see "
+                              f"server.log") from None  # fmt: skip
     attribution = kernels.attribute(out_dir / "trace")
     (out_dir / "kernels.json").write_text(json.dumps(attribution, indent=1, sort_keys=True), encoding="utf-8")
     violations = kernels.check_expectations(attribution, arm.get("expect_kernels") or {})
@@ -160,7 +186,7 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
 def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
     """Run one (arm, repeat) into out_dir and return the run.json content; raises AttnbenchError on failure
     after writing run.json with status failed."""
-    from attnbench.server import free_port, parse_backend
+    from attnbench.server import free_port, parse_backend, parse_quantization
     from attnbench.sweep import run_sweep
 
     arm = arm_by_name(cfg, arm_name)
@@ -202,6 +228,8 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         base_url = f"http://{engine['host']}:{port}"
         run["base_url"] = base_url
         trace_dir = (out_dir / "trace").resolve() if cfg["kernels"]["probe"] else None
+        if trace_dir is not None:
+            trace_dir.mkdir(parents=True, exist_ok=True)  # a container binds it in: it must exist first
         spec = launch_spec(cfg, arm, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
                            host=engine["host"], port=port, trace_dir=trace_dir)  # fmt: skip
         if api_key:
@@ -212,6 +240,7 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
             from attnbench.containers import image_provenance
 
             run["engine"].update(image_provenance(cfg, arm, results_dir=exp_dir))
+        run["engine"]["layers"] = _layer_digests(spec.env)
         versions_argv = _versions_argv(cfg, spec)
         if versions_argv:
             run["engine"]["versions"] = provenance.engine_versions(versions_argv, spec.env)
@@ -225,8 +254,14 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
                 run["server"]["version_endpoint"] = _get_json(client, f"{base_url}/version")
                 run["server"]["models_endpoint"] = _get_json(client, f"{base_url}/v1/models")
 
-            parsed = parse_backend((out_dir / "server.log").read_text(encoding="utf-8", errors="replace"))
-            run["backend"] = check_backend(arm, parsed, engine["device"])
+            log_text = (out_dir / "server.log").read_text(encoding="utf-8", errors="replace")
+            run["backend"] = check_backend(arm, parse_backend(log_text), engine["device"])
+            run["quantization"] = check_quantization(cfg["model"], parse_quantization(log_text))
+            if not run["quantization"]["match"]:
+                raise ServerError(
+                    f"model quantization: expected {run['quantization']['expected']} but the server log names "
+                    f"{run['quantization']['logged'] or 'none'}"
+                )
             if not run["backend"]["match"] and not arm.get("allow_backend_mismatch"):
                 raise ServerError(
                     f"arm {arm_name} asked for backend {run['backend']['expected']} but the server log names "

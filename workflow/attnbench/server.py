@@ -315,3 +315,26 @@ def parse_backend(log_text: str) -> dict:
         if matched:
             lines.append(line)
     return {"logged": logged, "names": names, "refused": refused, "flash_attn_version": fa_version, "lines": lines}
+
+
+# vLLM's engine-config line ("Initializing a V0 LLM engine (v0.7.1) with config: ... quantization=awq_marlin, ...")
+# and 0.7's AWQ notes ("The model is convertible to awq_marlin during runtime. Using awq_marlin kernel.",
+# "... you specified quantization=awq explicitly, so forcing awq ...").
+_QUANT_CONFIG = re.compile(r"\bquantization=([A-Za-z0-9_]+)")
+_QUANT_KERNEL = re.compile(r"Using ([a-z0-9_]+) kernel\.")
+
+
+def parse_quantization(log_text: str) -> dict:
+    """The quantization method a vLLM server log says it runs: {"logged": the method of the last engine-config line
+    (None if the log has none; "None" stays a string, as vLLM prints it), "lines": the lines that say so}."""
+    logged = None
+    lines: list[str] = []
+    for line in log_text.splitlines():
+        m = _QUANT_CONFIG.search(line)
+        k = _QUANT_KERNEL.search(line)
+        if m:
+            logged = m.group(1)
+            lines.append(line.rstrip()[:300])
+        elif k or "forcing awq" in line:
+            lines.append(line.rstrip()[:300])
+    return {"logged": logged, "lines": lines[-5:]}

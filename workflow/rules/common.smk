@@ -88,3 +88,15 @@ def final_outputs():
     for name in ("AGGREGATE_TARGETS", "BUNDLE_TARGETS"):
         targets += globals().get(name, [])
     return targets
+
+
+def variant_files(arm_name):
+    """The files of an arm's container variant (containers/variants/<variant>/): its layer is rebuilt when one
+    changes."""
+    arm = next(a for a in config["arms"] if a["name"] == arm_name)
+    if not arm.get("variant"):
+        return []
+    folder = Path("containers/variants") / arm["variant"]
+    return sorted(
+        str(p) for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )

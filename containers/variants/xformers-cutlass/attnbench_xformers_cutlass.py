@@ -121,7 +121,7 @@ def check() -> dict[str, list[str]]:
 
     prefill = _Inputs()  # BMHK, 45 tokens, 28 heads of 128, block-diagonal causal bias (vLLM 0.7.1 prefill)
     prefill.query = prefill.key = prefill.value = _Tensor((1, 45, 28, 128), (0, 3584, 128, 1))
-    prefill.attn_bias = attn_bias.BlockDiagonalCausalMask()
+    prefill.attn_bias = attn_bias.BlockDiagonalCausalMask.from_seqlens([45])  # as vLLM 0.7.1 builds it
     split_k = _Inputs()  # BMGHK GQA, 1 query vs 512 keys: the branch where xformers moves flash to the front
     split_k.query = _Tensor((1, 1, 4, 7, 128), (0, 0, 896, 128, 1))
     split_k.key = split_k.value = _Tensor((1, 512, 4, 7, 128), (0, 512, 128, 0, 1))
