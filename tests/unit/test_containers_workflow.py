@@ -1,9 +1,10 @@
-"""containers.smk through Snakemake itself: `--use-singularity -n` plans image builds per (engine, arm, GPU type);
-an impossible engine/GPU pair stops the dry run; and the one rule that runs inside the image gets the profile's
---nv and binds on its apptainer command line.
+"""containers.smk through Snakemake itself, dry runs only: `--use-singularity -n` plans one base image per engine
+line and a layer per (arm, GPU type); an impossible engine/GPU pair and a missing apptainer stop the workflow at
+parse time, together, in one message.
 
-There is no Apptainer here. Snakemake insists on an apptainer binary even for a dry run, so these tests put
-tests/fakes/apptainer (a TEST STAND-IN that records its arguments) first on PATH. It never runs in real use.
+Snakemake insists on an apptainer binary even for a dry run, so the planning tests put tests/fakes/apptainer (a TEST
+STAND-IN that only answers --version and records arguments) first on PATH. Real builds and runs with the real
+Apptainer are in tests/integration/test_apptainer.py.
 """
 
 from __future__ import annotations
@@ -49,20 +50,22 @@ def article_config(tmp_path):
     shutil.rmtree(ROOT / "results" / EXPERIMENT, ignore_errors=True)
 
 
-def test_dry_run_plans_images_per_engine_arm_gpu_type(article_config):
+def test_dry_run_plans_one_base_image_and_a_layer_per_arm(article_config):
     path, cfg = article_config
     proc = snakemake("--use-singularity", "-n", "--configfile", str(path), "--config", f"gpu={{type: {H100}}}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     counts = job_counts(out)
     arms = [a["name"] for a in cfg["arms"]]
-    assert counts["build_image"] == len(arms)
-    assert counts["engine_versions"] == len(arms)
+    built = (ROOT / "results/images/vllm-0.7.1/base.json").exists()  # a checkout that built or imported it
+    assert counts.get("build_base_image", 0) == (0 if built else 1)
+    assert counts["arm_layer"] == len(arms)
     assert counts["serve_sweep"] == len(arms) * cfg["sweep"]["repeats"]
+    assert "build_image" not in counts  # no multi-gigabyte image per arm
     for rule in ("aggregate", "report"):
         assert counts.get(rule) == 1, f"{rule} missing from the plan: {counts}"
     for arm in arms:
-        assert f"results/{EXPERIMENT}/images/vllm-0.7.1/{H100}/{arm}.sif" in out
+        assert f"results/{EXPERIMENT}/images/vllm-0.7.1/{H100}/{arm}.layer.json" in out
 
 
 def test_dry_run_stops_on_an_impossible_pair_naming_both(article_config):
@@ -71,32 +74,29 @@ def test_dry_run_stops_on_an_impossible_pair_naming_both(article_config):
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
     assert "vllm-0.7.1" in err and "rtx5090-sm120-32g" in err and "vllm-0.26.0" in err
-    assert "build_image" not in err  # stopped before planning any job
+    assert "build_base_image" not in err and "arm_layer" not in err  # stopped before planning any job
     assert not (ROOT / "results" / EXPERIMENT / "images").exists()
 
 
-def test_container_rule_runs_with_profile_nv_and_binds(article_config, tmp_path):
-    """A real (not dry) run of build_image + engine_versions with the recording stand-in: the build goes through
-    `apptainer build`, and Snakemake wraps engine_versions in `apptainer exec` with the default profile's
-    apptainer-args. The stand-in runs the probe on the host, so its versions describe the host, not an image."""
-    path, cfg = article_config
-    cfg["engine"]["allow_unpinned"] = True
-    cfg["gpu"] = {"type": H100}
-    path.write_text(yaml.safe_dump(cfg))
-    log = tmp_path / "apptainer-calls.log"
-    target = f"results/{EXPERIMENT}/images/vllm-0.7.1/{H100}/xformers.versions.json"
-    proc = snakemake(target, "--use-singularity", "--configfile", str(path), log=log)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    calls = log.read_text().splitlines()
-    sif = f"results/{EXPERIMENT}/images/vllm-0.7.1/{H100}/xformers.sif"
-    build = [c for c in calls if c.startswith("build ")]
-    assert build == [f"build --force {sif} {sif[:-4]}.def"]
-    (run,) = [c for c in calls if c.startswith("exec ")]
+def test_missing_apptainer_and_gpu_problem_reported_together_at_parse_time(article_config, tmp_path):
+    """No apptainer on PATH: one WorkflowError line names it and how to install it, next to the GPU check's problem,
+    before any job is planned."""
+    path, _ = article_config
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {**os.environ, "PATH": f"{bare}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", "--use-singularity", "--configfile",
+                           str(path), "--config", "gpu={type: rtx5090-sm120-32g}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    (line,) = [l for l in err.splitlines() if "apptainer is not on PATH" in l]
+    assert "rtx5090-sm120-32g" in line and "tests/apptainer/setup.sh" in line
+    assert "Job stats" not in err
+
+
+def test_gpu_runs_get_nv_from_the_profile_and_the_server_argv():
+    """--nv reaches both ways of entering a GPU image: Snakemake's container: rules through the default profile's
+    apptainer-args, and run-arm's server argv (tests/unit/test_engine.py checks that argv as text)."""
     profile_args = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())["apptainer-args"]
     assert "--nv" in profile_args.split()
-    assert f" {profile_args} " in run and f" {sif} " in run and "probe_versions.py" in run
-    versions = json.loads((ROOT / target).read_text())
-    assert set(versions) >= {"vllm", "torch", "cuda", "xformers"}
-    assert versions["image_labels_env"]["ATTNBENCH_ENGINE"] == "vllm-0.7.1"  # the %environment was applied
-    record = json.loads((ROOT / sif).with_suffix(".json").read_text())
-    assert record["pinned"] is False and record["lock_digest"] is None  # unpinned, and says so

@@ -91,6 +91,18 @@ def requirements_path(entry: dict, key: str) -> Path:
     return path
 
 
+def base_recipe_digest(key: str, lock: dict | None = None) -> str:
+    """sha256 over what decides a base image's content: the lock entry's apptainer section and the requirements
+    lock's bytes. A changed value makes Snakemake rebuild the image (its params rerun trigger)."""
+    import hashlib
+
+    from attnbench.containers import load_lock, lock_entry
+
+    entry = lock_entry(lock or load_lock(), key)
+    text = json.dumps(build_spec(entry, key), sort_keys=True) + sha256_file(requirements_path(entry, key))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     import hashlib
 
@@ -280,7 +292,7 @@ def build_base(key: str, lock: dict, *, images_dir: str | os.PathLike | None = N
         "schema": 1, "key": key, "engine_version": str(entry["version"]), "runtime": "apptainer",
         "sif": sif.name, "sif_sha256": sha256_file(sif), "sif_bytes": sif.stat().st_size,
         "installed_bytes": installed, "requirements": spec["requirements"], "lock_sha256": sha256_file(req),
-        "definition_sha256": sha256_file(definition), "debian": spec.get("debian", "bookworm"),
+        "definition_sha256": sha256_file(definition), "recipe_sha256": base_recipe_digest(key, lock), "debian": spec.get("debian", "bookworm"),
         "mirror": debian_mirror(), "python": str(entry.get("python")), "trimmed": list(spec.get("trim", [])),
         "squashfs_args": squash, "apptainer": apptainer_version(), "built": datetime.now(timezone.utc).isoformat(),
         "build_seconds": times,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -110,6 +111,10 @@ class Server(ServerLifecycle):
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_fh = self.log_path.open("ab")
+        # The command line heads the log (an `apptainer exec ...` shows the image and binds); run-arm redacts
+        # secrets from the whole log when the run ends.
+        self._log_fh.write(f"attnbench: starting {shlex.join(self.spec.argv)}\n".encode())
+        self._log_fh.flush()
         env = {**os.environ, **self.spec.env}
         self._install_sigterm_handler()
         try:

@@ -13,9 +13,9 @@ import shutil
 
 from attnbench.apptainer import (
     apptainer_env,
+    base_recipe_digest,
     install_hint,
     requirements_path,
-    sha256_file,
 )
 from attnbench.containers import image_files, load_lock, lock_entry
 from attnbench.errors import AttnbenchError
@@ -82,7 +82,8 @@ rule build_base_image:
         # SLURM request when slurm.builds is cluster (docs/cluster.md)
         **build_resources(config),
     params:
-        lock_sha256=lambda wildcards: sha256_file(base_requirements(wildcards)),
+        # what decides the image's content: the requirements lock and the lock entry's apptainer section
+        recipe=lambda wildcards: base_recipe_digest(wildcards.image),
     shell:
         "attnbench image build-base --key {wildcards.image} --log {log}"
 
