@@ -17,6 +17,7 @@ failure naming file, record and field:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -58,12 +59,22 @@ class RunData:
 # --- typed loading ------------------------------------------------------------------------------------------------
 
 
+_NUMBER_TYPES = (int, float)  # exact types: json gives no subclasses, and bool must not pass for a number
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in args)
     if hint is type(None):
         return value is None
+    if origin is list and args[0] is float:  # itl: hundreds of numbers per record
+        return isinstance(value, list) and all(type(v) in _NUMBER_TYPES for v in value)
     if origin is list:
         return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
     if hint is float:
@@ -82,7 +93,7 @@ def typed_record(cls: type, data: Any, rel: str, lineno: int) -> tuple[Any, list
     where = f"line {lineno}"
     if not isinstance(data, dict):
         return None, [Finding(rel, where, "a JSON object", type(data).__name__)]
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     known = {f.name for f in fields(cls)}
     out = [Finding(rel, f"{where} {k}", "no such field", "present") for k in sorted(set(data) - known, key=str)]
     for f in fields(cls):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,23 +42,28 @@ def _reject_constant(name: str) -> Any:
 
 
 def _depth(value: Any) -> int:
-    """Nesting depth without recursion (the value may be as deep as the parser allowed)."""
+    """Nesting depth without recursion (the value may be as deep as the parser allowed); scalars are not pushed,
+    so a record's long list of numbers costs one pass of a type check."""
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, depth = stack.pop()
         deepest = max(deepest, depth)
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
     return deepest
+
+
+# Numbers that need the checking float hook: a long run of digits or a 3-digit exponent (1e999 overflows to inf).
+# Text without them (nearly all) parses with the fast built-in float conversion.
+_SUSPECT_NUMBER = re.compile(r"\d{%d,}|[eE][+-]?\d{3,}" % (MAX_NUMBER_CHARS - 5))
 
 
 def loads(text: str, where: str) -> Any:
     """Parse one JSON document; raise UnsafeInputError naming `where` for anything a careless parser would crash
     on or silently accept (NaN, Infinity, huge numbers, nesting deeper than MAX_DEPTH)."""
     try:
-        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+        float_hook = _parse_float if _SUSPECT_NUMBER.search(text) else None
+        value = json.loads(text, parse_int=_parse_int, parse_float=float_hook, parse_constant=_reject_constant)
     except RecursionError:
         raise UnsafeInputError(f"{printable(where)}: JSON nested deeper than {MAX_DEPTH}") from None
     except json.JSONDecodeError as exc:
