@@ -6,7 +6,11 @@ CPU demo (any machine):  snakemake --cores 1 --configfile config/demo.yaml
 
 import copy
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+from attnbench.config import preflight
+from attnbench.errors import ConfigError
 
 min_version("8.0")
 
@@ -23,6 +27,12 @@ if not workflow.overwrite_configfiles:
 # What the config file says, before defaults are filled: a run reruns when this changes for its arm (common.smk's
 # arm_fingerprint), not when a new schema default appears.
 USER_CONFIG = copy.deepcopy(config)
+# attnbench.config first, so that a mistake gets one line naming the field (keys given twice, unknown keys with a
+# near miss, NaN, a model that is not there) before Snakemake's own validation could print its schema dump.
+try:
+    preflight(workflow.configfiles, config)
+except ConfigError as exc:
+    raise WorkflowError(f"bad config: {exc}") from None
 # The schema fills defaults; attnbench.config then checks the rules spanning fields (common.smk).
 validate(config, "workflow/schemas/config.schema.yaml")
 

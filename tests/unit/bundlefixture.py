@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from attnbench import aggregate
+from attnbench import aggregate, report
 from attnbench.records import LevelRecord, RequestRecord, append_jsonl
 
 SECRET = "sk-test-0123456789abcdef"  # the API key the fixture's "server" was given
@@ -94,7 +94,7 @@ def write_derived(exp_dir: Path, cfg: dict) -> None:
     aggregate.write_tables(exp_dir, cfg)
     (exp_dir / "plots").mkdir(exist_ok=True)
     (exp_dir / "plots" / "throughput.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
-    (exp_dir / "report.md").write_text("# unit report\n", encoding="utf-8")
+    report.write_report(exp_dir, cfg)  # verify regenerates report.md from the tables and compares
 
 
 def make_experiment(root: Path, *, experiment: str = "unit", slow_factor: float = 0.5,

@@ -33,9 +33,9 @@ def test_shipped_config_plans(path, tmp_path):
     "edit,expected",
     [
         (lambda c: c.update(baseline="nope"), "baseline: 'nope' is not an arm"),
-        (lambda c: c["engine"].update(runtime="conda"), "'conda' is not one of ['venv', 'native', 'docker', 'apptainer']"),
+        (lambda c: c["engine"].update(runtime="conda"), "engine.runtime: 'conda' is not allowed"),
         (lambda c: c["arms"].append(dict(c["arms"][0])), "must be unique"),
-        (lambda c: c["sweep"].update(api="responses"), "'responses' is not one of ['chat', 'completions']"),
+        (lambda c: c["sweep"].update(api="responses"), "sweep.api: 'responses' is not allowed"),
     ],
     ids=["baseline", "runtime", "duplicate-arm", "api"],
 )

@@ -535,7 +535,8 @@ def arms_vs_baseline(df: pd.DataFrame, cfg: dict) -> str:
 def read_published(path: Path | None = None) -> pd.DataFrame:
     """The article's numbers: from the checkout this package lives in, else from the working directory (a
     non-editable install run from a checkout)."""
-    candidates = [path] if path else [PUBLISHED_CSV, Path.cwd() / "config" / "reference" / PUBLISHED_CSV.name]
+    candidates = [path] if path else [PUBLISHED_CSV, Path.cwd() / "config" / "reference" / PUBLISHED_CSV.name,
+                                      Path(__file__).resolve().parent / "reference" / PUBLISHED_CSV.name]  # package data
     for candidate in candidates:
         if candidate.exists():
             return pd.read_csv(candidate)

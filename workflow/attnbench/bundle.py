@@ -48,42 +48,19 @@ SEALED_SECTIONS = ("attnbench", "config")  # manifest fields not derivable from 
 
 # --- secrets ----------------------------------------------------------------------------------------------------
 
-# Shapes that provenance.redact_text does not cover on its own because it sees one string at a time: a secret flag
-# followed by its value in a log line or inside a JSON argv list, and secret-named keys in JSON text or KEY=VALUE.
-# A name is secret when its last part says so (HF_TOKEN, api_key, AWS_SECRET_ACCESS_KEY), not when a secret word
-# is merely inside it (tokenizer, api_key_env, max_tokens hold no secrets and must survive).
-_SECRET_NAME = r"(?:[A-Za-z0-9]+[_-])*(?:api[_-]?key|access[_-]?key|token|secret|password|passwd|authorization|credentials?)"
-_EXTRA_PATTERNS = [
-    re.compile(r'((?:--api-key|--hf-token|--token|--password)(?:=|\s+|",\s*"))([^\s"\',\]]+)'),
-    re.compile(r'("' + _SECRET_NAME + r'"\s*:\s*")((?:[^"\\]|\\.)+)(?=")', re.IGNORECASE),
-    re.compile(r"(\b" + _SECRET_NAME + r"=)([^\s\"']+)", re.IGNORECASE),
-    re.compile(r"(\b[Bb]earer\s+)([A-Za-z0-9._~+/=-]+)"),
-    re.compile(r"()\bhf_[A-Za-z0-9]{8,}"),
-]
-
-
-# Values of secret-named variables that are no secret and would wreck the data if blanked everywhere
-# (TOKENIZERS_PARALLELISM=false would turn every JSON false into ***; SSH_AUTH_SOCK is a path).
-_NOT_A_SECRET = re.compile(r"^(true|false|none|null|yes|no|on|off|[0-9.]+|/.*)$", re.IGNORECASE)
-
 
 def secret_values(cfg: dict, environ: dict[str, str] | None = None) -> list[str]:
-    """Values to blank: secret-named env vars (provenance's rule) that look like secrets, plus the value of the
-    variable the config names for the API key, whatever its name and shape."""
+    """Values to blank (provenance's one policy), plus the value of the variable the config names for the API
+    key, whatever its name and shape."""
     environ = os.environ if environ is None else environ
     key_env = (cfg.get("sweep") or {}).get("api_key_env")
-    api_key = environ.get(key_env) if key_env else None
-    named = [v for v in provenance.secret_values(environ) if len(v) >= 8 and not _NOT_A_SECRET.match(v)]
-    return sorted(set(named) | ({api_key} if api_key else set()), key=len, reverse=True)
+    return provenance.secret_values(environ, extra=[environ.get(key_env) if key_env else None])
 
 
 def scrub(text: str, secrets: list[str]) -> str:
     """Blank secrets in text. Runs again over files their writers already redacted, because a bundle leaves the
     machine: a key that slipped into one log must not travel with it."""
-    text = provenance.redact_text(text, secrets)
-    for pattern in _EXTRA_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-    return text
+    return provenance.redact_text(text, secrets)
 
 
 # --- describing an experiment folder ----------------------------------------------------------------------------
@@ -371,6 +348,10 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args.config)
     path = build_bundle(Path(args.exp_dir), cfg, Path(args.out) if args.out else None)
     print(path)
+    if args.sign_key:  # a detached SSH signature beside the archive: the archive's bytes stay reproducible
+        from attnbench import signing  # noqa: PLC0415
+
+        print(signing.sign(path, Path(args.sign_key)))
     if args.verify:  # the pipeline's last step checks its own bundle the way a peer will
         from attnbench.verify import report_result, verify_bundle  # noqa: PLC0415
 
@@ -390,6 +371,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help="the experiment config YAML")
     p.add_argument("--out", help="output folder or .tar.gz path (default: EXP_DIR/bundle-<gpu-type>-<yyyymmdd>.tar.gz)")
     p.add_argument("--receipt", help="also write '<sha256>  <bundle name>' to this file (the Snakemake target)")
+    p.add_argument("--sign-key", help="Ed25519 OpenSSH private key: also write BUNDLE.sig (ssh-keygen -Y sign)")
     p.add_argument("--verify", action="store_true", help="verify the written bundle; exit 1 (no receipt) if it fails")
     p.set_defaults(func=_cmd_bundle)
 

@@ -47,6 +47,7 @@ class Source:
     backends: dict[str, str] = field(default_factory=dict)  # arm -> requested backend
     article_backends: dict[str, str] = field(default_factory=dict)  # arm -> the article backend it stands for
     complete: bool = True
+    signed: str = "-"  # who signed it (principal or key fingerprint), "UNSIGNED", or "-" for a reference
 
     @property
     def is_reference(self) -> bool:
@@ -56,12 +57,12 @@ class Source:
 # --- loading ----------------------------------------------------------------------------------------------------
 
 
-def load_bundle(path: Path, *, allow_unverified: bool = False) -> Source:
+def load_bundle(path: Path, *, allow_unverified: bool = False, allowed_signers: Path | None = None) -> Source:
     from attnbench.verify import verify_bundle  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="attnbench-compare-") as tmp:
         root = Path(tmp) / "bundle"
-        result = verify_bundle(path, workdir=root)
+        result = verify_bundle(path, workdir=root, allowed_signers=allowed_signers)
         if not result.ok and not allow_unverified:
             raise BundleError(f"{path}: does not verify ({len(result.findings)} problem(s), first: "
                               f"{result.findings[0]}); run `attnbench verify {path}` or pass --allow-unverified")
@@ -79,13 +80,21 @@ def load_bundle(path: Path, *, allow_unverified: bool = False) -> Source:
         backends={a["name"]: a.get("backend") or "default" for a in cfg_arms},
         article_backends={a["name"]: a["article_backend"] for a in cfg_arms if a.get("article_backend")},
         complete=bool(m.get("complete")),
+        signed=_signed_label(result.signature),
     )  # fmt: skip
+
+
+def _signed_label(sig) -> str:
+    if sig is None or sig.state == "unsigned":
+        return "UNSIGNED"
+    return sig.label() if sig.state == "good" else "BAD SIGNATURE"
 
 
 def load_reference(name_or_path: str) -> Source:
     """The article's published numbers (or a CSV in the same format) as a source with one 'repeat' per level."""
     path = REFERENCES.get(name_or_path, Path(name_or_path))
-    pub = aggregate.read_published(Path(path))
+    # "article": read_published looks in the checkout, the working directory and the installed package's data
+    pub = aggregate.read_published(None if name_or_path in REFERENCES else Path(path))
     needed = {"backend", "workload", "concurrency"}
     if not needed <= set(pub.columns):
         raise BundleError(f"{path}: reference table needs columns {sorted(needed)}, has {list(pub.columns)}")
@@ -226,7 +235,7 @@ def sources_table(sources: list[Source]) -> pd.DataFrame:
     return pd.DataFrame([{
         "source": s.label, "gpu_type": s.gpu_type, "experiment": s.experiment, "engine": s.engine,
         "arms": " ".join(f"{a}={b}" for a, b in s.backends.items()), "repeats": int(s.levels["repeat"].nunique()),
-        "complete": s.complete, "verify": s.status, "origin": s.origin,
+        "complete": s.complete, "verify": s.status, "signed": s.signed, "origin": s.origin,
     } for s in sources])  # fmt: skip
 
 
@@ -234,7 +243,8 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
     st = sources_table(sources)
     parts = ["# Comparison of result bundles\n\n",
              "Sources (the first bundle is the base of every ratio; verify: PASS means checksums, recomputed tables "
-             "and consistency checks all passed):\n",
+             "and consistency checks all passed; signed: the signer's principal or key fingerprint, UNSIGNED when "
+             "anyone could have written the bundle):\n",
              aggregate.md_table(list(st.columns), [[str(v) for v in r] for r in st.itertuples(index=False)], set())]
     column = {(s.label, a): f"{s.gpu_type} {a}" for s in sources for a in s.levels["arm"].unique()}
     if len(set(column.values())) < len(column):  # two sources of one GPU type: say which is which
@@ -349,11 +359,11 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
 
 
 def compare(bundles: list[Path], out_dir: Path, *, reference: str | None = None,
-            allow_unverified: bool = False) -> list[Path]:
+            allow_unverified: bool = False, allowed_signers: Path | None = None) -> list[Path]:
     """Write the comparison of `bundles` (and the reference) into out_dir; returns the files written."""
     if not bundles and not reference:
         raise BundleError("compare needs at least one bundle")
-    sources = [load_bundle(p, allow_unverified=allow_unverified) for p in bundles]
+    sources = [load_bundle(p, allow_unverified=allow_unverified, allowed_signers=allowed_signers) for p in bundles]
     if reference:
         sources.append(load_reference(reference))
     if len(sources) < 2:
@@ -377,7 +387,8 @@ def compare(bundles: list[Path], out_dir: Path, *, reference: str | None = None,
 
 def _cmd(args: argparse.Namespace) -> int:
     written = compare(expand_inputs(args.bundles), Path(args.out), reference=args.reference,
-                      allow_unverified=args.allow_unverified)
+                      allow_unverified=args.allow_unverified,
+                      allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None)
     print(f"wrote {written[0]} and {len(written) - 1} more file(s) in {Path(args.out)}")
     return 0
 
@@ -389,4 +400,6 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder for comparison.md, CSVs and plots")
     p.add_argument("--allow-unverified", action="store_true",
                    help="include bundles that fail verification (marked FAIL in the report)")
+    p.add_argument("--allowed-signers", help="ssh-keygen allowed-signers file; unsigned bundles and bundles signed by other keys fail "
+                   "verification (without it, unsigned ones are marked UNSIGNED)")
     p.set_defaults(func=_cmd)

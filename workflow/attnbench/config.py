@@ -9,7 +9,11 @@ and then calls `check_cross_fields`, so a bad config fails before any job starts
 from __future__ import annotations
 
 import copy
+import difflib
+import json
+import math
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,8 @@ import yaml
 
 from attnbench.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+# attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # vLLM 0.11 replaced the VLLM_ATTENTION_BACKEND variable by --attention-backend / --attention-config.
 ATTENTION_FLAG_VERSION = (0, 11)
@@ -66,34 +71,118 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
+def _near(word: object, choices, n: int = 1) -> list[str]:
+    return difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=0.6)
+
+
+def _short_repr(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
+    """One line: the field path, what is wrong, the allowed keys or values, and a near miss when there is one."""
     where = field_path(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
     if error.validator == "enum":
-        return f"{where}: {error.instance!r} is not allowed; allowed values: {', '.join(map(repr, error.validator_value))}"
+        allowed = error.validator_value
+        near = _near(error.instance, allowed)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        return f"{where}: {_short_repr(error.instance)} is not allowed{hint}; allowed values: {', '.join(map(repr, allowed))}"
     if error.validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
-        hint = f"; allowed fields: {', '.join(allowed)}" if allowed else ""
-        return f"{where}: unknown field(s) {', '.join(extra)}{hint}"
+        extra = sorted(set(error.instance) - set(allowed), key=str) if isinstance(error.instance, dict) else []
+        if allowed:
+            parts = [f"{k!r}" + (f" (did you mean {near[0]!r}?)" if (near := _near(k, allowed)) else "")
+                     for k in extra]
+            return f"{where}: unknown field {', '.join(parts)}; allowed fields: {', '.join(allowed)}"
+        return f"{where}: unknown field(s) {', '.join(map(repr, extra))}"
     if error.validator == "required":
         return f"{where}: {error.message}"
     if error.validator == "type":
-        return f"{where}: {error.instance!r} has the wrong type; expected {error.validator_value}"
+        return f"{where}: {_short_repr(error.instance)} has the wrong type; expected {error.validator_value}"
     if error.validator == "pattern":
-        return f"{where}: {error.instance!r} does not match {error.validator_value!r}"
-    return f"{where}: {error.message}"
+        return f"{where}: {_short_repr(error.instance)} does not match {error.validator_value!r}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems"):
+        return f"{where}: {_short_repr(error.instance)} is out of range ({error.validator} {error.validator_value})"
+    return f"{where}: {error.message if len(error.message) <= 160 else error.message[:157] + '...'}"
+
+
+def schema_problems(cfg: dict) -> list[str]:
+    """Every schema violation as one line (defaults filled into cfg on the way), the most relevant first."""
+    validator_cls = _with_defaults(jsonschema.Draft202012Validator)
+    errors = list(validator_cls(load_schema()).iter_errors(cfg))
+    lines: list[str] = []
+    for err in sorted(errors, key=jsonschema.exceptions.relevance):
+        line = _describe(jsonschema.exceptions.best_match([err]))  # oneOf/anyOf: the branch naming the deepest field
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def non_finite(value: Any, path: tuple = ()) -> list[str]:
+    """YAML's .nan and .inf pass a schema's `type: number`; no field of ours means them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{field_path(list(path))}: {value!r} is not a finite number"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in non_finite(v, (*path, i))]
+    return []
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _construct_unique(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"{loader.name}:{key_node.start_mark.line + 1}: field {key!r} is given twice in one "
+                              f"mapping (first on line {seen[key] + 1}); keep one")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique)
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file's content; ConfigError naming the file (and line) when it cannot be read, is not YAML, or
+    gives a key twice."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            loader = _UniqueKeyLoader(fh)
+            loader.name = str(path)
+            try:
+                return loader.get_single_data()
+            finally:
+                loader.dispose()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
 
 
 def validate_schema(cfg: dict) -> dict:
-    """Fill defaults in place and validate; raises ConfigError for the first (most relevant) error."""
-    schema = load_schema()
-    validator_cls = _with_defaults(jsonschema.Draft202012Validator)
-    errors = list(validator_cls(schema).iter_errors(cfg))
-    if errors:
-        best = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(_describe(best))
+    """Fill defaults in place and validate; raises ConfigError with the most relevant problem (and a count of the
+    rest) on one line."""
+    problems = schema_problems(cfg) or non_finite(cfg)
+    if problems:
+        raise ConfigError(summarize(problems))
     return cfg
+
+
+def summarize(problems: list[str]) -> str:
+    more = len(problems) - 1
+    return problems[0] + (f" (and {more} more problem{'s' * (more > 1)}: fix this one first)" if more else "")
 
 
 def check_cross_fields(cfg: dict) -> dict:
@@ -142,7 +231,15 @@ def check_cross_fields(cfg: dict) -> dict:
             f"model.max_model_len: {model['max_model_len']} is shorter than the longest workload "
             f"(prompt + output = {longest} tokens)"
         )
+    fixed = cfg["sweep"].get("requests_per_level")
+    for name, w in cfg["workloads"].items():
+        if fixed is not None and fixed < max(w["concurrency"]):
+            raise ConfigError(
+                f"sweep.requests_per_level: {fixed} is fewer than workloads.{name}.concurrency's highest level "
+                f"{max(w['concurrency'])}; a level needs at least as many requests as its concurrency"
+            )
     probe_workload = cfg["kernels"].get("probe_workload")
+
     if probe_workload is not None and probe_workload not in cfg["workloads"]:
         raise ConfigError(
             f"kernels.probe_workload: {probe_workload!r} is not a workload; "
@@ -151,19 +248,76 @@ def check_cross_fields(cfg: dict) -> dict:
     return cfg
 
 
+def check_model_files(cfg: dict) -> None:
+    """The model the config names exists (paths relative to the working directory, as the workflow reads them),
+    and neither max_model_len nor the longest workload exceeds what the model itself allows
+    (max_position_embeddings of its config.json). Not part of load_config: commands that only read results (bundle,
+    report) run where the model may not be."""
+    model = cfg["model"]
+    longest = max(w["prompt_tokens"] + w["output_tokens"] for w in cfg["workloads"].values())
+    if model.get("path") is not None:
+        if not Path(model["path"]).is_dir():
+            raise ConfigError(f"model.path: {model['path']} is not a folder (give a local model folder)")
+        arch_file, field = Path(model["path"]) / "config.json", "model.path"
+    else:
+        arch_file, field = Path(model["architecture"]), "model.architecture"
+        if not arch_file.is_file():
+            raise ConfigError(f"model.architecture: {arch_file} does not exist (an HF config.json, as in config/models/)")
+    if not arch_file.is_file():
+        return
+    try:
+        arch = json.loads(arch_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{field}: {arch_file} is not a readable config.json ({exc})") from None
+    limit = arch.get("max_position_embeddings") if isinstance(arch, dict) else None
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        if model["max_model_len"] > limit:
+            raise ConfigError(f"model.max_model_len: {model['max_model_len']} exceeds the model's own maximum "
+                              f"{limit} (max_position_embeddings in {arch_file})")
+        if longest > limit:
+            raise ConfigError(f"workloads: prompt + output = {longest} tokens exceeds the model's own maximum "
+                              f"{limit} (max_position_embeddings in {arch_file})")
+
+
+def preflight(configfiles: list, cfg: dict) -> None:
+    """The workflow's first check, before Snakemake's own schema validation can print its long dump: the config
+    files without keys given twice, then every schema and cross-field rule; ConfigError with one line."""
+    for path in configfiles:
+        read_yaml(Path(path))
+    trial = copy.deepcopy(cfg)  # Snakemake validates (and fills defaults into) the real one next
+    validate_schema(trial)
+    check_cross_fields(trial)
+    check_model_files(trial)
+
+
+def check_cli_inputs(*, base_url: str | None = None, minimum: dict[str, tuple[float | None, float]] | None = None,
+                     output: str | None = None) -> None:
+    """Options of commands that talk to a server, checked before any connection is made: the URL's scheme and
+    host, numbers against their least allowed value ({"--requests": (value, 1)}), and an output folder that is not
+    an existing file. ConfigError naming the option."""
+    if base_url is not None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--base-url {base_url!r}: expected http:// or https:// and a host, "
+                              f"e.g. http://127.0.0.1:8000")
+        try:
+            parts.port  # noqa: B018  (raises for a port that is not a number in range)
+        except ValueError:
+            raise ConfigError(f"--base-url {base_url!r}: the port is not a number from 1 to 65535") from None
+    for option, (value, least) in (minimum or {}).items():
+        if value is not None and (not math.isfinite(value) or value < least):
+            raise ConfigError(f"{option} {value}: must be a finite number >= {least:g}")
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        raise ConfigError(f"--output {output}: is an existing file; give a folder")
+
+
 def load_config(path_or_dict: str | Path | dict) -> dict:
+
     """Validated config with schema defaults filled in (a copy when given a dict)."""
     if isinstance(path_or_dict, dict):
         cfg = copy.deepcopy(path_or_dict)
     else:
-        path = Path(path_or_dict)
-        try:
-            with path.open(encoding="utf-8") as fh:
-                cfg = yaml.safe_load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        cfg = read_yaml(Path(path_or_dict))
     if not isinstance(cfg, dict):
         raise ConfigError("(top level): the config must be a mapping of fields")
     validate_schema(cfg)

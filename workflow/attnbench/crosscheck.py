@@ -236,4 +236,10 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
         raise CrosscheckError("--engine-python not given and ATTNBENCH_ENGINE_PYTHON not set")
     if args.repeats < 2:
         raise CrosscheckError("--repeats must be >= 2: the noise is measured between repetitions")
+    from attnbench.config import check_cli_inputs  # noqa: PLC0415
+
+    check_cli_inputs(base_url=args.base_url, output=args.output,
+                     minimum={"--input-len": (args.input_len, 1), "--output-len": (args.output_len, 1),
+                              "--concurrency": (args.concurrency, 1), "--num-prompts": (args.num_prompts, 1),
+                              "--warmup": (args.warmup, 0), "--timeout": (args.timeout, 0.001)})  # fmt: skip
     return args

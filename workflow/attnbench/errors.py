@@ -30,3 +30,8 @@ class CompatibilityError(AttnbenchError):
 
 class ContainerError(AttnbenchError):
     """An image could not be rendered, built, inspected or run."""
+
+
+class UnsafeInputError(BundleError):
+    """Input that cannot be read safely (deep nesting, huge numbers, trailing or oversized archive data):
+    `attnbench verify` reports it as unreadable (exit 2), not as tampered."""

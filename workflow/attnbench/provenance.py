@@ -16,21 +16,46 @@ from typing import Any, Iterable
 
 REDACTED = "***"
 
-# Environment variable names and CLI flags whose values are secrets.
-SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
+# The one redaction policy, for logs, run.json and bundles alike.
+# A name is secret when its last part says so (HF_TOKEN, VLLM_API_KEY, AWS_SECRET_ACCESS_KEY, Authorization), not
+# when a secret word is merely inside it: TOKENIZERS_PARALLELISM, model.tokenizer, api_key_env (the *name* of a
+# variable) and max_tokens hold no secrets and must survive.
+_SECRET_LAST = r"(?:api[_-]?key|access[_-]?key|key|token|secret|password|passwd|authorization|credentials?)"
+SECRET_NAME = re.compile(r"^(?:[A-Za-z0-9]+[_.-])*" + _SECRET_LAST + r"$", re.IGNORECASE)
+_SECRET_NAME_TEXT = r"(?:[A-Za-z0-9]+[_-])*" + _SECRET_LAST
 SECRET_FLAGS = {"--api-key", "--hf-token", "--token", "--password"}
-# Token shapes worth catching even when nobody told us the value.
+# Values of secret-named variables that are no secret and would wreck the data if blanked everywhere
+# (TOKENIZERS_PARALLELISM=false would turn every JSON false into ***; SSH_AUTH_SOCK is a path).
+_NOT_A_SECRET = re.compile(r"^(true|false|none|null|yes|no|on|off|[0-9.]+|/.*)$", re.IGNORECASE)
+_PLAIN = r"(?!(?:true|false|none|null|yes|no|on|off|[0-9.]+|/[^\s\"']*)(?:[\s\"']|$))"  # such a value stays
+MIN_SECRET_LEN = 8  # a shorter value blanked everywhere would hit ordinary text
+# Shapes caught even when nobody told us the value: token formats, a secret flag followed by its value (in a log
+# line or inside a JSON argv list), secret-named keys in JSON text or KEY=VALUE, secret HTTP headers.
 SECRET_PATTERNS = [
-    re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
-    re.compile(r"\bsk-[A-Za-z0-9_-]{16,}\b"),
-    re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"()\bhf_[A-Za-z0-9]{8,}"),
+    re.compile(r"()\bsk-[A-Za-z0-9_-]{16,}\b"),
+    re.compile(r"(\b[Bb]earer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(r'((?:--api-key|--hf-token|--token|--password)(?:=|\s+|",\s*"))[^\s"\',\]]+'),
+    re.compile(r'("' + _SECRET_NAME_TEXT + r'"\s*:\s*")' + _PLAIN + r'(?:[^"\\]|\\.)+(?=")', re.IGNORECASE),
+    re.compile(r"(\b" + _SECRET_NAME_TEXT + r"=)" + _PLAIN + r"[^\s\"']+", re.IGNORECASE),
+    re.compile(r"(\b(?:proxy-authorization|x-api-key|api-key)\s*:\s*)[^\s\"']+", re.IGNORECASE),
 ]
 
 
+def is_secret_name(name: object) -> bool:
+    return isinstance(name, str) and bool(SECRET_NAME.match(name))
+
+
+def looks_secret(value: object) -> bool:
+    """A value worth blanking wherever it appears: long enough and not an ordinary word, number or path."""
+    return isinstance(value, str) and len(value) >= MIN_SECRET_LEN and not _NOT_A_SECRET.match(value)
+
+
 def secret_values(env: dict[str, str] | None = None, extra: Iterable[str | None] = ()) -> list[str]:
-    """Values that must be blanked wherever they show up: those of secret-named variables plus `extra`."""
+    """Values that must be blanked wherever they show up: those of secret-named variables that look like secrets,
+    plus `extra` (e.g. the API key read from the variable the config names, whatever its name and shape)."""
     env = os.environ if env is None else env
-    values = [v for k, v in env.items() if SECRET_NAME.search(k) and v and len(v) >= 4]
+    values = [v for k, v in env.items() if is_secret_name(k) and looks_secret(v)]
     values += [v for v in extra if v]
     return sorted(set(values), key=len, reverse=True)
 
@@ -40,7 +65,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if value:
             text = text.replace(value, REDACTED)
     for pattern in SECRET_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
     return text
 
 
@@ -64,14 +89,16 @@ def redact_argv(argv: list[str], secrets: Iterable[str] = ()) -> list[str]:
 
 
 def redact(obj: Any, secrets: Iterable[str] = ()) -> Any:
-    """A copy of obj (dict, list, str, scalars) with secrets blanked: values of secret-named keys, values after
-    secret flags in argument lists, and any occurrence of a known secret value or token shape in strings."""
+    """A copy of obj (dict, list, str, scalars) with secrets blanked: values of secret-named keys (unless they are
+    plainly no secret: true/false, numbers, paths), values after secret flags in argument lists, and any occurrence
+    of a known secret value or token shape in strings."""
     secrets = list(secrets)
     if isinstance(obj, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and SECRET_NAME.search(k) and isinstance(v, str) and v else redact(v, secrets))
+            k: (REDACTED if is_secret_name(k) and isinstance(v, str) and v and not _NOT_A_SECRET.match(v)
+                else redact(v, secrets))
             for k, v in obj.items()
-        }
+        }  # fmt: skip
     if isinstance(obj, list):
         if all(isinstance(a, str) for a in obj):
             return redact_argv(obj, secrets)

@@ -405,8 +405,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from attnbench.config import check_cli_inputs
     from attnbench.metrics import format_table, level_table
 
+    check_cli_inputs(base_url=args.base_url, output=args.output,
+                     minimum={"--requests": (args.requests, 1), "--warmup": (args.warmup, 0),
+                              "--timeout": (args.timeout, 0.001)})  # fmt: skip
     cfg = dict(SWEEP_DEFAULTS)
     known: dict[str, Workload] = {}
     if args.config:

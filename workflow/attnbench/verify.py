@@ -18,10 +18,10 @@ import argparse
 import csv
 import io
 import json
+import sys
 import tarfile
 import tempfile
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -30,27 +30,14 @@ import jsonschema
 import yaml
 
 from attnbench import bundle as bundle_mod
-from attnbench.errors import AttnbenchError, BundleError
-from attnbench.records import RecordError, read_levels, read_requests
+from attnbench import plausibility, safejson, signing
+from attnbench.errors import AttnbenchError, BundleError, UnsafeInputError
+from attnbench.finding import Finding, short
+from attnbench.plausibility import RunData
+from attnbench.safejson import printable
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "bundle.schema.yaml"
-MAX_TOTAL_BYTES = 8 << 30  # refuse archives that expand beyond this (a bundle is MBs; this stops a tar bomb)
-
-
-@dataclass(frozen=True)
-class Finding:
-    file: str
-    field: str
-    expected: object
-    found: object
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.field}: expected {_short(self.expected)}, found {_short(self.found)}"
-
-
-def _short(value: object, limit: int = 160) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "bundle.schema.yaml"
 
 
 # --- safe extraction --------------------------------------------------------------------------------------------
@@ -77,38 +64,108 @@ def _corrupt(path: Path, exc: BaseException) -> BundleError:
     return BundleError(f"{path}: truncated or corrupt archive ({type(exc).__name__}: {exc})")
 
 
-def safe_extract(archive: Path, target: Path) -> list[Finding]:
-    """Extract a bundle into target (an empty folder). Returns findings for unsafe members; when there are any,
-    nothing at all is extracted. Raises BundleError when the archive cannot be read to its end."""
-    archive, target = Path(archive), Path(target).resolve()
-    try:
-        with tarfile.open(archive, mode="r:gz") as tar:
-            members = tar.getmembers()  # reads every header to the end: truncation shows here or below
-            unsafe = [Finding(m.name, "member", "plain file with a relative path inside the bundle", reason)
-                      for m in members if (reason := unsafe_reason(m))]
-            counts = Counter(m.name for m in members if m.isfile())
-            dupes = sorted(n for n, c in counts.items() if c > 1)
-            unsafe += [Finding(n, "member", "one member per path", "duplicate member") for n in dupes]
-            if sum(m.size for m in members) > MAX_TOTAL_BYTES:
-                unsafe.append(Finding(str(archive), "size", f"<= {MAX_TOTAL_BYTES} bytes", "larger"))
-            if unsafe:
-                return unsafe
-            for member in members:
-                if member.isdir():
+class _OneGzipStream(io.RawIOBase):
+    """The decompressed bytes of a file that must hold exactly one gzip stream and nothing after it, counted as
+    they stream: reading past `limit` decompressed bytes raises, so a gzip bomb never reaches the disk or memory,
+    and bytes after the stream's end (which tarfile and gzip would ignore) are an error, not a hiding place."""
+
+    def __init__(self, raw, name: str, limit: int):
+        self._raw, self._name, self._limit = raw, name, limit
+        self._z = zlib.decompressobj(wbits=31)  # gzip header and trailer checked by zlib (CRC, length)
+        self._buf = b""
+        self.total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf and not self._z.eof:
+            chunk = self._raw.read(1 << 16)
+            if not chunk:
+                raise UnsafeInputError(f"{self._name}: truncated or corrupt archive (the gzip stream ends early)")
+            self._buf = self._z.decompress(chunk, 1 << 20)
+            while self._z.unconsumed_tail and len(self._buf) < (1 << 20):
+                self._buf += self._z.decompress(self._z.unconsumed_tail, 1 << 20)
+            self._take_tail_if_done()
+            self.total += len(self._buf)
+            if self.total > self._limit:
+                raise UnsafeInputError(f"{self._name}: expands beyond {self._limit} bytes (limit)")
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def _take_tail_if_done(self) -> None:
+        if self._z.eof and (self._z.unused_data or self._raw.read(1)):
+            raise UnsafeInputError(f"{self._name}: data after the end of the gzip stream")
+
+    def drain(self) -> None:
+        """Read to the end of the stream, so that trailing data is found even after the tar end marker."""
+        while self.read(1 << 20):
+            pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a bundle may hold before verify refuses to read further (a bundle of ours is a few MB)."""
+
+    total_bytes: int = 2 << 30
+    member_bytes: int = 1 << 30
+    members: int = 20000
+
+
+def _scan(archive: Path, limits: Limits, extract_to: Path | None) -> list[Finding]:
+    """One streaming pass over the archive: with extract_to None it only checks members and limits; otherwise it
+    writes each (already checked) member below extract_to."""
+    findings: list[Finding] = []
+    seen: set[str] = set()
+    with archive.open("rb") as raw:
+        stream = _OneGzipStream(raw, str(archive), limits.total_bytes)
+        with tarfile.open(fileobj=io.BufferedReader(stream, 1 << 16), mode="r|") as tar:
+            for count, member in enumerate(tar, 1):
+                if count > limits.members:
+                    raise UnsafeInputError(f"{archive}: more than {limits.members} members (limit)")
+                if member.size > limits.member_bytes:
+                    raise UnsafeInputError(f"{archive}: member {printable(member.name)} has {member.size} bytes "
+                                           f"(limit {limits.member_bytes})")
+                reason = unsafe_reason(member)
+                if reason is None and member.isfile() and member.name in seen:
+                    reason = "duplicate member"
+                seen.add(member.name)
+                if reason:
+                    findings.append(Finding(member.name, "member",
+                                            "plain file with a relative path inside the bundle", reason))
+                if extract_to is None or member.isdir() or reason:
                     continue
-                dest = (target / member.name).resolve()
-                if target not in dest.parents:  # belt and braces after unsafe_reason
-                    return [Finding(member.name, "member", "path inside the target folder", str(dest))]
+                dest = (extract_to / member.name).resolve()
+                if extract_to not in dest.parents:  # belt and braces after unsafe_reason
+                    raise UnsafeInputError(f"{archive}: member {printable(member.name)} resolves outside the folder")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(member)
                 with open(dest, "xb") as out:  # "x": never follow or overwrite something already there
                     while block := src.read(1 << 20):
                         out.write(block)
                 if dest.stat().st_size != member.size:
-                    raise BundleError(f"{archive}: member {member.name} is truncated")
+                    raise UnsafeInputError(f"{archive}: member {printable(member.name)} is truncated")
+        stream.drain()
+    return findings
+
+
+def safe_extract(archive: Path, target: Path, limits: Limits = Limits()) -> list[Finding]:
+    """Extract a bundle into target (an empty folder). Returns findings for unsafe members; when there are any,
+    nothing at all is extracted (a first pass reads the whole archive without writing). Raises UnsafeInputError
+    (a BundleError) when the archive cannot be read to its end, breaks a limit or has data after its end."""
+    archive, target = Path(archive), Path(target).resolve()
+    try:
+        unsafe = _scan(archive, limits, None)
+        if unsafe:
+            return unsafe
+        _scan(archive, limits, target)
     except FileNotFoundError:
         raise BundleError(f"{archive}: no such file") from None
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+    except UnsafeInputError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise _corrupt(archive, exc) from None
     return []
 
@@ -200,7 +257,7 @@ def check_manifest_schema(manifest: dict) -> list[Finding]:
     out = []
     for err in sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path)):
         field = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        out.append(Finding(bundle_mod.MANIFEST, field, f"schema: {err.validator} {_short(err.validator_value, 80)}",
+        out.append(Finding(bundle_mod.MANIFEST, field, f"schema: {err.validator} {short(err.validator_value, 80)}",
                            err.message))
     return out
 
@@ -256,7 +313,7 @@ def check_derived_manifest(root: Path, manifest: dict) -> list[Finding]:
 # --- raw-data consistency ---------------------------------------------------------------------------------------
 
 
-def check_consistency(root: Path, manifest: dict) -> list[Finding]:
+def check_consistency(root: Path, manifest: dict, runs: dict[str, RunData]) -> list[Finding]:
     cfg = manifest["config"]
     workloads = cfg.get("workloads") or {}
     ignore_eos = (cfg.get("sweep") or {}).get("ignore_eos", True)
@@ -265,18 +322,14 @@ def check_consistency(root: Path, manifest: dict) -> list[Finding]:
     for arm_entry in manifest.get("arms", []):
         arm_cfg = next((a for a in cfg.get("arms", []) if a.get("name") == arm_entry["name"]), {})
         for run in arm_entry.get("runs", []):
-            rdir = root / run["path"]
             rel = run["path"]
-            try:
-                requests = read_requests(rdir / "records.jsonl") if (rdir / "records.jsonl").exists() else []
-                levels = read_levels(rdir / "levels.jsonl") if (rdir / "levels.jsonl").exists() else []
-            except RecordError as exc:
-                findings.append(Finding(rel, "raw records", "valid JSON records", str(exc)))
-                continue
+            data = runs[rel]
+            requests = [r for _, r in data.requests]
+            levels = [lv for _, lv in data.levels]
             findings += _check_tokens(f"{rel}/records.jsonl", requests, workloads, ignore_eos)
             if run.get("status") == "ok":
                 findings += _check_levels(rel, requests, levels, workloads)
-            findings += _check_backend(rel, run, arm_entry, arm_cfg, rdir, device)
+            findings += _check_backend(rel, run, arm_entry, arm_cfg, root / rel, device)
     return findings
 
 
@@ -379,21 +432,54 @@ class VerifyResult:
     findings: list[Finding]
     notes: list[str]
     manifest: dict | None
+    unsafe: bool = False  # unreadable or unsafe input: nothing past the failing step was checked
+    signature: signing.Signature | None = None
 
     @property
     def ok(self) -> bool:
         return not self.findings
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 2 if self.unsafe else 1
 
-def verify_extracted(root: Path, build_tables: Callable | None = None) -> VerifyResult:
-    """Checks 2-6 on an already extracted bundle folder."""
+
+def _unsafe(file: str, what: str, exc: BaseException) -> VerifyResult:
+    return VerifyResult([Finding(file, what, "safe, readable input", str(exc))], [], None, unsafe=True)
+
+
+def check_config(manifest: dict) -> list[Finding]:
+    """The bundled config must be a valid experiment config: every later check reads it."""
+    from attnbench import config  # noqa: PLC0415
+
+    validator = jsonschema.Draft202012Validator(config.load_schema())
+    return [Finding(bundle_mod.MANIFEST, "config." + config.field_path(list(err.absolute_path)), "valid config",
+                    err.message) for err in validator.iter_errors(manifest["config"])]
+
+
+def load_runs(root: Path, manifest: dict) -> tuple[dict[str, RunData], list[Finding]]:
+    """Every run folder the manifest lists, as typed records. Raises UnsafeInputError (unreadable JSON)."""
+    runs, findings = {}, []
+    for rel, arm, repeat, status in plausibility.runs_of(manifest):
+        if rel in runs:
+            findings.append(Finding(bundle_mod.MANIFEST, f"arms.{arm}.runs path", "one entry per run folder", rel))
+            continue
+        runs[rel], problems = plausibility.load_run(root, rel, arm, repeat, status)
+        findings += problems
+    return runs, findings
+
+
+def verify_extracted(root: Path, build_tables: Callable | None = None, *, archive_name: str | None = None
+                     ) -> VerifyResult:
+    """Checks 2-7 on an already extracted bundle folder; archive_name (the file's name) is held against the
+    manifest when given."""
     try:
-        manifest = json.loads((root / bundle_mod.MANIFEST).read_text(encoding="utf-8"))
+        manifest = safejson.load_file(root / bundle_mod.MANIFEST, bundle_mod.MANIFEST)
     except FileNotFoundError:
-        return VerifyResult([Finding(bundle_mod.MANIFEST, "file", "present", "missing")], [], None)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return VerifyResult([Finding(bundle_mod.MANIFEST, "json", "valid JSON", str(exc))], [], None)
-    findings = check_manifest_schema(manifest)
+        return VerifyResult([Finding(bundle_mod.MANIFEST, "file", "present", "missing")], [], None, unsafe=True)
+    except UnsafeInputError as exc:
+        return _unsafe(bundle_mod.MANIFEST, "json", exc)
+    findings = check_manifest_schema(manifest) or check_config(manifest)
     if findings:  # the later checks read fields the schema guarantees
         return VerifyResult(findings, [], manifest)
     digest = bundle_mod.manifest_digest(manifest)
@@ -404,46 +490,125 @@ def verify_extracted(root: Path, build_tables: Callable | None = None) -> Verify
         if sealed != bundle_mod.section_digest(manifest[section]):
             findings.append(Finding(bundle_mod.MANIFEST, section, f"content with digest {sealed}", "edited"))
     findings += check_files(root, manifest)
+    notes: list[str] = []
+    if archive_name is not None:
+        name_findings, notes = plausibility.bundle_name_matches(archive_name, bundle_mod.bundle_name(manifest))
+        findings += name_findings
+    try:
+        runs, type_findings = load_runs(root, manifest)
+    except UnsafeInputError as exc:
+        return VerifyResult(findings + [Finding("runs/", "json", "safe, readable input", str(exc))], [], manifest,
+                            unsafe=True)
+    except OSError as exc:  # a run path that names a folder, not a file, and the like
+        return VerifyResult(findings + [Finding("runs/", "files", "readable run files", str(exc))], [], manifest,
+                            unsafe=True)
+    if type_findings:  # later checks compute with these values
+        return VerifyResult(findings + type_findings, [], manifest)
     findings += check_derived_manifest(root, manifest)
     findings += check_tables(root, manifest, build_tables)
-    findings += check_consistency(root, manifest)
-    return VerifyResult(findings, allowed_mismatches(manifest), manifest)
+    findings += check_consistency(root, manifest, runs)
+    search = [Path.cwd(), Path(__file__).resolve().parents[2]]
+    plausible, physics_notes = plausibility.check_runs(list(runs.values()), manifest, search)
+    findings += plausible
+    findings += check_report(root, manifest)
+    return VerifyResult(findings, notes + physics_notes + allowed_mismatches(manifest), manifest)
 
 
-def verify_bundle(archive: Path, *, workdir: Path | None = None, build_tables: Callable | None = None
-                  ) -> VerifyResult:
-    """Verify a bundle file. Extracts into workdir (kept, for inspection) or a temporary folder (removed)."""
+def check_report(root: Path, manifest: dict) -> list[Finding]:
+    """report.md regenerated from the bundle (tables, run files, config) must equal the bundled one. Where the
+    report cannot be regenerated here (a section reads a file outside the bundle, such as analysis.reference),
+    each derived table it embeds must still appear in it exactly as the bundle's tables/ has it."""
+    from attnbench import report  # noqa: PLC0415
+
+    path = root / "report.md"
+    if not path.is_file():
+        return []
+    stored = safejson.read_text(path, "report.md")
+    try:
+        expected = report.build_report_md(root, manifest["config"])
+    except Exception:  # noqa: BLE001  (not regenerable here: fall back to the tables it embeds)
+        expected = None
+    if expected is not None:
+        return [] if stored == expected else [first_difference("report.md", expected, stored)]
+    out = []
+    for table in sorted((root / "tables").glob("*.md")):
+        text = safejson.read_text(table, f"tables/{table.name}")
+        section = report._shift_headings(text, 2 if table.name.startswith("article_") else 1)
+        if text.strip() and section not in stored:
+            first = next((ln for ln in section.splitlines() if ln.strip() and ln not in stored), "(order or spacing)")
+            out.append(Finding("report.md", f"section from tables/{table.name}", first, "absent or edited"))
+    return out
+
+
+def verify_bundle(archive: Path, *, workdir: Path | None = None, build_tables: Callable | None = None,
+                  limits: Limits = Limits(), signature: Path | None = None,
+                  allowed_signers: Path | None = None) -> VerifyResult:
+    """Verify a bundle file and its signature (<archive>.sig unless `signature` names another file).
+    Extracts into workdir (kept, for inspection) or a temporary folder (removed). An unreadable or unsafe archive
+    gives a result with unsafe=True (exit 2); a bad signature, or a key outside a given allowed-signers file, is a
+    finding (exit 1). Raises BundleError only for a file that cannot be opened at all."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise BundleError(f"{archive}: no such file")
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         if any(workdir.iterdir()):
             raise BundleError(f"{workdir}: extraction folder must be empty")
-        return _verify_into(Path(archive), workdir, build_tables)
-    with tempfile.TemporaryDirectory(prefix="attnbench-verify-") as tmp:
-        return _verify_into(Path(archive), Path(tmp), build_tables)
+        result = _verify_into(archive, workdir, build_tables, limits)
+    else:
+        with tempfile.TemporaryDirectory(prefix="attnbench-verify-") as tmp:
+            result = _verify_into(archive, Path(tmp), build_tables, limits)
+    sig = signing.check(archive, signature, allowed_signers)
+    result.signature = sig
+    where = (signature or signing.signature_path(archive)).name
+    if sig.state == "bad":
+        result.findings.append(Finding(where, "signature", "a good Ed25519 signature of the archive's bytes",
+                                       sig.detail))
+    elif sig.state == "good" and sig.trusted is False:
+        result.findings.append(Finding(where, "signer", f"a key in {allowed_signers}", sig.fingerprint))
+    elif sig.state == "unsigned" and allowed_signers is not None:
+        result.findings.append(Finding(where, "signature", f"signed by a key in {allowed_signers}", "unsigned"))
+    return result
 
 
-def _verify_into(archive: Path, root: Path, build_tables: Callable | None) -> VerifyResult:
-    unsafe = safe_extract(archive, root)
+def _verify_into(archive: Path, root: Path, build_tables: Callable | None, limits: Limits) -> VerifyResult:
+    unsafe = safe_extract(archive, root, limits)
     if unsafe:
-        return VerifyResult(unsafe, ["nothing was extracted: the archive has unsafe members"], None)
-    return verify_extracted(root, build_tables)
+        return VerifyResult(unsafe, ["nothing was extracted: the archive has unsafe members"], None, unsafe=True)
+    return verify_extracted(root, build_tables, archive_name=archive.name)
 
 
 def report_result(name: str, result: VerifyResult) -> int:
-    """Print PASS or the findings, one per line; the exit status (0 pass, 1 findings)."""
+    """Print PASS or the findings, one per line; the exit status (0 pass, 1 tampered or inconsistent,
+    2 unreadable or unsafe)."""
     for note in result.notes:
-        print(f"note: {note}")
+        print(f"note: {printable(note, 400)}")
+    if result.signature is not None:
+        print(f"signature: {printable(result.signature.describe(), 400)}")
     if result.ok:
-        print(f"PASS {name}")
+        print(f"PASS {printable(name)}")
         return 0
-    print(f"FAIL {name}: {len(result.findings)} problem(s)")
+    verdict = "UNSAFE" if result.unsafe else "FAIL"
+    print(f"{verdict} {printable(name)}: {len(result.findings)} problem(s)")
     for finding in result.findings:
         print(f"  {finding}")
-    return 1
+    return result.exit_code
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    result = verify_bundle(Path(args.bundle), workdir=Path(args.extract_to) if args.extract_to else None)
+    try:
+        result = verify_bundle(Path(args.bundle), workdir=Path(args.extract_to) if args.extract_to else None,
+                               signature=Path(args.signature) if args.signature else None,
+                               allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None)
+    except BundleError as exc:
+        print(f"attnbench: {printable(str(exc), 400)}", file=sys.stderr)
+        if Path(args.bundle).is_file():  # say too whether the unreadable bytes are the ones that were signed
+            try:
+                sig = signing.check(Path(args.bundle), Path(args.signature) if args.signature else None)
+                print(f"signature: {printable(sig.describe(), 400)}")
+            except BundleError:
+                pass
+        return 2
     return report_result(args.bundle, result)
 
 
@@ -451,4 +616,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("verify", help="check a result bundle: checksums, schema, recomputed tables, consistency")
     p.add_argument("bundle", help="bundle-<gpu-type>-<yyyymmdd>.tar.gz")
     p.add_argument("--extract-to", help="keep the extracted bundle in this (empty) folder")
+    p.add_argument("--signature", help="the bundle's SSH signature (default: BUNDLE.sig when present)")
+    p.add_argument("--allowed-signers", help="ssh-keygen allowed-signers file: a signature by a key not in it, "
+                   "or no signature, fails")
     p.set_defaults(func=_cmd_verify)

@@ -1,0 +1,447 @@
+"""Raw records read safely and checked for physical and logical sense, before any number is derived from them.
+
+Checksums only say that files were not changed after the manifest was written; a forger who rewrites records and
+then recomputes tables and checksums passes them. What such a forger must still get right is checked here, each
+failure naming file, record and field:
+- types: every record field has its dataclass type (a string where a number belongs is a finding, not a crash);
+- identity: each record's experiment, arm and repeat match the manifest and the folder it sits in;
+- time: finite, ordered times; TTFT and the inter-token gaps fit inside the request; measured requests inside their
+  level's window; levels inside their run's window and one after another;
+- counts: each level's requests and warmup as the config's sweep implies;
+- GPU identity: one GPU type across manifest and run.json files, and the type key agrees with the GPU's name,
+  compute capability and memory as nvidia-smi reported them; gpu.jsonl samples come from the GPU run.json names;
+- physics: no request decodes faster than the named GPU's peak memory bandwidth allows for the named model's
+  weights (every decode step reads all of them once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attnbench import gpu as gpu_mod
+from attnbench import safejson
+from attnbench.errors import AttnbenchError, UnsafeInputError
+from attnbench.finding import Finding
+from attnbench.records import LevelRecord, RequestRecord
+from attnbench.sweep import requests_for
+
+BANDWIDTH_FILE = Path(__file__).resolve().parent / "gpu_bandwidth.yaml"
+EPOCH_RANGE = (1.0e9, 4.0e9)  # 2001..2096: a wall-clock time outside this is no time.time() reading
+WINDOW_SLACK_S = 1.0  # run.json times are ISO strings with whole seconds
+ORDER_SLACK_S = 1e-3  # itl values are rounded to 1 us each; their sum may exceed the stream by rounding
+
+
+@dataclass
+class RunData:
+    """One run folder of a bundle as typed records (files absent -> empty)."""
+
+    rel: str  # runs/<arm>/rep<k>
+    arm: str
+    repeat: int
+    status: str | None
+    run: dict | None
+    requests: list[tuple[int, RequestRecord]] = field(default_factory=list)  # (line, record)
+    levels: list[tuple[int, LevelRecord]] = field(default_factory=list)
+    gpu_samples: list[tuple[int, dict]] = field(default_factory=list)
+
+
+# --- typed loading ------------------------------------------------------------------------------------------------
+
+
+_NUMBER_TYPES = (int, float)  # exact types: json gives no subclasses, and bool must not pass for a number
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list and args[0] is float:  # itl: hundreds of numbers per record
+        return isinstance(value, list) and all(type(v) in _NUMBER_TYPES for v in value)
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _hint_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if typing.get_origin(hint) else getattr(hint, "__name__", str(hint))
+
+
+def typed_record(cls: type, data: Any, rel: str, lineno: int) -> tuple[Any, list[Finding]]:
+    """A record dataclass from one parsed JSONL line, or the findings that say which field is wrong."""
+    where = f"line {lineno}"
+    if not isinstance(data, dict):
+        return None, [Finding(rel, where, "a JSON object", type(data).__name__)]
+    hints = _hints(cls)
+    known = {f.name for f in fields(cls)}
+    out = [Finding(rel, f"{where} {k}", "no such field", "present") for k in sorted(set(data) - known, key=str)]
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                out.append(Finding(rel, f"{where} {f.name}", "present", "(absent)"))
+            continue
+        if not _type_ok(data[f.name], hints[f.name]):
+            out.append(Finding(rel, f"{where} {f.name}", _hint_name(hints[f.name]), data[f.name]))
+    return (None, out) if out else (cls(**data), [])
+
+
+# What verify reads from run.json, with the types it needs (None allowed where the pipeline writes null).
+_RUN_SHAPE: dict[str, tuple[type, ...]] = {
+    "": (dict,), "status": (str,), "error": (str, type(None)), "started": (str, type(None)),
+    "finished": (str, type(None)), "experiment": (str,), "arm": (str,), "repeat": (int,),
+    "backend": (dict, type(None)), "backend.requested": (str, type(None)), "backend.logged": (str, type(None)),
+    "backend.match": (bool, type(None)), "engine": (dict, type(None)), "engine.versions": (dict, type(None)),
+    "host": (dict, type(None)), "host.gpu_type": (str, type(None)), "host.gpus": (list, type(None)),
+    "host.gpus[]": (dict,), "host.gpus[].name": (str, type(None)), "host.gpus[].memory_mib": (int, type(None)),
+    "host.gpus[].compute_cap": (str, type(None)), "kernels": (dict, type(None)),
+    "kernels.families": (dict, type(None)), "gpu": (dict, type(None)), "gpu.gpu": (str, type(None)),
+    "slurm_job_id": (str, int, type(None)),
+}
+_KERNELS_SHAPE: dict[str, tuple[type, ...]] = {
+    "": (dict,), "families": (dict, type(None)), "families{}": (dict,), "families{}.count": (int,),
+    "families{}.share": (int, float), "families{}.kernels": (list,), "families{}.kernels[]": (dict,),
+    "families{}.kernels[].name": (str,), "families_seen": (list, type(None)), "families_seen[]": (str,),
+    "time_basis": (str, type(None)),
+}
+
+
+def check_shape(value: Any, shape: dict[str, tuple[type, ...]], rel: str) -> list[Finding]:
+    """Type findings for the dotted paths of `shape` that exist in value ([] walks a list's items, {} a mapping's
+    values)."""
+    out: list[Finding] = []
+
+    def walk(node: Any, path: str) -> None:
+        allowed = shape.get(path)
+        if allowed is not None:
+            bad = not isinstance(node, allowed) or (isinstance(node, bool) and bool not in allowed)
+            if bad:
+                out.append(Finding(rel, path or "(top level)", "/".join(t.__name__ for t in allowed),
+                                   type(node).__name__))
+                return
+        if isinstance(node, dict) and f"{path}{{}}" in shape:  # "x{}": every value of the mapping x
+            for sub in node.values():
+                walk(sub, f"{path}{{}}")
+        elif isinstance(node, dict):
+            for key, sub in node.items():
+                child = f"{path}.{key}" if path else str(key)
+                if child in shape or any(p.startswith((child + ".", child + "[", child + "{")) for p in shape):
+                    walk(sub, child)
+        elif isinstance(node, list) and f"{path}[]" in shape:
+            for item in node:
+                walk(item, f"{path}[]")
+
+    walk(value, "")
+    return out
+
+
+def _load_records(path: Path, rel: str, cls: type) -> tuple[list[tuple[int, Any]], list[Finding]]:
+    records, out = [], []
+    for lineno, data in safejson.iter_jsonl(path, rel):
+        record, problems = typed_record(cls, data, rel, lineno)
+        out += problems
+        if record is not None:
+            records.append((lineno, record))
+    return records, out
+
+
+def load_run(root: Path, rel: str, arm: str, repeat: int, status: str | None) -> tuple[RunData, list[Finding]]:
+    """Read one run folder. Raises safejson.UnsafeInputError for unreadable JSON (unsafe: the caller stops)."""
+    rdir = root / rel
+    data = RunData(rel, arm, repeat, status, None)
+    out: list[Finding] = []
+    if (rdir / "run.json").is_file():
+        data.run = safejson.load_file(rdir / "run.json", f"{rel}/run.json")
+        out += check_shape(data.run, _RUN_SHAPE, f"{rel}/run.json")
+    if (rdir / "kernels.json").is_file():
+        out += check_shape(safejson.load_file(rdir / "kernels.json", f"{rel}/kernels.json"), _KERNELS_SHAPE,
+                           f"{rel}/kernels.json")
+    if (rdir / "records.jsonl").is_file():
+        data.requests, problems = _load_records(rdir / "records.jsonl", f"{rel}/records.jsonl", RequestRecord)
+        out += problems
+    if (rdir / "levels.jsonl").is_file():
+        data.levels, problems = _load_records(rdir / "levels.jsonl", f"{rel}/levels.jsonl", LevelRecord)
+        out += problems
+    if (rdir / "gpu.jsonl").is_file():
+        for lineno, sample in safejson.iter_jsonl(rdir / "gpu.jsonl", f"{rel}/gpu.jsonl"):
+            if not isinstance(sample, dict):
+                out.append(Finding(f"{rel}/gpu.jsonl", f"line {lineno}", "a JSON object", type(sample).__name__))
+            else:
+                data.gpu_samples.append((lineno, sample))
+    return data, out
+
+
+def runs_of(manifest: dict) -> list[tuple[str, str, int, str | None]]:
+    """(path, arm, repeat, status) of every run the manifest lists (its shape checked by the bundle schema)."""
+    return [(r["path"], a["name"], r["repeat"], r.get("status")) for a in manifest["arms"] for r in a["runs"]]
+
+
+def expected_run_path(arm: str, repeat: int) -> str:
+    return f"runs/{arm}/rep{repeat}"
+
+
+# --- checks -------------------------------------------------------------------------------------------------------
+
+
+def _rid(lineno: int, rec: RequestRecord | LevelRecord) -> str:
+    label = getattr(rec, "request_id", None) or f"{rec.workload} c{rec.concurrency}"
+    return f"line {lineno} ({label})"
+
+
+def check_identity(run: RunData, experiment: str) -> list[Finding]:
+    out = []
+    if run.rel != expected_run_path(run.arm, run.repeat):
+        out.append(Finding("manifest.json", f"{run.arm} repeat {run.repeat} path",
+                           expected_run_path(run.arm, run.repeat), run.rel))
+    want = {"experiment": experiment, "arm": run.arm, "repeat": run.repeat}
+    for name, items in (("records.jsonl", run.requests), ("levels.jsonl", run.levels)):
+        for lineno, rec in items:
+            for key, value in want.items():
+                if getattr(rec, key) != value:
+                    out.append(Finding(f"{run.rel}/{name}", f"{_rid(lineno, rec)} {key}", value, getattr(rec, key)))
+    if isinstance(run.run, dict):
+        for key, value in want.items():
+            if key in run.run and run.run[key] != value:
+                out.append(Finding(f"{run.rel}/run.json", key, value, run.run[key]))
+    return out
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def check_request_times(run: RunData) -> list[Finding]:
+    rel = f"{run.rel}/records.jsonl"
+    out = []
+    for lineno, rec in run.requests:
+        rid = _rid(lineno, rec)
+        if not (EPOCH_RANGE[0] <= rec.start <= EPOCH_RANGE[1]):
+            out.append(Finding(rel, f"{rid} start", "a wall-clock time (seconds since 1970)", rec.start))
+            continue
+        if rec.end is None:
+            if rec.ok:
+                out.append(Finding(rel, f"{rid} end", "the end of a successful request", None))
+            continue
+        duration = rec.end - rec.start
+        if duration < 0:
+            out.append(Finding(rel, f"{rid} end", f">= start {rec.start}", rec.end))
+            continue
+        if rec.ttft is not None and not (0 <= rec.ttft <= duration + ORDER_SLACK_S):
+            out.append(Finding(rel, f"{rid} ttft", f"0..{duration:.6f} (within end - start)", rec.ttft))
+        if any(g < 0 for g in rec.itl):
+            out.append(Finding(rel, f"{rid} itl", "gaps >= 0", min(rec.itl)))
+        elif rec.ttft is not None and rec.ttft + sum(rec.itl) > duration + ORDER_SLACK_S + 1e-6 * len(rec.itl):
+            out.append(Finding(rel, f"{rid} itl", f"ttft + sum(itl) <= end - start = {duration:.6f}",
+                               round(rec.ttft + sum(rec.itl), 6)))
+        if rec.ok and rec.phase == "measure" and rec.completion_tokens and rec.ttft is None:
+            out.append(Finding(rel, f"{rid} ttft", "a time to first token (tokens were generated)", None))
+        if rec.completion_tokens is not None and rec.completion_tokens < 0:
+            out.append(Finding(rel, f"{rid} completion_tokens", ">= 0", rec.completion_tokens))
+        if rec.prompt_tokens is not None and rec.prompt_tokens < 0:
+            out.append(Finding(rel, f"{rid} prompt_tokens", ">= 0", rec.prompt_tokens))
+        if rec.completion_tokens is not None and len(rec.itl) > max(rec.completion_tokens, 1):
+            out.append(Finding(rel, f"{rid} itl", f"at most completion_tokens = {rec.completion_tokens} gaps",
+                               f"{len(rec.itl)} gaps"))
+    return out
+
+
+def _iso_ts(value: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def check_windows(run: RunData, sweep: dict) -> list[Finding]:
+    """Measured requests inside their level's window; levels inside the run's window, one after another; each
+    level's requests and warmup as the sweep config implies."""
+    out = []
+    by_level: dict[tuple[str, int], list[tuple[int, RequestRecord]]] = {}
+    for lineno, rec in run.requests:
+        by_level.setdefault((rec.workload, rec.concurrency), []).append((lineno, rec))
+    started = _iso_ts((run.run or {}).get("started"))
+    finished = _iso_ts((run.run or {}).get("finished"))
+    rel_lv = f"{run.rel}/levels.jsonl"
+    if isinstance(run.run, dict) and run.run.get("started") is not None and started is None:
+        out.append(Finding(f"{run.rel}/run.json", "started", "an ISO time", run.run.get("started")))
+    if started is not None and finished is not None and finished < started:
+        out.append(Finding(f"{run.rel}/run.json", "finished", f">= started {run.run['started']}",
+                           run.run["finished"]))
+    previous_end = None
+    for lineno, lv in sorted(run.levels, key=lambda item: item[1].start):
+        lid = _rid(lineno, lv)
+        if not (_finite(lv.start) and _finite(lv.end) and EPOCH_RANGE[0] <= lv.start <= lv.end <= EPOCH_RANGE[1]):
+            out.append(Finding(rel_lv, f"{lid} end", f"a wall-clock time >= start {lv.start}", lv.end))
+            continue
+        if started is not None and lv.start < started - WINDOW_SLACK_S:
+            out.append(Finding(rel_lv, f"{lid} start", f">= run.json started {run.run['started']}", lv.start))
+        if finished is not None and lv.end > finished + WINDOW_SLACK_S:
+            out.append(Finding(rel_lv, f"{lid} end", f"<= run.json finished {run.run['finished']}", lv.end))
+        if previous_end is not None and lv.start < previous_end - ORDER_SLACK_S:
+            out.append(Finding(rel_lv, f"{lid} start", f">= the previous level's end {previous_end}", lv.start))
+        previous_end = lv.end
+        want = requests_for(lv.concurrency, sweep)
+        if lv.requests != want:
+            out.append(Finding(rel_lv, f"{lid} requests", f"{want} (the config's sweep)", lv.requests))
+        if lv.warmup != sweep.get("warmup_requests", lv.warmup):
+            out.append(Finding(rel_lv, f"{lid} warmup", sweep.get("warmup_requests"), lv.warmup))
+        for rlineno, rec in by_level.get((lv.workload, lv.concurrency), []):
+            if rec.phase != "measure":
+                continue
+            end = rec.end if rec.end is not None else rec.start
+            if rec.start < lv.start - 1e-6 or end > lv.end + 1e-6:
+                out.append(Finding(f"{run.rel}/records.jsonl", f"{_rid(rlineno, rec)} start..end",
+                                   f"inside the level window {lv.start}..{lv.end}", f"{rec.start}..{end}"))
+    return out
+
+
+def check_gpu_identity(runs: list[RunData], manifest: dict) -> list[Finding]:
+    out = []
+    gpu_type = manifest.get("gpu_type")
+    names = {}
+    for run in runs:
+        host = (run.run or {}).get("host") or {}
+        rel = f"{run.rel}/run.json"
+        if run.status == "ok" and host.get("gpu_type") is not None and host.get("gpu_type") != gpu_type:
+            out.append(Finding(rel, "host.gpu_type", f"{gpu_type} (manifest)", host.get("gpu_type")))
+        gpus = host.get("gpus") or []
+        if gpus:
+            first = gpus[0]
+            names[run.rel] = first.get("name")
+            try:
+                key = gpu_mod.gpu_type_key(first.get("name") or "", first.get("compute_cap") or "",
+                                           int(first.get("memory_mib") or 0))
+            except AttnbenchError as exc:
+                out.append(Finding(rel, "host.gpus[0].compute_cap", "a compute capability such as 9.0", str(exc)))
+            else:
+                if host.get("gpu_type") != key:
+                    out.append(Finding(rel, "host.gpu_type", f"{key} (from host.gpus[0] name, compute_cap, memory)",
+                                       host.get("gpu_type")))
+        sample_id = ((run.run or {}).get("gpu") or {}).get("gpu")
+        for lineno, sample in run.gpu_samples:
+            if sample_id is not None and sample.get("gpu") != sample_id:
+                out.append(Finding(f"{run.rel}/gpu.jsonl", f"line {lineno} gpu", f"{sample_id} (run.json gpu.gpu)",
+                                   sample.get("gpu")))
+                break
+    manifest_name = (manifest.get("host") or {}).get("gpu_name")
+    for rel, name in names.items():
+        if name != manifest_name:
+            out.append(Finding(f"{rel}/run.json", "host.gpus[0].name", f"{manifest_name} (manifest host.gpu_name)",
+                               name))
+    return out
+
+
+# --- physics ------------------------------------------------------------------------------------------------------
+
+
+def load_bandwidths() -> dict[str, float]:
+    return {str(k): float(v) for k, v in yaml.safe_load(BANDWIDTH_FILE.read_text(encoding="utf-8")).items()}
+
+
+def _architecture(cfg: dict, search: list[Path]) -> dict | None:
+    """The model's HF config.json as the config names it (config/models/<x>.json), looked up in the folders a
+    verifier has: the current directory and the source checkout this package runs from."""
+    arch = (cfg.get("model") or {}).get("architecture")
+    if not isinstance(arch, str) or not arch.endswith(".json") or ".." in Path(arch).parts or Path(arch).is_absolute():
+        return None
+    # An installed package carries config/models/*.json as package data in attnbench/models/.
+    for path in [base / arch for base in search] + [Path(__file__).resolve().parent / "models" / Path(arch).name]:
+        if path.is_file():
+            try:
+                return safejson.load_file(path, str(path))
+            except UnsafeInputError:
+                return None
+    return None
+
+
+def weights_read_per_step(cfg: dict, search: list[Path]) -> tuple[float, str] | None:
+    """Lower bound of the bytes one decode step reads: every weight except the embedding table (of which a step
+    reads one row per sequence), from the model's architecture; else the config's analysis.weights_gb."""
+    arch = _architecture(cfg, search)
+    model = cfg.get("model") or {}
+    if isinstance(arch, dict):
+        try:
+            total = gpu_mod.estimate_weight_bytes(arch, model.get("dtype") or "auto", model.get("quantization"))
+            dtype = arch.get("torch_dtype", "float16") if (model.get("dtype") or "auto") == "auto" else model["dtype"]
+            embedding = arch["vocab_size"] * arch["hidden_size"] * gpu_mod.DTYPE_BYTES.get(str(dtype), 2)
+            return float(total - embedding), f"weights of {model.get('architecture')} less the embedding table"
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            pass
+    gb = (cfg.get("analysis") or {}).get("weights_gb")
+    if isinstance(gb, (int, float)) and not isinstance(gb, bool) and gb > 0:
+        return float(gb) * 1e9, "analysis.weights_gb"
+    return None
+
+
+def check_decode_physics(runs: list[RunData], manifest: dict, search: list[Path]) -> tuple[list[Finding], str | None]:
+    """Findings for requests whose time per output token beats the memory-bandwidth bound, and a note saying
+    which bound applied (None when the bundle does not name a known GPU and model)."""
+    cfg = manifest["config"]
+    if (cfg.get("engine") or {}).get("device") != "cuda":
+        return [], None
+    name = (manifest.get("host") or {}).get("gpu_name")
+    bandwidth = load_bandwidths().get(gpu_mod.slugify(name)) if isinstance(name, str) else None
+    weights = weights_read_per_step(cfg, search)
+    if bandwidth is None or weights is None:
+        return [], None
+    bound_s = weights[0] / (bandwidth * 1e12)
+    note = (f"decode bound {bound_s * 1e3:.3f} ms per token ({weights[1]}: {weights[0] / 1e9:.2f} GB; "
+            f"{name}: {bandwidth} TB/s peak)")
+    out = []
+    for run in runs:
+        for lineno, rec in run.requests:
+            if not (rec.ok and rec.phase == "measure" and rec.ttft is not None and rec.end is not None
+                    and (rec.completion_tokens or 0) > 1):
+                continue
+            tpot = (rec.end - rec.start - rec.ttft) / (rec.completion_tokens - 1)
+            if tpot < bound_s:
+                out.append(Finding(f"{run.rel}/records.jsonl", f"{_rid(lineno, rec)} end",
+                                   f"time per output token >= {bound_s * 1e3:.3f} ms (memory-bandwidth bound)",
+                                   f"{tpot * 1e3:.3f} ms"))
+    return out, note
+
+
+def check_runs(runs: list[RunData], manifest: dict, search: list[Path]) -> tuple[list[Finding], list[str]]:
+    """Every plausibility check over the typed runs; (findings, notes)."""
+    cfg = manifest["config"]
+    sweep = cfg.get("sweep") or {}
+    out: list[Finding] = []
+    for run in runs:
+        out += check_identity(run, manifest["experiment"])
+        out += check_request_times(run)
+        if run.status == "ok":
+            out += check_windows(run, sweep)
+    out += check_gpu_identity(runs, manifest)
+    physics, note = check_decode_physics(runs, manifest, search)
+    return out + physics, [note] if note else []
+
+
+def bundle_name_matches(archive_name: str, expected: str) -> tuple[list[Finding], list[str]]:
+    """The archive's file name is derived from the manifest (GPU type, date of the last run): a bundle-* name
+    that differs claims another GPU or day (a finding); any other name is a local copy's name (a note)."""
+    if archive_name == expected:
+        return [], []
+    if archive_name.startswith("bundle-"):
+        return [Finding(archive_name, "file name", f"{expected} (from manifest gpu_type and finished)",
+                        archive_name)], []
+    return [], [f"file name {archive_name} is not the bundle's own name {expected}"]
