@@ -186,7 +186,7 @@ def test_build_tables_names_and_rows(experiment):
     exp, cfg = experiment
     tables = aggregate.build_tables(exp, cfg)
     assert set(tables) == {
-        "levels.csv", "arms_vs_baseline.md", "vs_published.md", "vs_published.csv", "kernels.md",
+        "tables_format.txt", "levels.csv", "arms_vs_baseline.md", "vs_published.md", "vs_published.csv", "kernels.md",
         "decode_efficiency.md", "article_base_short.md", "article_base_long.md", "article_fast_short.md",
         "article_fast_long.md",
     }  # fmt: skip

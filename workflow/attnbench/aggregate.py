@@ -34,6 +34,9 @@ from attnbench.errors import AttnbenchError
 from attnbench.records import RecordError
 
 TABLES_DIR = "tables"
+# Version of the tables' text. 2 (issue 13): intervals valid for the repeats, flagged artifacts, comparisons.csv.
+TABLES_FORMAT = 2
+FORMAT_FILE = "tables_format.txt"
 PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "config" / "reference" / "article_published.csv"
 FLOAT_FORMAT = "%.6g"  # CSV: 6 significant digits hide last-bit differences between numpy/pandas builds
 FLAG_MARK = "(!)"  # appended to the arm name of a flagged run in every markdown table
@@ -664,12 +667,18 @@ def decode_efficiency_md(df: pd.DataFrame, cfg: dict) -> str:
 # Entry points
 
 
-def build_tables(exp_dir: Path, cfg: dict) -> dict[str, str]:
-    """File name -> exact text of every table of the experiment (same inputs, same bytes)."""
+def build_tables(exp_dir: Path, cfg: dict, *, tables_format: int | None = None) -> dict[str, str]:
+    """File name -> exact text of every table of the experiment (same inputs, same bytes). tables_format None: the
+    format the folder's tables were written in (tables_format_of), so that `attnbench verify` recomputes an older
+    bundle's tables as they were made."""
     exp_dir = Path(exp_dir)
+    if (tables_format or tables_format_of(exp_dir)) == 1:
+        from attnbench import tables_v1  # noqa: PLC0415  (it imports this module)
+
+        return tables_v1.build_tables(exp_dir, cfg)
     df = levels_frame(exp_dir, cfg)
     runs = load_runs(exp_dir, cfg)
-    tables = {"levels.csv": levels_csv(df)}
+    tables = {FORMAT_FILE: f"{TABLES_FORMAT}\n", "levels.csv": levels_csv(df)}
     for arm in arms_of(cfg):
         for workload in workload_names(cfg):
             text = article_table(df, cfg, arm, workload)
@@ -691,12 +700,24 @@ def tables_dir(exp_dir: Path) -> Path:
     return Path(exp_dir) / TABLES_DIR
 
 
+def tables_format_of(exp_dir: Path) -> int:
+    """The format of the tables already in the folder: its tables_format.txt, 1 where tables exist without one
+    (written before formats were numbered), the current format where there are none yet."""
+    marker = tables_dir(exp_dir) / FORMAT_FILE
+    if marker.is_file():
+        text = marker.read_text(encoding="utf-8").strip()
+        if not text.isdigit():
+            raise AggregateError(f"{marker}: expected a format number, found {text[:40]!r}")
+        return int(text)
+    return 1 if (tables_dir(exp_dir) / "levels.csv").is_file() else TABLES_FORMAT
+
+
 def write_tables(exp_dir: Path, cfg: dict) -> list[Path]:
     exp_dir = Path(exp_dir)
     out = tables_dir(exp_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in build_tables(exp_dir, cfg).items():
+    for name, text in build_tables(exp_dir, cfg, tables_format=TABLES_FORMAT).items():
         path = out / name
         path.write_text(text, encoding="utf-8", newline="\n")
         written.append(path)
