@@ -19,6 +19,15 @@ The modern set, as vLLM's benchmark (vllm/benchmarks/serve.py) defines it, over 
   content chunks of every request; E2EL = end - start; each as mean, median, p90, p99 (numpy.percentile, linear),
   in ms. goodput_rps (only when limits are given): requests meeting every limit, per second.
 
+Artifacts: where a definition breaks, the level keeps its numbers and says why in `artifacts` ("code: detail; ...";
+codes in ARTIFACTS, the metrics each one touches in ARTIFACT_METRICS):
+  prompt_formula   the latency probe is at least the first wave's max TTFT, so the article's prompt-throughput
+                   denominator is zero or negative (prompt_throughput_tps is NaN)
+  single_chunk     a stream delivered all its tokens in one content chunk: its TTFT is the whole response and its
+                   TPOT (e2e - ttft)/(n - 1) collapses towards 0 (single_chunk_streams counts them)
+  failed_requests  some measured requests of the level failed (every metric counts the successful ones only)
+  incomplete       the level did not finish (server died, run aborted)
+
 Output is deterministic: rows sorted by their key, fixed column order and dtypes, so a verifier that recomputes
 the table from the raw files gets an identical frame.
 """
@@ -48,8 +57,22 @@ MODERN_COLUMNS = [
     "completion_tokens_mean",
     *DIST_COLUMNS,
 ]
-INT_COLUMNS = {"repeat", "concurrency", "n_ok", "n_failed"}
-STR_COLUMNS = {"experiment", "arm", "workload"}
+ARTIFACT_COLUMNS = ["single_chunk_streams", "artifacts"]
+INT_COLUMNS = {"repeat", "concurrency", "n_ok", "n_failed", "single_chunk_streams"}
+STR_COLUMNS = {"experiment", "arm", "workload", "artifacts"}
+ARTIFACTS = {
+    "prompt_formula": "article prompt throughput undefined (latency probe >= first-wave max TTFT)",
+    "single_chunk": "streams with all tokens in one chunk (TPOT and ITL not measured for them)",
+    "failed_requests": "failed requests (metrics count the successful ones)",
+    "incomplete": "level did not finish",
+}
+_TIMING = [f"{m}_ms_{s}" for m in ("tpot", "itl") for s in ("mean", "median", "p90", "p99")]
+ARTIFACT_METRICS: dict[str, set[str] | None] = {  # None: every metric of the level
+    "prompt_formula": {"prompt_throughput_tps"},
+    "single_chunk": set(_TIMING),
+    "failed_requests": None,
+    "incomplete": None,
+}
 NAN = float("nan")
 
 
@@ -125,7 +148,33 @@ def level_row(level: LevelRecord, measured: list[RequestRecord], *, ttft_limit_m
                     continue
             good += 1
         row["goodput_rps"] = _div(good, duration)
+    single = sum(1 for r in ok if r.completion_tokens and r.completion_tokens > 1 and not r.itl)
+    row["single_chunk_streams"] = single
+    row["artifacts"] = "; ".join(level_artifacts(level, measured, ok, first_wave, latency_s, single))
     return row
+
+
+def level_artifacts(level: LevelRecord, measured: list[RequestRecord], ok: list[RequestRecord],
+                    first_wave: list[RequestRecord], latency_s: float, single: int) -> list[str]:  # fmt: skip
+    """"code: detail" for each definition that breaks in this level (module docstring)."""
+    out = []
+    if first_wave:
+        max_ttft = max(r.ttft for r in first_wave)
+        if max_ttft - latency_s <= 0:
+            out.append(f"prompt_formula: latency probe {latency_s * 1000:.2f} ms >= first-wave max TTFT "
+                       f"{max_ttft * 1000:.2f} ms")  # fmt: skip
+    if single:
+        out.append(f"single_chunk: {single} of {len(ok)} streams in one chunk")
+    if len(measured) > len(ok) or level.failed:
+        out.append(f"failed_requests: {max(len(measured) - len(ok), level.failed)} of {level.requests} failed")
+    if not level.complete:
+        out.append("incomplete: level did not finish")
+    return out
+
+
+def artifact_codes(text: str) -> list[str]:
+    """The codes of an `artifacts` cell ("prompt_formula: ...; single_chunk: ..." -> [prompt_formula, single_chunk])."""
+    return [part.split(":", 1)[0].strip() for part in str(text or "").split(";") if part.strip()]
 
 
 def level_table(records: list[RequestRecord], levels: list[LevelRecord], *, ttft_limit_ms: float | None = None,
@@ -140,7 +189,7 @@ def level_table(records: list[RequestRecord], levels: list[LevelRecord], *, ttft
                   ttft_limit_ms=ttft_limit_ms, tpot_limit_ms=tpot_limit_ms)
         for lv in levels
     ]  # fmt: skip
-    columns = KEY_COLUMNS + ARTICLE_COLUMNS + MODERN_COLUMNS
+    columns = KEY_COLUMNS + ARTICLE_COLUMNS + MODERN_COLUMNS + ARTIFACT_COLUMNS
     if ttft_limit_ms is not None or tpot_limit_ms is not None:
         columns.append("goodput_rps")
     frame = pd.DataFrame(rows, columns=columns)
