@@ -36,7 +36,6 @@ from attnbench.aggregate import (
     load_runs,
     md_table,
     missing_runs,
-    percentile,
     phases_summary,
     read_published,
     workload_names,
@@ -57,6 +56,16 @@ COMPARED_METRICS = [
 BOOTSTRAP_RESAMPLES = 2000
 # Columns format 2 added to levels.csv; format 1 did not have them.
 ADDED_COLUMNS = ("artifacts", "single_chunk_streams")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), written out so the result cannot drift."""
+    if not sorted_values:
+        raise ValueError("percentile of nothing")
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def build_tables(exp_dir: Path, cfg: dict) -> dict[str, str]:
