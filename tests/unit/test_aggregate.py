@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from attnbench import aggregate
-from attnbench.aggregate import AggregateError, Spread, ratio_interval
+from attnbench.aggregate import AggregateError, Spread
+from attnbench.aggregate import log_ratio_interval as ratio_interval
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
