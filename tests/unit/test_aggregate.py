@@ -382,3 +382,56 @@ def test_damaged_raw_file_is_a_clear_error(experiment):
         fh.write("{not json\n")
     with pytest.raises(AggregateError, match=r"raw records unreadable: .*fast/rep1/records.jsonl:\d+: not JSON"):
         aggregate.build_tables(exp, cfg)
+
+
+def test_level_artifacts_are_flagged_in_cells_and_listed_not_dropped(tmp_path):
+    """A server that streams its first token (0.5 ms at speed 100) faster than the latency probe answers (2 ms): the
+    article's prompt-throughput denominator is negative at every level. The cells say so, flags.md lists each level,
+    the comparison of prompt throughput carries the code and generation throughput does not."""
+    cfg = synth_runs.config(repeats=1)
+    exp = tmp_path / "synth"
+    synth_runs.write_run(exp, cfg, "base", 0, 1.0)
+    synth_runs.write_run(exp, cfg, "fast", 0, 100.0)
+    tables = aggregate.build_tables(exp, cfg)
+    levels = pd.read_csv(io.StringIO(tables["levels.csv"]))
+    fast = levels[levels["arm"] == "fast"]
+    assert fast["prompt_throughput_tps"].isna().all() and fast["artifacts"].str.startswith("prompt_formula").all()
+    assert levels[levels["arm"] == "base"]["artifacts"].isna().all()  # empty text reads back as NaN
+    row = next(line for line in tables["article_fast_short.md"].splitlines() if line.replace(" ", "").startswith("|1|"))
+    assert "n/a [prompt_formula]" in row
+    assert "[prompt_formula] article prompt throughput undefined" in tables["article_fast_short.md"]
+    flags = tables["flags.md"]
+    assert "prompt_formula 3" in flags  # 3 levels of the fast run
+    assert flags.count("| prompt_formula |") == 3 and "latency probe 2.00 ms >= first-wave max TTFT 0.50 ms" in flags
+    comp = pd.read_csv(io.StringIO(tables["comparisons.csv"]), dtype={"flags": str})
+    by_metric = comp.groupby("metric")["flags"].apply(lambda f: set(f.fillna("")))
+    assert by_metric["prompt_throughput_tps"] == {"prompt_formula"}
+    assert by_metric["generation_throughput_tps"] == {""}
+    assert "n/a [prompt_formula]" in tables["vs_published.md"]
+
+
+def test_vs_published_csv_always_has_its_header(tmp_path):
+    cfg = synth_runs.config(arms=[{"name": "a"}, {"name": "b"}], repeats=1)
+    exp = tmp_path / "synth"
+    synth_runs.write_run(exp, cfg, "a", 0, 1.0)
+    text = aggregate.build_tables(exp, cfg)["vs_published.csv"]
+    assert text.splitlines() == [",".join(aggregate.VS_PUBLISHED_COLUMNS)]
+
+
+def test_format_1_tables_are_rebuilt_as_format_1(experiment):
+    """A folder whose tables carry no tables_format.txt (a bundle made before format 2) is recomputed the old way, so
+    `attnbench verify` still accepts it; write_tables always writes the current format."""
+    exp, cfg = experiment
+    from attnbench import tables_v1
+
+    (exp / "tables").mkdir()
+    (exp / "tables" / "levels.csv").write_text("old\n", encoding="utf-8")
+    assert aggregate.tables_format_of(exp) == 1
+    old = aggregate.build_tables(exp, cfg)
+    assert old == tables_v1.build_tables(exp, cfg) and "tables_format.txt" not in old
+    assert "artifacts" not in old["levels.csv"].splitlines()[0]
+    aggregate.write_tables(exp, cfg)
+    assert aggregate.tables_format_of(exp) == aggregate.TABLES_FORMAT
+    (exp / "tables" / "tables_format.txt").write_text("two\n", encoding="utf-8")
+    with pytest.raises(AggregateError, match="expected a format number"):
+        aggregate.build_tables(exp, cfg)
