@@ -59,8 +59,9 @@ def what_ran(cfg: dict) -> str:
         + f", dtype {model.get('dtype', 'auto')}, max_model_len {model.get('max_model_len', 'n/a')}"
         + (f", quantization {model['quantization']}" if model.get("quantization") else ""),
         f"- Sweep: api `{sweep.get('api', 'chat')}`, {sweep.get('repeats', 1)} repeat(s), "
-        f"{sweep.get('warmup_requests', 'n/a')} warmup request(s) per level, requests per level "
-        f"{sweep.get('requests_per_level') or _level_size(sweep)}, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
+        f"warm-up of at least {sweep.get('warmup_requests', 'n/a')} request(s) and {sweep.get('warmup_seconds', 0):g} s "
+        f"per level, then at least {sweep.get('requests_per_level') or _level_size(sweep)} requests and "
+        f"{sweep.get('min_level_seconds', 0):g} s measured per level, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
         f"temperature {sweep.get('temperature', 'n/a')}",
         f"- Baseline arm: `{aggregate.baseline_of(cfg)}`",
         "",
