@@ -117,3 +117,12 @@ rule report:
 
 
 AGGREGATE_TARGETS = rules.report.output
+
+
+onsuccess:
+    # The last thing a person sees after `snakemake ...` ends: where to look.
+    report_md = Path(EXP_DIR) / "report.md"
+    if report_md.exists():
+        print(
+            f"Report: {report_md} and {report_md.with_suffix('.html')} (tables in {EXP_DIR}/tables/)"
+        )
