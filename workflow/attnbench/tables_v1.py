@@ -1,5 +1,7 @@
 """Tables format 1: how `aggregate` wrote tables before format 2 (issue 13), kept so that bundles made then still
-verify byte for byte. Do not edit: a change here breaks the verification of every bundle of format 1, such as
+verify byte for byte. The pieces format 2 left unchanged (levels_frame, kernels_md, decode_efficiency_md, md_table,
+...) are imported from aggregate; a change there that alters format-1 text must first copy the old version here.
+Do not edit: a change here breaks the verification of every bundle of format 1, such as
 results/published/h100-vllm0.26 (tests/unit/test_published.py guards it).
 
 Format 1 quotes a percentile bootstrap over repeats (meaningless with two repeats) and drops levels whose metric is
@@ -18,41 +20,27 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.aggregate import (
+    ARTICLE_COLUMNS,
+    COMPARED_METRICS,
     FLAG_MARK,
     FLOAT_FORMAT,
-    RunInfo,
-    _expectation_word,
     _mean,
     _std,
     arm_label,
     arms_of,
-    attention_share_text,
     comparison_pairs,
-    decode_bound_ms,
-    families_summary,
+    decode_efficiency_md,
     fmt,
+    kernels_md,
     levels_csv,
     levels_frame,
     load_runs,
     md_table,
     missing_runs,
-    phases_summary,
     read_published,
     workload_names,
 )
 
-ARTICLE_COLUMNS = [
-    ("generation_throughput_tps", "Generation Throughput (tokens/s)", 2),
-    ("prompt_throughput_tps", "Prompt Throughput (tokens/s)", 2),
-    ("min_ttft_s", "Min TTFT (s)", 2),
-    ("max_ttft_s", "Max TTFT (s)", 2),
-]
-COMPARED_METRICS = [
-    ("generation_throughput_tps", "Generation throughput (tok/s)", 2),
-    ("prompt_throughput_tps", "Prompt throughput (tok/s)", 2),
-    ("ttft_ms_median", "Median TTFT (ms)", 2),
-    ("tpot_ms_median", "Median TPOT (ms)", 3),
-]
 BOOTSTRAP_RESAMPLES = 2000
 # Columns format 2 added to levels.csv; format 1 did not have them.
 ADDED_COLUMNS = ("artifacts", "single_chunk_streams")
@@ -312,64 +300,3 @@ def vs_published_md(vp: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def kernels_md(runs: list[RunInfo], cfg: dict) -> str:
-    arms = {a["name"]: a for a in arms_of(cfg)}
-    parts = [
-        "# Attention kernels per run\n",
-        "Requested backend (config), the backend the server log named, and the kernel families the profiler probe "
-        "saw with their share of attention time (GPU kernel time, or CPU op time on the CPU engine), the attention share "
-        "of all time, and the split into prefill and decode where the trace allowed one. "
-        f"{FLAG_MARK} marks a run whose kernels contradict its arm's expectation or that did not finish.\n",
-    ]
-    headers = ["Arm", "Repeat", "Requested backend", "Logged backend", "Kernel families (share)",
-               "Attention share of time", "Prefill / decode", "Expectation", "Flags"]  # fmt: skip
-    rows = []
-    for info in runs:
-        arm = arms[info.arm]
-        kern = info.kernels or {}
-        expect = arm.get("expect_kernels") or {}
-        exp_text = ", ".join(
-            f"{word} {'+'.join(expect[word])}" for word in ("require", "forbid") if expect.get(word)
-        )
-        rows.append(
-            [
-                arm_label(info.arm, bool(info.flags)),
-                str(info.repeat),
-                arm.get("backend") or "(default)",
-                info.logged_backend or ("not logged" if info.run.get("backend") else "n/a"),
-                families_summary(kern.get("families")) or ("no probe" if info.kernels is None else "none seen"),
-                attention_share_text(info.kernels),
-                phases_summary(kern.get("phases")) or "n/a",
-                f"{exp_text}: {_expectation_word(info, arm)}" if exp_text else "none",
-                "; ".join(info.flags) or "-",
-            ]
-        )
-    parts.append(md_table(headers, rows, right={1, 5}))
-    return "\n".join(parts)
-
-
-def decode_efficiency_md(df: pd.DataFrame, cfg: dict) -> str:
-    analysis = cfg.get("analysis") or {}
-    bound = decode_bound_ms(cfg)
-    head = "# Decode efficiency at concurrency 1\n\n"
-    if bound is None:
-        return head + (
-            "No bound: set `analysis: {weights_gb: ..., bandwidth_tb_s: ...}` in the config (weight bytes read per "
-            "decode step and the memory bandwidth) to compare the measured TPOT with the bandwidth bound.\n"
-        )
-    head += (
-        f"Bound = weights {analysis['weights_gb']} GB / bandwidth {analysis['bandwidth_tb_s']} TB/s = {bound:.3f} ms "
-        "per output token. Efficiency = bound / measured median TPOT (mean over repeats).\n\n"
-    )
-    rows = []
-    one = df[df["concurrency"] == 1]
-    summ = summary_frame(one, ["tpot_ms_median"])
-    for _, s in summ.iterrows():
-        tpot = s["tpot_ms_median_mean"]
-        eff = 100.0 * bound / tpot if tpot and not math.isnan(tpot) else float("nan")
-        rows.append(
-            [arm_label(s["arm"], s["flagged"]), s["workload"], fmt(tpot, 3), fmt(bound, 3), fmt(eff, 1),
-             str(s["tpot_ms_median_n"])]  # fmt: skip
-        )
-    return head + md_table(["Arm", "Workload", "Median TPOT (ms)", "bound_ms", "efficiency %", "repeats"], rows,
-                           right={2, 3, 4, 5})  # fmt: skip
