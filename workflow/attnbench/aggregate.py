@@ -565,30 +565,39 @@ def flag_legend(codes: Iterable[str]) -> str:
     return "Flags: " + "; ".join(f"[{c}] {FLAG_WORDS.get(c, c)}" for c in codes) + ".\n" if codes else ""
 
 
-def article_table(df: pd.DataFrame, cfg: dict, arm: dict, workload: str) -> str | None:
-    sub = df[(df["arm"] == arm["name"]) & (df["workload"] == workload)]
-    if sub.empty:
-        return None
+def article_head(sub: pd.DataFrame, cfg: dict, arm: dict, workload: str) -> list[str]:
+    """The article table's title and llmapibenchmark's header lines, down to its Latency line."""
     wl = cfg["workloads"][workload]
-    cols = [c for c, _, _ in ARTICLE_COLUMNS]
-    summ = summary_frame(sub, cols)
-    flagged = bool(sub["flagged"].any())
     latency = [float(v) for v in sub.get("latency_ms", pd.Series(dtype=float)) if pd.notna(v)]
-    head = [
-        f"# {arm_label(arm['name'], flagged)} / {workload}",
+    return [
+        f"# {arm_label(arm['name'], bool(sub['flagged'].any()))} / {workload}",
         "",
         f"Backend: {arm.get('backend') or 'engine default'}",
         f"Input Tokens: {wl['prompt_tokens']}",
         f"Output Tokens: {wl['output_tokens']}",
         f"Test Model: {cfg['model']['name']}",
         f"Latency: {fmt(_mean(latency) if latency else None, 2)} ms",
+    ]
+
+
+def flagged_line(sub: pd.DataFrame) -> list[str]:
+    """'(!) FLAGGED: <reasons>' when a run of these rows is flagged."""
+    if not bool(sub["flagged"].any()):
+        return []
+    return [f"{FLAG_MARK} FLAGGED: {'; '.join(sorted(set(r for r in sub['flag_reason'] if r)))}"]
+
+
+def article_table(df: pd.DataFrame, cfg: dict, arm: dict, workload: str) -> str | None:
+    sub = df[(df["arm"] == arm["name"]) & (df["workload"] == workload)]
+    if sub.empty:
+        return None
+    cols = [c for c, _, _ in ARTICLE_COLUMNS]
+    summ = summary_frame(sub, cols)
+    head = article_head(sub, cfg, arm, workload) + [
         f"Repeats: {len(set(sub['repeat']))}. Each cell is the mean over the repeats where it is defined ('(n=k)' "
         "when fewer than the level's runs); CV is the generation throughput's sd / mean over repeats; TTFT in "
         "seconds, as in the article.",
-    ]
-    if flagged:
-        reasons = sorted(set(r for r in sub["flag_reason"] if r))
-        head.append(f"{FLAG_MARK} FLAGGED: {'; '.join(reasons)}")
+    ] + flagged_line(sub)
     headers = ["Concurrency"] + [h for _, h, _ in ARTICLE_COLUMNS] + ["Repeats", "Generation CV"]
     rows, codes = [], []
     for (_, r), runs in zip(summ.iterrows(), sub.groupby("concurrency", sort=False).size()):

@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.aggregate import (
+    article_head,
+    flagged_line,
     ARTICLE_COLUMNS,
     COMPARED_METRICS,
     FLAG_MARK,
@@ -183,25 +185,10 @@ def article_table(df: pd.DataFrame, cfg: dict, arm: dict, workload: str) -> str 
     sub = df[(df["arm"] == arm["name"]) & (df["workload"] == workload)]
     if sub.empty:
         return None
-    wl = cfg["workloads"][workload]
     metrics = [c for c, _, _ in ARTICLE_COLUMNS]
     summ = summary_frame(sub, metrics)
-    repeats = sorted(set(sub["repeat"]))
-    flagged = bool(sub["flagged"].any())
-    latency = [float(v) for v in sub.get("latency_ms", pd.Series(dtype=float)) if pd.notna(v)]
-    head = [
-        f"# {arm_label(arm['name'], flagged)} / {workload}",
-        "",
-        f"Backend: {arm.get('backend') or 'engine default'}",
-        f"Input Tokens: {wl['prompt_tokens']}",
-        f"Output Tokens: {wl['output_tokens']}",
-        f"Test Model: {cfg['model']['name']}",
-        f"Latency: {fmt(_mean(latency) if latency else None, 2)} ms",
-        f"Repeats: {len(repeats)} (mean over repeats)",
-    ]
-    if flagged:
-        reasons = sorted(set(r for r in sub["flag_reason"] if r))
-        head.append(f"{FLAG_MARK} FLAGGED: {'; '.join(reasons)}")
+    head = article_head(sub, cfg, arm, workload) + [f"Repeats: {len(set(sub['repeat']))} (mean over repeats)"]
+    head += flagged_line(sub)
     headers = ["Concurrency"] + [h for _, h, _ in ARTICLE_COLUMNS]
     rows = [
         [str(r["concurrency"])] + [fmt(r[f"{c}_mean"], d) for c, _, d in ARTICLE_COLUMNS] for _, r in summ.iterrows()
