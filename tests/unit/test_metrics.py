@@ -109,10 +109,22 @@ def test_rows_sorted_and_recomputation_from_files_is_identical(tmp_path):
 
 def test_fixture_level_flags_its_failed_request_and_its_one_chunk_stream():
     row = level_table(RECORDS, [LEVEL]).iloc[0]
-    # request 2 streamed its 20 tokens in one chunk (no gaps); request 3 failed.
+    # request 2 streamed its 20 tokens in one content chunk (no gaps); request 3 failed.
     assert artifact_codes(row["artifacts"]) == ["single_chunk", "failed_requests"]
     assert row["single_chunk_streams"] == 1
     assert "1 of 4 failed" in row["artifacts"]
+
+
+def test_real_burst_pattern_of_the_cpu_demo_is_flagged():
+    # As recorded by the CPU demo (cpu_attn, short, c=1): 64 tokens, first content after 100.26 ms, the other 63
+    # chunks in the same read (gaps 0.249 ms then 0): median TPOT 0.004 ms, which no engine decodes at.
+    level = LevelRecord(**BASE, requests=2, warmup=0, start=100.0, end=100.2, latency_ms=[1.08])
+    recs = [req(i, 100.0 + 0.1 * i, 100.0 + 0.1 * i + 0.100557, 0.10026, [0.000249] + [0.0] * 62, 45, 64)
+            for i in range(2)]  # fmt: skip
+    row = level_table(recs, [level]).iloc[0]
+    assert row["tpot_ms_median"] < 0.01
+    assert row["single_chunk_streams"] == 2
+    assert artifact_codes(row["artifacts"]) == ["single_chunk"] and "2 of 2 streams in one burst" in row["artifacts"]
 
 
 def test_prompt_formula_breaks_when_the_latency_probe_exceeds_the_first_wave_ttft():
