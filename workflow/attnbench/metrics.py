@@ -65,15 +65,16 @@ INT_COLUMNS = {"repeat", "concurrency", "n_ok", "n_failed", "single_chunk_stream
 STR_COLUMNS = {"experiment", "arm", "workload", "artifacts"}
 ARTIFACTS = {
     "prompt_formula": "article prompt throughput undefined (latency probe >= first-wave max TTFT)",
-    "single_chunk": "streams with all tokens in one burst (TPOT and ITL not measured for them)",
+    "single_chunk": "streams with all tokens in one burst (their TTFT is the whole response; TPOT, ITL not measured)",
     "failed_requests": "failed requests (metrics count the successful ones)",
     "incomplete": "level did not finish",
 }
 BURST_S_PER_TOKEN = 5e-5  # 0.05 ms per token after the first: no engine decodes that fast, so it is delivery
-_TIMING = [f"{m}_ms_{s}" for m in ("tpot", "itl") for s in ("mean", "median", "p90", "p99")]
+_TIMING = [f"{m}_ms_{s}" for m in ("ttft", "tpot", "itl") for s in ("mean", "median", "p90", "p99")]
 ARTIFACT_METRICS: dict[str, set[str] | None] = {  # None: every metric of the level
     "prompt_formula": {"prompt_throughput_tps"},
-    "single_chunk": set(_TIMING),
+    # a burst's TTFT is the whole response: TTFT and the prompt throughput built on it are no prefill figures
+    "single_chunk": set(_TIMING) | {"min_ttft_s", "max_ttft_s", "prompt_throughput_tps"},
     "failed_requests": None,
     "incomplete": None,
 }
