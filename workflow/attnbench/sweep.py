@@ -71,14 +71,19 @@ class SweepSummary:
     first_error: str | None = None
 
 
+PREBUILD_SHARE = 0.7  # of the requests the warm-up's pace predicts for the time floor; the rest is built on demand
+
+
 def expected_requests(warm: list[RequestRecord], n: int, seconds: float) -> int:
-    """How many requests a closed loop of n finishes in `seconds`, judged from the warm-up's successful requests
-    (n / mean end-to-end time per second); 0 without any. Prompts for them are built before the level starts, so
-    that tokenizing more prompts rarely falls inside the measured window."""
+    """How many prompts to build before a level with a time floor: PREBUILD_SHARE of what a closed loop of n
+    finishes in `seconds` at the warm-up's pace (n / mean end-to-end time per second); 0 without a warm-up. Prompts
+    beyond it are built when needed (one /tokenize call each); prebuilding keeps most of that out of the measured
+    window, and building fewer than predicted keeps a level from overshooting its floor when the warm-up ran
+    faster than the level does."""
     e2e = [r.end - r.start for r in warm if r.ok and r.end and r.end > r.start]
     if not e2e or seconds <= 0:
         return 0
-    return int(n * seconds / (sum(e2e) / len(e2e)) * 1.1) + 1
+    return int(n * seconds / (sum(e2e) / len(e2e)) * PREBUILD_SHARE)
 
 
 def requests_for(n: int, cfg: dict) -> int:
@@ -99,19 +104,22 @@ class _Level:
         self.records: list[RequestRecord] = []
         self.abort: str | None = None
         # Time floor (set_floor): once its prompts are all sent, the level keeps sending new ones until min_end.
+        self.floor_s = 0.0
         self.min_end: float | None = None
         self.more_prompt: Callable[[int], Awaitable[tuple[str, int]]] | None = None
 
     def set_floor(self, seconds: float, more_prompt: Callable[[int], Awaitable[tuple[str, int]]]) -> None:
-        """Measure at least `seconds` from now, building further prompts with more_prompt(index) when the
-        prepared ones run out."""
+        """Measure at least `seconds` from the first send, building further prompts with more_prompt(index) when
+        the prepared ones run out."""
         if seconds > 0:
-            self.min_end = time.time() + seconds
-            self.more_prompt = more_prompt
+            self.floor_s, self.more_prompt = seconds, more_prompt
 
     async def wants_more(self) -> bool:
         """Another request to send: a prepared prompt is left, or the time floor is not reached (then one more
-        prompt is built and appended)."""
+        prompt is built and appended). The floor counts from the first call, made just before the first send, so
+        the level's window (first start to last end) is at least floor_s long."""
+        if self.min_end is None and self.floor_s:
+            self.min_end = time.time() + self.floor_s
         if self.next < len(self.prompts):
             return True
         if self.more_prompt is None or self.min_end is None or time.time() >= self.min_end:
