@@ -173,6 +173,13 @@ def _verdict_word(c) -> str:
     return ("higher" if c.ratio > 1 else "lower") if c.verdict == "resolved" else c.verdict
 
 
+def _flags_cell(flags: dict[str, set[str]]) -> str:
+    """The flag codes of a row; prefixed by the metric when they touch only one ('prompt: single_chunk')."""
+    shared = set.intersection(*flags.values()) if flags else set()
+    parts = sorted(shared) + [f"{word}: {c}" for word, codes in flags.items() for c in sorted(codes - shared)]
+    return ", ".join(parts) or "-"
+
+
 def _pair_summary(gen: pd.DataFrame) -> str:
     """One sentence per pair: range of generation ratios with their n, how many levels the repeats resolve, and the
     article's range for the same claim."""
@@ -225,18 +232,18 @@ def answer_block(exp_dir: Path, cfg: dict) -> str:
         rows = []
         for workload in aggregate.workload_names(cfg):
             for conc in sorted({k[1] for k in cells if k[0] == workload}):
-                row, flags, n = [workload, str(conc)], set(), "n/a"
-                for m, _ in ANSWER_METRICS:
+                row, flags, n = [workload, str(conc)], {}, "n/a"
+                for m, word in ANSWER_METRICS:
                     c = cells.get((workload, conc, m))
                     if c is None:
                         row += ["n/a", "-"] + (["n/a"] if has_pub else [])
                         continue
                     n = n if n != "n/a" else f"{c.arm_n}/{c.base_n}"
                     row += [_ratio_cell(c), _verdict_word(c)] + ([aggregate.fmt(c.published_ratio, 3)] if has_pub else [])
-                    flags |= {f for f in c.flags.split("+") if f}
+                    flags[word] = {f for f in c.flags.split("+") if f}
                 row.insert(2, n)
-                row[1] = aggregate.arm_label(row[1], "run" in flags)
-                rows.append(row + [", ".join(sorted(flags)) or "-"])
+                row[1] = aggregate.arm_label(row[1], any("run" in f for f in flags.values()))
+                rows.append(row + [_flags_cell(flags)])
         headers = ["Workload", "Concurrency", "n"]
         for _, word in ANSWER_METRICS:
             headers += [f"{word} ratio [95% CI]", f"{word} verdict"] + ([f"{word}: article"] if has_pub else [])
