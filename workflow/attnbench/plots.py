@@ -217,7 +217,7 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
             shift = 2 ** ((i - (n_pairs - 1) / 2) * 0.06)
             x = c["concurrency"] * shift
             color = f"C{i % 10}"
-            flagged = c["flags"].str.split("+").map(lambda f: "run" in f)
+            flagged = c["flags"].fillna("").str.split("+").map(lambda f: "run" in f)
             ax.plot(x, c["ratio"], color=color, linewidth=1,
                     label=aggregate.arm_label(f"{arm} / {base}", bool(flagged.any())))  # fmt: skip
             has = c["ci_low"].notna()
@@ -226,6 +226,8 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
             ax.plot(x[~has], c["ratio"][~has], color=color, marker="o", markerfacecolor="white", linestyle="none",
                     label="ratio without interval (< 3 repeats)" if (~has).any() else None)  # fmt: skip
             marks.flagged(ax, x[flagged], c["ratio"][flagged])
+            broken = c["flags"].fillna("").map(lambda f: bool(set(f.split("+")) - {"run", ""}))
+            marks.artifact(ax, x[broken], c["ratio"][broken])
             pub = c[c["published_ratio"].notna()]
             pair = pub["published_pair"].iloc[0] if not pub.empty else ""
             if pair and pair not in published_drawn:  # one line per published claim, whichever pairs share it
