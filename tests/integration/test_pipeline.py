@@ -45,7 +45,9 @@ def reduced_config(experiment: str, engine_python: str, arms: list[dict], worklo
         },
         "arms": arms,
         "workloads": workloads,
-        "sweep": {"repeats": 1, "warmup_requests": 1, "requests_per_level": 2, "latency_probe_gets": 2, **sweep},
+        # count-sized levels (no time floors): these runs check the pipeline, not the numbers
+        "sweep": {"repeats": 1, "warmup_requests": 1, "requests_per_level": 2, "latency_probe_gets": 2,
+                  "min_level_seconds": 0, "warmup_seconds": 0, **sweep},
     }
 
 

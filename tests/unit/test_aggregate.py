@@ -6,6 +6,7 @@ dataclasses, tests/unit/synth_runs.py) go through metrics.read_run like a real r
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import pandas as pd
 import pytest
 
 from attnbench import aggregate
-from attnbench.aggregate import AggregateError, percentile, ratio_interval
+from attnbench.aggregate import AggregateError, Spread
+from attnbench.aggregate import log_ratio_interval as ratio_interval
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -40,61 +42,90 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
 # --- statistics ------------------------------------------------------------------------------------------------
 
 
-def test_percentile_interpolates_like_numpy_default():
-    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
-    assert percentile([1.0, 2.0, 3.0, 4.0], 0.0) == 1.0
-    assert percentile([1.0, 2.0, 3.0, 4.0], 1.0) == 4.0
-    assert percentile([5.0], 0.975) == 5.0
+def test_t_quantiles():
+    assert aggregate.t975(2) == 4.303 and aggregate.t975(2.9) == 4.303  # Welch df rounded down
+    assert aggregate.t975(30) == 2.042
+    assert aggregate.t975(120) == pytest.approx(1.980, abs=0.002)
 
 
-def test_ratio_interval_of_constant_repeats_is_the_ratio():
-    assert ratio_interval([2.0, 2.0, 2.0], [1.0, 1.0, 1.0], key="k") == (2.0, 2.0)
+def test_spread_counts_only_defined_repeats():
+    s = Spread.of([100.0, 110.0, 120.0, float("nan")])
+    assert (s.mean, s.sd, s.n) == (110.0, 10.0, 3) and s.cv == pytest.approx(10 / 110)
+    one = Spread.of([5.0])
+    assert one.n == 1 and math.isnan(one.sd) and math.isnan(one.cv)
 
 
-def test_ratio_interval_hand_checked_extremes():
-    # Baseline constant 1; arm repeats 1 and 3: resampled means are 1, 2, 3 with probability 1/4, 1/2, 1/4, so the
-    # 2.5% and 97.5% percentiles of 2000 resamples are the extremes 1 and 3.
-    assert ratio_interval([1.0, 3.0], [1.0, 1.0], key="k") == (1.0, 3.0)
+def test_ratio_interval_hand_checked():
+    # arm 100/110/120 (sd 10, CV 1/11), baseline 50 x 3 (no spread): Welch df = 2, t = 4.303;
+    # half width on the log scale = 4.303 * (1/11) / sqrt(3) = 0.22584; ratio 2.2.
+    lo, hi = ratio_interval(Spread.of([100.0, 110.0, 120.0]), Spread.of([50.0, 50.0, 50.0]))
+    half = 4.303 * (10 / 110) / math.sqrt(3)
+    assert lo == pytest.approx(2.2 * math.exp(-half)) and hi == pytest.approx(2.2 * math.exp(half))
+    assert (round(lo, 3), round(hi, 3)) == (1.755, 2.757)
 
 
-def test_ratio_interval_needs_two_repeats_each_side():
-    assert ratio_interval([2.0], [1.0, 1.1], key="k") is None
-    assert ratio_interval([2.0, 2.1], [1.0], key="k") is None
-    assert ratio_interval([2.0, float("nan")], [1.0, 1.1], key="k") is None
+def test_constant_repeats_give_the_ratio_itself():
+    assert ratio_interval(Spread.of([2.0] * 3), Spread.of([1.0] * 3)) == (2.0, 2.0)
 
 
-def test_ratio_interval_is_seeded_by_key():
-    a, b = [1.0, 1.3, 0.9, 1.2], [1.0, 0.8, 1.1, 0.95]
-    assert ratio_interval(a, b, key="x") == ratio_interval(a, b, key="x")
-    lo, hi = ratio_interval(a, b, key="x")
-    assert lo < (sum(a) / sum(b)) < hi
+def test_two_repeats_give_no_interval_where_the_bootstrap_gave_nonsense():
+    # The pattern behind the issue's "1.518 [0.664, 555.315]": prompt throughput of two repeats 23x apart (the
+    # article's formula with a denominator near zero). The old percentile bootstrap quoted the resampling extremes;
+    # two repeats carry no interval at all.
+    a, b = Spread.of([20.0, 460.0]), Spread.of([160.0, 130.0])
+    assert ratio_interval(a, b) is None
+    assert aggregate.verdict(a, b, None) == "n/a (2 repeats)"
+    assert aggregate.fmt_interval(float("nan"), float("nan"), 2, 2) == "n/a (2 repeats)"
+    assert aggregate.verdict(Spread.of([1.0] * 3), b, None) == "n/a (3/2 repeats)"
+
+
+def test_verdicts():
+    tight_fast, tight_base = Spread.of([200.0, 202.0, 198.0]), Spread.of([100.0, 101.0, 99.0])
+    assert aggregate.verdict(tight_fast, tight_base, ratio_interval(tight_fast, tight_base)) == "resolved"
+    same = Spread.of([100.5, 99.0, 101.5])
+    assert aggregate.verdict(same, tight_base, ratio_interval(same, tight_base)) == "not resolved (interval spans 1)"
+    # Far apart means, but one side spreads 30%: the repeats do not support quoting the ratio.
+    noisy = Spread.of([140.0, 200.0, 260.0])
+    assert aggregate.verdict(noisy, tight_base, ratio_interval(noisy, tight_base)) == "not resolved (CV 30% > 10%)"
 
 
 # --- tables from hand-made frames ------------------------------------------------------------------------------
 
 
 def test_arms_vs_baseline_row_hand_checked():
-    cfg = synth_runs.config()
+    cfg = synth_runs.config(repeats=3)
     df = frame(
         [("base", 0, "short", 1, 100.0, 20.0, False), ("base", 1, "short", 1, 110.0, 20.0, False),
-         ("fast", 0, "short", 1, 200.0, 10.0, False), ("fast", 1, "short", 1, 190.0, 10.0, False)]
+         ("base", 2, "short", 1, 120.0, 20.0, False), ("fast", 0, "short", 1, 220.0, 10.0, False),
+         ("fast", 1, "short", 1, 220.0, 10.0, False), ("fast", 2, "short", 1, 220.0, 10.0, False)]
     )  # fmt: skip
-    text = aggregate.arms_vs_baseline(df, cfg)
-    # mean 195 / mean 105 = 1.857; resampled means: base {100, 105, 110}, fast {190, 195, 200}; the extreme
-    # ratios 190/110 = 1.727 and 200/100 = 2.000 each have probability 1/16 > 2.5%, so they are the interval.
+    comp = aggregate.comparisons_frame(df, cfg, aggregate.read_published())
+    gen = comp[comp["metric"] == "generation_throughput_tps"].iloc[0]
+    assert (gen["arm"], gen["baseline"], gen["arm_n"], gen["base_n"]) == ("fast", "base", 3, 3)
+    assert gen["ratio"] == pytest.approx(2.0) and gen["verdict"] == "resolved"
+    # the mirror of test_ratio_interval_hand_checked: 2 * exp(-+0.22584)
+    assert (round(gen["ci_low"], 3), round(gen["ci_high"], 3)) == (1.596, 2.507)
+    # the article's own ratio for this pair (FLASH_ATTN / XFORMERS, short, c=1): 60.04 / 58.49
+    assert gen["published_pair"] == "FLASH_ATTN/XFORMERS"
+    assert gen["published_ratio"] == pytest.approx(60.04 / 58.49)
+    text = aggregate.arms_vs_baseline(comp, cfg)
     row = next(line for line in text.splitlines() if "Generation throughput" in line)
-    assert "105.00" in row and "195.00" in row and "1.857 [1.727, 2.000]" in row and "2/2" in row
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["1", "Generation throughput (tok/s)", "110.00 ± 10.00 (9.1%)", "220.00 ± 0.00 (0.0%)", "3/3",
+                     "2.000", "[1.596, 2.507]", "resolved", "-"]  # fmt: skip
     assert "## fast vs base / short" in text
     assert "/ long" not in text  # no level of the long workload in the frame
 
 
-def test_arms_vs_baseline_single_repeat_says_na_and_marks_flags():
-    cfg = synth_runs.config(repeats=1)
-    df = frame([("base", 0, "short", 2, 100.0, 20.0, False), ("fast", 0, "short", 2, 150.0, 10.0, True)])
-    text = aggregate.arms_vs_baseline(df, cfg)
+def test_arms_vs_baseline_two_repeats_say_na_and_marks_flags():
+    cfg = synth_runs.config(repeats=2)
+    df = frame([("base", 0, "short", 2, 100.0, 20.0, False), ("base", 1, "short", 2, 104.0, 20.0, False),
+                ("fast", 0, "short", 2, 150.0, 10.0, True), ("fast", 1, "short", 2, 160.0, 10.0, False)])  # fmt: skip
+    text = aggregate.arms_vs_baseline(aggregate.comparisons_frame(df, cfg, aggregate.read_published()), cfg)
     row = next(line for line in text.splitlines() if "Generation throughput" in line)
-    assert "1.500 n/a" in row
-    assert "2 (!)" in row
+    assert "n/a (2 repeats)" in row and "[" not in row.split("|")[7]
+    assert "2 (!)" in row and row.rstrip(" |").endswith("run")
+    assert "[run] a run of the level is flagged" in text
 
 
 def test_extra_compare_pairs_and_unknown_arm():
@@ -186,7 +217,8 @@ def test_build_tables_names_and_rows(experiment):
     exp, cfg = experiment
     tables = aggregate.build_tables(exp, cfg)
     assert set(tables) == {
-        "levels.csv", "arms_vs_baseline.md", "vs_published.md", "vs_published.csv", "kernels.md",
+        "tables_format.txt", "levels.csv", "arms_vs_baseline.md", "vs_published.md", "vs_published.csv", "kernels.md",
+        "comparisons.csv", "flags.md", "kernel_shares.csv",
         "decode_efficiency.md", "article_base_short.md", "article_base_long.md", "article_fast_short.md",
         "article_fast_long.md",
     }  # fmt: skip
@@ -228,8 +260,9 @@ def test_article_table_is_the_mean_over_repeats(experiment):
     header = next(line for line in text.splitlines() if line.startswith("| Concurrency"))
     assert [h.strip() for h in header.strip("|").split("|")] == [
         "Concurrency", "Generation Throughput (tokens/s)", "Prompt Throughput (tokens/s)", "Min TTFT (s)",
-        "Max TTFT (s)",
+        "Max TTFT (s)", "Repeats", "Generation CV",
     ]  # fmt: skip
+    assert row.split("|")[6].strip() == "2"
 
 
 def test_build_tables_is_deterministic_and_path_free(experiment, tmp_path):
@@ -348,4 +381,57 @@ def test_damaged_raw_file_is_a_clear_error(experiment):
     with (exp / "runs" / "fast" / "rep1" / "records.jsonl").open("a", encoding="utf-8") as fh:
         fh.write("{not json\n")
     with pytest.raises(AggregateError, match=r"raw records unreadable: .*fast/rep1/records.jsonl:\d+: not JSON"):
+        aggregate.build_tables(exp, cfg)
+
+
+def test_level_artifacts_are_flagged_in_cells_and_listed_not_dropped(tmp_path):
+    """A server that streams its first token (0.5 ms at speed 100) faster than the latency probe answers (2 ms): the
+    article's prompt-throughput denominator is negative at every level. The cells say so, flags.md lists each level,
+    the comparison of prompt throughput carries the code and generation throughput does not."""
+    cfg = synth_runs.config(repeats=1)
+    exp = tmp_path / "synth"
+    synth_runs.write_run(exp, cfg, "base", 0, 1.0)
+    synth_runs.write_run(exp, cfg, "fast", 0, 100.0)
+    tables = aggregate.build_tables(exp, cfg)
+    levels = pd.read_csv(io.StringIO(tables["levels.csv"]))
+    fast = levels[levels["arm"] == "fast"]
+    assert fast["prompt_throughput_tps"].isna().all() and fast["artifacts"].str.startswith("prompt_formula").all()
+    assert levels[levels["arm"] == "base"]["artifacts"].isna().all()  # empty text reads back as NaN
+    row = next(line for line in tables["article_fast_short.md"].splitlines() if line.replace(" ", "").startswith("|1|"))
+    assert "n/a [prompt_formula]" in row
+    assert "[prompt_formula] article prompt throughput undefined" in tables["article_fast_short.md"]
+    flags = tables["flags.md"]
+    assert "prompt_formula 3" in flags  # 3 levels of the fast run
+    assert flags.count("| prompt_formula |") == 3 and "latency probe 2.00 ms >= first-wave max TTFT 0.50 ms" in flags
+    comp = pd.read_csv(io.StringIO(tables["comparisons.csv"]), dtype={"flags": str})
+    by_metric = comp.groupby("metric")["flags"].apply(lambda f: set(f.fillna("")))
+    assert by_metric["prompt_throughput_tps"] == {"prompt_formula"}
+    assert by_metric["generation_throughput_tps"] == {""}
+    assert "n/a [prompt_formula]" in tables["vs_published.md"]
+
+
+def test_vs_published_csv_always_has_its_header(tmp_path):
+    cfg = synth_runs.config(arms=[{"name": "a"}, {"name": "b"}], repeats=1)
+    exp = tmp_path / "synth"
+    synth_runs.write_run(exp, cfg, "a", 0, 1.0)
+    text = aggregate.build_tables(exp, cfg)["vs_published.csv"]
+    assert text.splitlines() == [",".join(aggregate.VS_PUBLISHED_COLUMNS)]
+
+
+def test_format_1_tables_are_rebuilt_as_format_1(experiment):
+    """A folder whose tables carry no tables_format.txt (a bundle made before format 2) is recomputed the old way, so
+    `attnbench verify` still accepts it; write_tables always writes the current format."""
+    exp, cfg = experiment
+    from attnbench import tables_v1
+
+    (exp / "tables").mkdir()
+    (exp / "tables" / "levels.csv").write_text("old\n", encoding="utf-8")
+    assert aggregate.tables_format_of(exp) == 1
+    old = aggregate.build_tables(exp, cfg)
+    assert old == tables_v1.build_tables(exp, cfg) and "tables_format.txt" not in old
+    assert "artifacts" not in old["levels.csv"].splitlines()[0]
+    aggregate.write_tables(exp, cfg)
+    assert aggregate.tables_format_of(exp) == aggregate.TABLES_FORMAT
+    (exp / "tables" / "tables_format.txt").write_text("two\n", encoding="utf-8")
+    with pytest.raises(AggregateError, match="expected a format number"):
         aggregate.build_tables(exp, cfg)

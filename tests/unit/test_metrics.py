@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from attnbench.metrics import ARTICLE_COLUMNS, KEY_COLUMNS, MODERN_COLUMNS, level_table, read_run
+from attnbench.metrics import (
+    ARTICLE_COLUMNS,
+    ARTIFACT_COLUMNS,
+    KEY_COLUMNS,
+    MODERN_COLUMNS,
+    artifact_codes,
+    level_table,
+    read_run,
+)
 from attnbench.records import LevelRecord, RequestRecord, append_jsonl
 
 BASE = dict(experiment="e", arm="a", repeat=0, workload="short", concurrency=2)
@@ -64,7 +72,7 @@ def test_hand_computed_values():
 
 def test_columns_and_dtypes_are_fixed():
     frame = level_table(RECORDS, [LEVEL])
-    assert list(frame.columns) == KEY_COLUMNS + ARTICLE_COLUMNS + MODERN_COLUMNS
+    assert list(frame.columns) == KEY_COLUMNS + ARTICLE_COLUMNS + MODERN_COLUMNS + ARTIFACT_COLUMNS
     assert str(frame["n_ok"].dtype) == "int64" and str(frame["concurrency"].dtype) == "int64"
     assert str(frame["ttft_ms_p99"].dtype) == "float64"
 
@@ -94,3 +102,64 @@ def test_rows_sorted_and_recomputation_from_files_is_identical(tmp_path):
     assert list(frame["concurrency"]) == [1, 2]
     again = read_run(tmp_path)
     assert again.equals(frame)
+
+
+# --- artifacts: each flag class from the record pattern that produces it -----------------------------------------
+
+
+def test_fixture_level_flags_its_failed_request_and_its_one_chunk_stream():
+    row = level_table(RECORDS, [LEVEL]).iloc[0]
+    # request 2 streamed its 20 tokens in one content chunk (no gaps); request 3 failed.
+    assert artifact_codes(row["artifacts"]) == ["single_chunk", "failed_requests"]
+    assert row["single_chunk_streams"] == 1
+    assert "1 of 4 failed" in row["artifacts"]
+
+
+def test_real_burst_pattern_of_the_cpu_demo_is_flagged():
+    # As recorded by the CPU demo (cpu_attn, short, c=1): 64 tokens, first content after 100.26 ms, the other 63
+    # chunks in the same read (gaps 0.249 ms then 0): median TPOT 0.004 ms, which no engine decodes at.
+    level = LevelRecord(**BASE, requests=2, warmup=0, start=100.0, end=100.2, latency_ms=[1.08])
+    recs = [req(i, 100.0 + 0.1 * i, 100.0 + 0.1 * i + 0.100557, 0.10026, [0.000249] + [0.0] * 62, 45, 64)
+            for i in range(2)]  # fmt: skip
+    row = level_table(recs, [level]).iloc[0]
+    assert row["tpot_ms_median"] < 0.01
+    assert row["single_chunk_streams"] == 2
+    assert artifact_codes(row["artifacts"]) == ["single_chunk"] and "2 of 2 streams in one burst" in row["artifacts"]
+
+
+def test_prompt_formula_breaks_when_the_latency_probe_exceeds_the_first_wave_ttft():
+    # A CPU server answering the root GET slower (3 ms) than it streams its first token (2 ms): the article's
+    # prompt throughput divides by a negative number. The level keeps its other numbers and says why.
+    level = LevelRecord(**BASE, requests=2, warmup=0, start=100.0, end=101.0, latency_ms=[3.0, 3.0])
+    recs = [req(i, 100.0, 101.0, 0.002, [0.01] * 9, 45, 10) for i in range(2)]
+    row = level_table(recs, [level]).iloc[0]
+    assert math.isnan(row["prompt_throughput_tps"])
+    assert artifact_codes(row["artifacts"]) == ["prompt_formula"]
+    assert "3.00 ms >= first-wave max TTFT 2.00 ms" in row["artifacts"]
+    assert row["generation_throughput_tps"] > 0
+
+
+def test_single_chunk_streams_collapse_tpot_and_are_counted():
+    # All 512 tokens arrive in one chunk at the very end: TTFT is the whole response, TPOT (e2e - ttft)/511 ~ 0.
+    level = LevelRecord(**BASE, requests=2, warmup=0, start=100.0, end=103.0, latency_ms=[1.0])
+    recs = [req(i, 100.0, 103.0, 2.999996, [], 45, 512) for i in range(2)]
+    row = level_table(recs, [level]).iloc[0]
+    assert row["tpot_ms_median"] < 0.01
+    assert row["single_chunk_streams"] == 2
+    assert artifact_codes(row["artifacts"]) == ["single_chunk"]
+
+
+def test_incomplete_level_is_flagged():
+    level = LevelRecord(**BASE, requests=4, warmup=0, start=100.0, end=101.0, latency_ms=[1.0], failed=2,
+                        complete=False)  # fmt: skip
+    recs = [req(i, 100.0, 101.0, 0.1, [0.1] * 9, 45, 10) for i in range(2)]
+    recs += [req(i, 101.0, 101.0, None, [], None, None, ok=False) for i in (2, 3)]
+    row = level_table(recs, [level]).iloc[0]
+    assert artifact_codes(row["artifacts"]) == ["failed_requests", "incomplete"]
+
+
+def test_clean_level_has_no_artifacts():
+    level = LevelRecord(**BASE, requests=2, warmup=0, start=100.0, end=101.0, latency_ms=[1.0])
+    recs = [req(i, 100.0, 101.0, 0.1, [0.1] * 9, 45, 10) for i in range(2)]
+    row = level_table(recs, [level]).iloc[0]
+    assert row["artifacts"] == "" and row["single_chunk_streams"] == 0

@@ -13,22 +13,35 @@ sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
 
 
-@pytest.fixture
-def experiment(tmp_path: Path) -> tuple[Path, dict]:
-    arms = [
-        {"name": "nofa2", "backend": "XFORMERS", "variant": "xformers-cutlass"},
-        {"name": "xformers", "backend": "XFORMERS", "article_backend": "XFORMERS"},
-        {"name": "flash", "backend": "FLASH_ATTN", "article_backend": "FLASH_ATTN"},
-    ]
+ARMS = [
+    {"name": "nofa2", "backend": "XFORMERS", "variant": "xformers-cutlass"},
+    {"name": "xformers", "backend": "XFORMERS", "article_backend": "XFORMERS"},
+    {"name": "flash", "backend": "FLASH_ATTN", "article_backend": "FLASH_ATTN"},
+]
+
+
+def errata_like(tmp_path: Path, speeds: dict[str, list[float]]) -> tuple[Path, dict]:
     cfg = synth_runs.config(
-        arms=arms, repeats=2, analysis={"compare": [{"arm": "flash", "baseline": "xformers"}]},
+        arms=ARMS, repeats=len(speeds["flash"]), analysis={"compare": [{"arm": "flash", "baseline": "xformers"}]},
         description="errata-like synthetic experiment",
     )  # fmt: skip
     exp = tmp_path / "synth"
-    synth_runs.write_experiment(exp, cfg, {"nofa2": [1.0, 1.0], "xformers": [1.5, 1.5], "flash": [3.0, 3.0]})
+    synth_runs.write_experiment(exp, cfg, speeds)
     aggregate.write_tables(exp, cfg)
     plots.write_plots(exp, cfg)
     return exp, cfg
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> tuple[Path, dict]:
+    # three repeats, a few percent apart, so that every level carries an interval
+    return errata_like(tmp_path, {"nofa2": [1.0, 1.02, 0.98], "xformers": [1.5, 1.53, 1.47],
+                                  "flash": [3.0, 3.06, 2.94]})  # fmt: skip
+
+
+def answer_rows(md: str, pair: str) -> list[list[str]]:
+    answer = md.split(f"### {pair}")[1].split("##")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in answer.splitlines() if line.startswith("| ")]
 
 
 def test_report_md_sections_and_answer(experiment):
@@ -38,23 +51,41 @@ def test_report_md_sections_and_answer(experiment):
     for heading in ("## What ran", "## Runs and hosts", "## Flags", "## Answer: speedups", "### flash over nofa2",
                     "### flash over xformers", "## Attention kernels per run", "## Plots"):  # fmt: skip
         assert heading in md, heading
-    answer = md.split("### flash over xformers")[1].split("##")[0]
-    # equal repeats -> the interval collapses onto the ratio; flash streams 2x faster than xformers
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in answer.splitlines() if line.startswith("| ")]
+    rows = answer_rows(md, "flash over xformers")
+    assert rows[0] == ["Workload", "Concurrency", "n", "generation ratio [95% CI]", "generation verdict",
+                       "generation: article", "prompt ratio [95% CI]", "prompt verdict", "prompt: article", "flags"]
     levels = aggregate.read_levels_csv(exp)
-    expected = []
-    for workload, conc in [("short", 1), ("short", 2), ("long", 1)]:
-        row = [workload, str(conc)]
-        for metric in ("generation_throughput_tps", "prompt_throughput_tps"):
-            at = levels[(levels["workload"] == workload) & (levels["concurrency"] == conc)]
+    published = aggregate.read_published()
+    for row, (workload, conc) in zip(rows[1:], [("short", 1), ("short", 2), ("long", 1)], strict=True):
+        assert row[:3] == [workload, str(conc), "3/3"]
+        at = levels[(levels["workload"] == workload) & (levels["concurrency"] == conc)]
+        for metric, (ratio_cell, verdict, article) in zip(
+            ("generation_throughput_tps", "prompt_throughput_tps"), (row[3:6], row[6:9])
+        ):
             ratio = at[at["arm"] == "flash"][metric].mean() / at[at["arm"] == "xformers"][metric].mean()
-            row.append(f"{ratio:.3f} [{ratio:.3f}, {ratio:.3f}]")  # identical repeats: the interval collapses
-        expected.append(row)
-    assert rows[1:] == expected
-    assert 1.9 < float(expected[0][2].split()[0]) < 2.2  # flash streams 2x faster (less the fixed 2 ms latency)
+            value, lo, hi = (float(x) for x in ratio_cell.replace("[", "").replace("]", "").replace(",", "").split())
+            assert value == pytest.approx(ratio, abs=5e-4) and lo < value < hi and lo > 1
+            assert verdict == "higher"
+            pub = published[(published["workload"] == workload) & (published["concurrency"] == conc)]
+            expected = (pub[pub["backend"] == "FLASH_ATTN"][metric].iloc[0]
+                        / pub[pub["backend"] == "XFORMERS"][metric].iloc[0])  # fmt: skip
+            assert float(article) == pytest.approx(expected, abs=6e-4)  # comparisons.csv keeps 6 digits
+    # flash streams 2x faster than xformers (less the fixed 2 ms latency)
+    assert 1.9 < float(rows[1][3].split()[0]) < 2.2
+    # the true no-FA2 baseline has no article counterpart of its own: the article's claim FLASH_ATTN/XFORMERS stands
+    assert "FLASH_ATTN/XFORMERS" in md.split("### flash over nofa2")[1].split("###")[0]
     assert "No run is flagged" in md
     assert "![throughput short](plots/throughput_short.png)" in md
     assert "vLLM 0.32.0" in md and "cpu-x86_64" in md
+
+
+def test_two_repeats_quote_no_interval_and_say_so(tmp_path):
+    exp, cfg = errata_like(tmp_path, {"nofa2": [1.0, 1.5], "xformers": [1.5, 1.2], "flash": [3.0, 1.0]})
+    md = report.build_report_md(exp, cfg)
+    for row in answer_rows(md, "flash over xformers")[1:]:
+        assert row[2] == "2/2" and "[" not in row[3] and row[4] == "n/a (2 repeats)"
+    assert "With fewer than 3 repeats no level has an interval: not resolved." in md
+    assert "(2 repeats per level)" in md
 
 
 def test_report_html_is_self_contained(experiment):
@@ -62,7 +93,8 @@ def test_report_html_is_self_contained(experiment):
     _, html_path = report.write_report(exp, cfg)
     html = html_path.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
-    assert html.count("data:image/png;base64,") == len(aggregate.workload_names(cfg)) * len(plots.KINDS)
+    figures = len(aggregate.workload_names(cfg)) * len(plots.KINDS) + len(plots.FIGURES)
+    assert html.count("data:image/png;base64,") == figures
     assert "<table>" in html and 'src="plots/' not in html
 
 
@@ -73,7 +105,7 @@ def test_report_lists_flagged_runs(tmp_path):
     synth_runs.write_run(exp, cfg, "fast", 0, 2.0, status="failed")
     aggregate.write_tables(exp, cfg)
     md = report.build_report_md(exp, cfg)
-    assert "- `fast` repeat 0: run failed: server died" in md
+    assert "| fast | 0      | run failed: server died |" in md or "run failed: server died" in md.split("## Flags")[1]
     assert "| fast (!) |" in md
 
 

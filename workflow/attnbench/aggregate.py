@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +33,9 @@ from attnbench.lag import lag_reason
 from attnbench.records import RecordError
 
 TABLES_DIR = "tables"
+# Version of the tables' text. 2 (issue 13): intervals valid for the repeats, flagged artifacts, comparisons.csv.
+TABLES_FORMAT = 2
+FORMAT_FILE = "tables_format.txt"
 PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "config" / "reference" / "article_published.csv"
 FLOAT_FORMAT = "%.6g"  # CSV: 6 significant digits hide last-bit differences between numpy/pandas builds
 FLAG_MARK = "(!)"  # appended to the arm name of a flagged run in every markdown table
@@ -303,16 +304,21 @@ def levels_csv(df: pd.DataFrame) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Statistics across repeats
+#
+# A repeat is one server run, so the unit of replication is the run: every spread and interval here is over repeats,
+# never over the requests inside one (those share a server, a warm-up and a moment of machine load).
 
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), written out so the result cannot drift."""
-    if not sorted_values:
-        raise ValueError("percentile of nothing")
-    pos = (len(sorted_values) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+MIN_REPEATS_FOR_INTERVAL = 3  # below this a t interval is so wide (t = 12.7 at 1 df) that quoting it misleads
+NOISY_CV = 0.10  # a side whose repeats spread more than this does not resolve a ratio, whatever its interval says
+# Student's t, two-sided 95% (0.975 quantile), by degrees of freedom; beyond 30 the 1.96 + 2.4/df approximation is
+# within 0.002 of the exact value, and Welch's fractional df are rounded down (the wider, safer interval).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+INTERVAL_METHOD = (
+    "95% Welch t interval of the log ratio over repeats (delta method: the variance of log(mean) is CV^2/n per "
+    f"side; repeats of two arms are separate runs, not pairs); n/a below {MIN_REPEATS_FOR_INTERVAL} repeats on "
+    "either side"
+)
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -320,51 +326,90 @@ def _mean(values: Iterable[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def ratio_interval(
-    arm_values: list[float], base_values: list[float], *, key: str, resamples: int = BOOTSTRAP_RESAMPLES,
-    level: float = 0.95,
-) -> tuple[float, float] | None:  # fmt: skip
-    """Percentile bootstrap interval of mean(arm)/mean(baseline), resampling the repeats of each side on its own.
+def _std(vals: list[float]) -> float:
+    if len(vals) < 2:
+        return float("nan")
+    m = _mean(vals)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
-    Repeats of two arms are independent runs (not paired), hence separate resampling. The generator is seeded from
-    `key` with CRC32 and uses only random.random(), whose stream Python keeps stable across versions. None when a
-    side has fewer than two repeats (no spread to resample)."""
-    arm_values = [v for v in arm_values if not math.isnan(v)]
-    base_values = [v for v in base_values if not math.isnan(v)]
-    if len(arm_values) < 2 or len(base_values) < 2:
+
+def t975(df: float) -> float:
+    k = max(int(math.floor(df)), 1)
+    return _T975[k - 1] if k <= len(_T975) else 1.96 + 2.4 / k
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One quantity over repeats: mean, sample sd, coefficient of variation (sd / mean) and how many repeats define
+    it (a repeat whose value is undefined, NaN, does not count)."""
+
+    mean: float
+    sd: float
+    cv: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> "Spread":
+        vals = [float(v) for v in values if pd.notna(v)]
+        if not vals:
+            return cls(float("nan"), float("nan"), float("nan"), 0)
+        m, sd = _mean(vals), _std(vals)
+        return cls(m, sd, sd / m if m and not math.isnan(sd) else float("nan"), len(vals))
+
+
+def log_ratio_interval(a: Spread, b: Spread) -> tuple[float, float] | None:
+    """95% interval of mean(a) / mean(b): Welch's t on the log scale, with Var(log mean) ~ CV^2 / n per side.
+    None below MIN_REPEATS_FOR_INTERVAL repeats on either side, or for a non-positive mean (no log)."""
+    if min(a.n, b.n) < MIN_REPEATS_FOR_INTERVAL or not (a.mean > 0 and b.mean > 0):
         return None
-    rng = random.Random(zlib.crc32(key.encode("utf-8")))
-
-    def resampled_mean(values: list[float]) -> float:
-        n = len(values)
-        return math.fsum(values[int(rng.random() * n)] for _ in range(n)) / n
-
-    ratios = []
-    for _ in range(resamples):
-        a, b = resampled_mean(arm_values), resampled_mean(base_values)
-        if b > 0:
-            ratios.append(a / b)
-    if not ratios:
-        return None
-    ratios.sort()
-    tail = (1.0 - level) / 2.0
-    return percentile(ratios, tail), percentile(ratios, 1.0 - tail)
+    ratio = a.mean / b.mean
+    va, vb = a.cv**2 / a.n, b.cv**2 / b.n
+    if va + vb == 0:
+        return ratio, ratio
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    half = t975(df) * math.sqrt(va + vb)
+    return ratio * math.exp(-half), ratio * math.exp(half)
 
 
-@dataclass
-class Comparison:
-    arm: str
-    baseline: str
-    workload: str
-    concurrency: int
-    metric: str
-    arm_mean: float
-    base_mean: float
-    n_arm: int
-    n_base: int
-    ratio: float
-    interval: tuple[float, float] | None
-    flagged: bool
+def ratio_interval(arm_values: list[float], base_values: list[float], *, key: str) -> tuple[float, float] | None:
+    """The percentile bootstrap of tables format 1 (tables_v1), kept only for compare.py, which still calls it;
+    the tables use log_ratio_interval."""
+    from attnbench import tables_v1  # noqa: PLC0415  (it imports this module)
+
+    return tables_v1.ratio_interval(arm_values, base_values, key=key)
+
+
+def verdict(a: Spread, b: Spread, interval: tuple[float, float] | None) -> str:
+    """Whether the repeats resolve the ratio: 'n/a (2 repeats)', 'not resolved (...)', or 'resolved'."""
+    if min(a.n, b.n) < MIN_REPEATS_FOR_INTERVAL:
+        return f"n/a ({repeats_text(a.n, b.n)})"
+    if interval is None:
+        return "n/a (no positive mean)"
+    cv = max(a.cv, b.cv)
+    if cv > NOISY_CV:
+        return f"not resolved (CV {100 * cv:.0f}% > {100 * NOISY_CV:.0f}%)"
+    if interval[0] <= 1.0 <= interval[1]:
+        return "not resolved (interval spans 1)"
+    return "resolved"
+
+
+def repeats_text(n_arm: int, n_base: int) -> str:
+    n = min(n_arm, n_base)
+    return f"{n} repeat{'s' if n != 1 else ''}" if n_arm == n_base else f"{n_arm}/{n_base} repeats"
+
+
+def level_flags(rows: pd.DataFrame, metric: str) -> list[str]:
+    """Why the cells of one metric at one level may not measure what they say: flagged runs (run failed, kernels
+    contradict the arm) and the level artifacts (metrics.ARTIFACTS) that touch this metric, codes sorted."""
+    codes = set()
+    if "flagged" in rows and rows["flagged"].astype(bool).any():
+        codes.add("run")
+    for text in rows.get("artifacts", pd.Series(dtype=object)):
+        for code in metrics.artifact_codes(text if isinstance(text, str) else ""):
+            touched = metrics.ARTIFACT_METRICS.get(code)
+            if touched is None or metric in touched:
+                codes.add(code)
+    return sorted(codes)
 
 
 def comparison_pairs(cfg: dict) -> list[tuple[str, str]]:
@@ -384,56 +429,85 @@ def comparison_pairs(cfg: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def compare_arms(
-    df: pd.DataFrame, cfg: dict, arm: str, baseline: str, metric: str, workload: str | None = None
-) -> list[Comparison]:
-    """arm against baseline for one metric, per workload (all, or the one given) and shared concurrency."""
-    seed = (cfg.get("analysis") or {}).get("seed", 0)
-    out = []
-    if metric not in df:
-        return out
-    for workload in [workload] if workload else workload_names(cfg):
-        a_wl = df[(df["arm"] == arm) & (df["workload"] == workload)]
-        b_wl = df[(df["arm"] == baseline) & (df["workload"] == workload)]
-        for conc in sorted(set(a_wl["concurrency"]) & set(b_wl["concurrency"])):
-            a = a_wl[a_wl["concurrency"] == conc]
-            b = b_wl[b_wl["concurrency"] == conc]
-            av = [float(v) for v in a[metric] if pd.notna(v)]
-            bv = [float(v) for v in b[metric] if pd.notna(v)]
-            if not av or not bv:
-                continue
-            am, bm = _mean(av), _mean(bv)
-            key = f"{seed}|{arm}|{baseline}|{workload}|{conc}|{metric}"
-            out.append(
-                Comparison(
-                    arm, baseline, workload, int(conc), metric, am, bm, len(av), len(bv),
-                    am / bm if bm else float("nan"), ratio_interval(av, bv, key=key),
-                    bool(a["flagged"].any() or b["flagged"].any()),
-                )  # fmt: skip
-            )
-    return out
+COMPARISON_COLUMNS = [
+    "arm", "baseline", "workload", "concurrency", "metric", "arm_mean", "arm_sd", "arm_cv", "arm_n", "base_mean",
+    "base_sd", "base_cv", "base_n", "ratio", "ci_low", "ci_high", "verdict", "flags", "published_pair",
+    "published_ratio",
+]  # fmt: skip
 
 
-def summary_frame(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Mean, sample std and count over repeats per (arm, workload, concurrency), keeping config order."""
+# The article's claim: FLASH_ATTN (FA2) over XFORMERS, which it took for "without FA2" (article_published.csv).
+ARTICLE_CLAIM = ("FLASH_ATTN", "XFORMERS")
+
+
+def published_pair(cfg: dict, arm: str, base: str) -> tuple[str, str] | None:
+    """The article's counterpart of a pair: (arm's article_backend, baseline's article_backend) when both have one.
+    An arm standing for the article's FLASH_ATTN against a baseline the article did not run (xformers forced to
+    cutlass, the true no-FA2 baseline) tests the article's own claim, so it gets the article's FLASH_ATTN / XFORMERS."""
+    arms = {a["name"]: a for a in arms_of(cfg)}
+    mine, theirs = arms[arm].get("article_backend"), arms[base].get("article_backend")
+    if mine and theirs and mine != theirs:
+        return mine, theirs
+    if mine == ARTICLE_CLAIM[0] and not theirs:
+        return ARTICLE_CLAIM
+    return None
+
+
+def _published_value(published: pd.DataFrame, backend: str, workload: str, conc: int, metric: str) -> float:
+    if metric not in published:
+        return float("nan")
+    hit = published[(published["backend"] == backend) & (published["workload"] == workload)
+                    & (published["concurrency"] == conc)]  # fmt: skip
+    return float(hit.iloc[0][metric]) if not hit.empty else float("nan")
+
+
+def comparisons_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> pd.DataFrame:
+    """Every comparison of the experiment, computed once (tables/comparisons.csv; report and plots read it): each
+    pair, workload, shared level and COMPARED_METRICS metric, with both sides' spread over repeats, the ratio of
+    means, its interval (INTERVAL_METHOD), the verdict, the flags of either side and the article's ratio."""
+    rows = []
+    for arm, base in comparison_pairs(cfg):
+        pub = published_pair(cfg, arm, base)
+        for workload in workload_names(cfg):
+            a_wl = df[(df["arm"] == arm) & (df["workload"] == workload)]
+            b_wl = df[(df["arm"] == base) & (df["workload"] == workload)]
+            for conc in sorted(set(a_wl["concurrency"]) & set(b_wl["concurrency"])):
+                a_rows, b_rows = a_wl[a_wl["concurrency"] == conc], b_wl[b_wl["concurrency"] == conc]
+                for metric, _, _ in COMPARED_METRICS:
+                    if metric not in df:
+                        continue
+                    a, b = Spread.of(a_rows[metric]), Spread.of(b_rows[metric])
+                    ratio = a.mean / b.mean if a.n and b.n and b.mean else float("nan")
+                    interval = log_ratio_interval(a, b)
+                    pub_ratio = float("nan")
+                    if pub:
+                        pub_ratio = _published_value(published, pub[0], workload, conc, metric) / _published_value(
+                            published, pub[1], workload, conc, metric)  # fmt: skip
+                    rows.append([
+                        arm, base, workload, int(conc), metric, a.mean, a.sd, a.cv, a.n, b.mean, b.sd, b.cv, b.n,
+                        ratio, interval[0] if interval else float("nan"), interval[1] if interval else float("nan"),
+                        verdict(a, b, interval), "+".join(sorted(set(level_flags(a_rows, metric))
+                                                                 | set(level_flags(b_rows, metric)))),
+                        f"{pub[0]}/{pub[1]}" if pub else "", pub_ratio,
+                    ])  # fmt: skip
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def summary_frame(df: pd.DataFrame, metrics_: list[str]) -> pd.DataFrame:
+    """Mean, sample std, CV and count over repeats per (arm, workload, concurrency), keeping config order; `flagged`
+    when a run of the level is flagged, `<metric>_flags` the level_flags codes of each metric."""
     rows = []
     for (arm, workload, conc), g in df.groupby(["arm", "workload", "concurrency"], sort=False):
         row = {"arm": arm, "workload": workload, "concurrency": int(conc), "flagged": bool(g["flagged"].any())}
-        for m in metrics:
-            vals = [float(v) for v in g[m] if pd.notna(v)] if m in g else []
-            row[f"{m}_mean"] = _mean(vals) if vals else float("nan")
-            row[f"{m}_std"] = _std(vals)
-            row[f"{m}_n"] = len(vals)
+        for m in metrics_:
+            s = Spread.of(g[m]) if m in g else Spread.of([])
+            row.update({f"{m}_mean": s.mean, f"{m}_std": s.sd, f"{m}_cv": s.cv, f"{m}_n": s.n,
+                        f"{m}_flags": "+".join(level_flags(g, m))})  # fmt: skip
         rows.append(row)
-    columns = ["arm", "workload", "concurrency", "flagged"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")]
+    columns = ["arm", "workload", "concurrency", "flagged"] + [
+        f"{m}_{s}" for m in metrics_ for s in ("mean", "std", "cv", "n", "flags")
+    ]
     return pd.DataFrame(rows, columns=columns)
-
-
-def _std(vals: list[float]) -> float:
-    if len(vals) < 2:
-        return float("nan")
-    m = _mean(vals)
-    return math.sqrt(math.fsum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -446,11 +520,26 @@ def fmt(value: Any, decimals: int) -> str:
     return f"{value:.{decimals}f}"
 
 
-def fmt_ratio(ratio: float, interval: tuple[float, float] | None) -> str:
-    if math.isnan(ratio):
+def fmt_cell(value: Any, decimals: int, flags: str = "") -> str:
+    """A number with the codes of what touches it: '0.007 [single_chunk]', 'n/a [prompt_formula]'."""
+    text = fmt(value, decimals)
+    return f"{text} [{flags.replace('+', ', ')}]" if isinstance(flags, str) and flags else text
+
+
+def fmt_interval(lo: float, hi: float, n_arm: int, n_base: int) -> str:
+    """'[0.964, 1.031]', or 'n/a (2 repeats)' where the repeats do not carry an interval."""
+    if min(n_arm, n_base) < MIN_REPEATS_FOR_INTERVAL or math.isnan(lo):
+        return f"n/a ({repeats_text(n_arm, n_base)})"
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def fmt_spread(mean: float, sd: float, cv: float, decimals: int) -> str:
+    """'752.26 ± 3.10 (0.4%)': mean ± sample sd (CV) over repeats; the sd is n/a with one repeat."""
+    if math.isnan(mean):
         return "n/a"
-    ci = "n/a" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
-    return f"{ratio:.3f} {ci}"
+    if math.isnan(sd):
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {sd:.{decimals}f} ({100 * cv:.1f}%)"
 
 
 def md_table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
@@ -473,62 +562,94 @@ def arm_label(arm: str, flagged: bool) -> str:
     return f"{arm} {FLAG_MARK}" if flagged else arm
 
 
-def article_table(df: pd.DataFrame, cfg: dict, arm: dict, workload: str) -> str | None:
-    sub = df[(df["arm"] == arm["name"]) & (df["workload"] == workload)]
-    if sub.empty:
-        return None
+FLAG_WORDS = {"run": "a run of the level is flagged (did not finish, or its kernels contradict its arm)",
+              **metrics.ARTIFACTS}  # fmt: skip
+
+
+def flag_legend(codes: Iterable[str]) -> str:
+    """One line naming what each code in a table means ('' when none appears)."""
+    codes = sorted({c for text in codes for c in str(text).split("+") if c})
+    return "Flags: " + "; ".join(f"[{c}] {FLAG_WORDS.get(c, c)}" for c in codes) + ".\n" if codes else ""
+
+
+def article_head(sub: pd.DataFrame, cfg: dict, arm: dict, workload: str) -> list[str]:
+    """The article table's title and llmapibenchmark's header lines, down to its Latency line."""
     wl = cfg["workloads"][workload]
-    metrics = [c for c, _, _ in ARTICLE_COLUMNS]
-    summ = summary_frame(sub, metrics)
-    repeats = sorted(set(sub["repeat"]))
-    flagged = bool(sub["flagged"].any())
     latency = [float(v) for v in sub.get("latency_ms", pd.Series(dtype=float)) if pd.notna(v)]
-    head = [
-        f"# {arm_label(arm['name'], flagged)} / {workload}",
+    return [
+        f"# {arm_label(arm['name'], bool(sub['flagged'].any()))} / {workload}",
         "",
         f"Backend: {arm.get('backend') or 'engine default'}",
         f"Input Tokens: {wl['prompt_tokens']}",
         f"Output Tokens: {wl['output_tokens']}",
         f"Test Model: {cfg['model']['name']}",
         f"Latency: {fmt(_mean(latency) if latency else None, 2)} ms",
-        f"Repeats: {len(repeats)} (mean over repeats)",
     ]
-    if flagged:
-        reasons = sorted(set(r for r in sub["flag_reason"] if r))
-        head.append(f"{FLAG_MARK} FLAGGED: {'; '.join(reasons)}")
-    headers = ["Concurrency"] + [h for _, h, _ in ARTICLE_COLUMNS]
-    rows = [
-        [str(r["concurrency"])] + [fmt(r[f"{c}_mean"], d) for c, _, d in ARTICLE_COLUMNS] for _, r in summ.iterrows()
-    ]
-    return "\n".join(head) + "\n\n" + md_table(headers, rows)
 
 
-def arms_vs_baseline(df: pd.DataFrame, cfg: dict) -> str:
+def flagged_line(sub: pd.DataFrame) -> list[str]:
+    """'(!) FLAGGED: <reasons>' when a run of these rows is flagged."""
+    if not bool(sub["flagged"].any()):
+        return []
+    return [f"{FLAG_MARK} FLAGGED: {'; '.join(sorted(set(r for r in sub['flag_reason'] if r)))}"]
+
+
+def article_table(df: pd.DataFrame, cfg: dict, arm: dict, workload: str) -> str | None:
+    sub = df[(df["arm"] == arm["name"]) & (df["workload"] == workload)]
+    if sub.empty:
+        return None
+    cols = [c for c, _, _ in ARTICLE_COLUMNS]
+    summ = summary_frame(sub, cols)
+    head = article_head(sub, cfg, arm, workload) + [
+        f"Repeats: {len(set(sub['repeat']))}. Each cell is the mean over the repeats where it is defined ('(n=k)' "
+        "when fewer than the level's runs); CV is the generation throughput's sd / mean over repeats; TTFT in "
+        "seconds, as in the article.",
+    ] + flagged_line(sub)
+    headers = ["Concurrency"] + [h for _, h, _ in ARTICLE_COLUMNS] + ["Repeats", "Generation CV"]
+    rows, codes = [], []
+    for (_, r), runs in zip(summ.iterrows(), sub.groupby("concurrency", sort=False).size()):
+        cells = [str(r["concurrency"])]
+        for c, _, d in ARTICLE_COLUMNS:
+            cell = fmt_cell(r[f"{c}_mean"], d, r[f"{c}_flags"])
+            cells.append(cell + (f" (n={r[f'{c}_n']})" if r[f"{c}_n"] < runs else ""))
+            codes.append(r[f"{c}_flags"])
+        cv = r["generation_throughput_tps_cv"]
+        cells += [str(runs), "n/a" if math.isnan(cv) else f"{100 * cv:.1f}%"]
+        rows.append(cells)
+    return "\n".join(head) + "\n\n" + md_table(headers, rows) + flag_legend(codes)
+
+
+def comparison_rows(comp: pd.DataFrame, arm: str, base: str, workload: str) -> pd.DataFrame:
+    return comp[(comp["arm"] == arm) & (comp["baseline"] == base) & (comp["workload"] == workload)]
+
+
+def arms_vs_baseline(comp: pd.DataFrame, cfg: dict) -> str:
     parts = [
         "# Arms compared\n",
-        "Ratio = mean(arm) / mean(baseline) over repeats; [95% CI] is a percentile bootstrap over repeats "
-        f"({BOOTSTRAP_RESAMPLES} resamples, seeded), n/a with fewer than two repeats on either side. Ratios above 1 "
-        f"mean higher throughput or longer latency. {FLAG_MARK} marks levels with a flagged run.\n",
+        "Ratio = mean(arm) / mean(baseline) over repeats; above 1 means higher throughput or longer latency. "
+        f"Interval: {INTERVAL_METHOD}. Verdict: resolved when the interval excludes 1 and neither side's CV exceeds "
+        f"{100 * NOISY_CV:.0f}%. Each side: mean ± sample sd (CV) over repeats.\n",
     ]
-    pairs = comparison_pairs(cfg)
-    if not pairs:
+    if not comparison_pairs(cfg):
         parts.append("Only one arm: nothing to compare.\n")
-    for arm, base in pairs:
+    elif comp.empty:
+        parts.append("No level measured by both arms of a pair: nothing to compare yet.\n")
+    labels = {m: (label, d) for m, label, d in COMPARED_METRICS}
+    for arm, base in comparison_pairs(cfg):
         for workload in workload_names(cfg):
-            rows = []
-            for metric, label, d in COMPARED_METRICS:
-                for c in compare_arms(df, cfg, arm, base, metric, workload):
-                    rows.append(
-                        [arm_label(str(c.concurrency), c.flagged), label, fmt(c.base_mean, d), fmt(c.arm_mean, d),
-                         fmt_ratio(c.ratio, c.interval), f"{c.n_arm}/{c.n_base}"]  # fmt: skip
-                    )
-            if not rows:
+            sub = comparison_rows(comp, arm, base, workload)
+            if sub.empty:
                 continue
-            # Group by concurrency, metrics in COMPARED_METRICS order (stable sort keeps it).
-            rows.sort(key=lambda r: int(r[0].split()[0]))
+            rows = []
+            for c in sub.itertuples(index=False):
+                label, d = labels[c.metric]
+                rows.append([arm_label(str(c.concurrency), "run" in c.flags.split("+")), label, fmt_spread(c.base_mean, c.base_sd, c.base_cv, d),
+                             fmt_spread(c.arm_mean, c.arm_sd, c.arm_cv, d), f"{c.arm_n}/{c.base_n}",
+                             fmt(c.ratio, 3), fmt_interval(c.ci_low, c.ci_high, c.arm_n, c.base_n), c.verdict,
+                             c.flags.replace("+", ", ") or "-"])  # fmt: skip
             parts.append(f"## {arm} vs {base} / {workload}\n")
-            headers = ["Concurrency", "Metric", base, arm, "ratio [95% CI]", "n (arm/base)"]
-            parts.append(md_table(headers, rows, right={0, 2, 3, 4, 5}))
+            headers = ["Concurrency", "Metric", base, arm, "n (arm/base)", "ratio", "95% CI", "verdict", "flags"]
+            parts.append(md_table(headers, rows, right={0, 2, 3, 4, 5, 6}) + flag_legend(sub["flags"]))
     return "\n".join(parts)
 
 
@@ -543,66 +664,107 @@ def read_published(path: Path | None = None) -> pd.DataFrame:
     raise AggregateError(f"published reference table is missing (looked for {', '.join(map(str, candidates))})")
 
 
+VS_PUBLISHED_COLUMNS = ["arm", "article_backend", "workload", "concurrency", "repeats", "flagged", "flags"] + [
+    f"{m}_{side}" for m, _, _ in ARTICLE_COLUMNS for side in ("ours", "published", "ratio")
+]
+
+
 def vs_published_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> pd.DataFrame:
-    """Our mean per level next to the article's number, for arms that name their `article_backend`."""
-    metrics = [c for c, _, _ in ARTICLE_COLUMNS]
+    """Our mean per level next to the article's number, for arms that name their `article_backend`; the columns are
+    fixed, so the CSV has its header even when no arm has a published counterpart."""
+    cols = [c for c, _, _ in ARTICLE_COLUMNS]
     rows = []
     for arm in arms_of(cfg):
         backend = arm.get("article_backend")
         if not backend:
             continue
-        summ = summary_frame(df[df["arm"] == arm["name"]], metrics + ["latency_ms"])
+        summ = summary_frame(df[df["arm"] == arm["name"]], cols)
         for _, s in summ.iterrows():
-            pub = published[
-                (published["backend"] == backend)
-                & (published["workload"] == s["workload"])
-                & (published["concurrency"] == s["concurrency"])
-            ]
-            if pub.empty:
+            theirs = {m: _published_value(published, backend, s["workload"], s["concurrency"], m) for m in cols}
+            if all(math.isnan(v) for v in theirs.values()):
                 continue
-            p = pub.iloc[0]
-            row = {
-                "arm": arm["name"], "article_backend": backend, "workload": s["workload"],
-                "concurrency": int(s["concurrency"]), "repeats": int(s[f"{metrics[0]}_n"]),
-                "flagged": bool(s["flagged"]),
-            }  # fmt: skip
-            for m in metrics:
-                ours, theirs = s[f"{m}_mean"], float(p[m])
-                row[f"{m}_ours"] = ours
-                row[f"{m}_published"] = theirs
-                row[f"{m}_ratio"] = ours / theirs if theirs else float("nan")
+            flags = sorted({c for m in cols for c in str(s[f"{m}_flags"]).split("+") if c})
+            row = [arm["name"], backend, s["workload"], int(s["concurrency"]),
+                   int(df[(df["arm"] == arm["name"]) & (df["workload"] == s["workload"])
+                          & (df["concurrency"] == s["concurrency"])]["repeat"].nunique()),
+                   bool(s["flagged"]), "+".join(flags)]  # fmt: skip
+            for m in cols:
+                row += [s[f"{m}_mean"], theirs[m], s[f"{m}_mean"] / theirs[m] if theirs[m] else float("nan")]
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=VS_PUBLISHED_COLUMNS)
 
 
 def vs_published_md(vp: pd.DataFrame) -> str:
     head = (
         "# Ours vs the article's published numbers\n\n"
-        "Article: vLLM 0.7.1, RTX 3070 Laptop, llmapibenchmark, one run per level. Ours: mean over repeats. "
-        f"Ratio = ours / published. {FLAG_MARK} marks a level with a flagged run.\n"
+        "Article: vLLM 0.7.1, RTX 3070 Laptop, llmapibenchmark, one run per level (no spread published). Ours: mean "
+        "over `repeats` runs. Ratio = ours / published. TTFT in seconds, as in the article.\n"
     )
     if vp.empty:
         return head + "\nNo arm names an `article_backend` with matching workload and concurrency.\n"
-    short = {
-        "generation_throughput_tps": "Gen tok/s",
-        "prompt_throughput_tps": "Prompt tok/s",
-        "min_ttft_s": "Min TTFT s",
-        "max_ttft_s": "Max TTFT s",
-    }
+    short = {"generation_throughput_tps": "Gen tok/s", "prompt_throughput_tps": "Prompt tok/s",
+             "min_ttft_s": "Min TTFT s", "max_ttft_s": "Max TTFT s"}  # fmt: skip
     parts = [head]
     for (arm, workload), g in vp.groupby(["arm", "workload"], sort=False):
         parts.append(f"## {arm} ({g['article_backend'].iloc[0]}) / {workload}\n")
-        headers = ["Concurrency"]
+        headers = ["Concurrency", "Repeats"]
         for m, label in short.items():
             headers += [f"{label} ours", f"{label} article", "ratio"]
         rows = []
         for _, r in g.iterrows():
-            row = [arm_label(str(r["concurrency"]), r["flagged"])]
+            row = [arm_label(str(r["concurrency"]), r["flagged"]), str(r["repeats"])]
             for m, _, d in ARTICLE_COLUMNS:
-                row += [fmt(r[f"{m}_ours"], d), fmt(r[f"{m}_published"], d), fmt(r[f"{m}_ratio"], 3)]
+                row += [fmt_cell(r[f"{m}_ours"], d, r["flags"] if m == "prompt_throughput_tps" else ""),
+                        fmt(r[f"{m}_published"], d), fmt(r[f"{m}_ratio"], 3)]  # fmt: skip
             rows.append(row)
-        parts.append(md_table(headers, rows))
+        parts.append(md_table(headers, rows) + flag_legend(g["flags"]))
     return "\n".join(parts)
+
+
+def flags_md(df: pd.DataFrame, runs: list[RunInfo]) -> str:
+    """Every flag of the experiment, one line each: flagged runs, then each level where a definition breaks
+    (metrics.ARTIFACTS), with a count per class. Nothing is dropped: the flagged numbers stay in every table."""
+    parts = ["# Flags\n"]
+    run_rows = [[r.arm, str(r.repeat), "; ".join(r.flags)] for r in runs if r.flags]
+    parts.append(md_table(["Arm", "Repeat", "Why the run is flagged"], run_rows, right={1}) if run_rows
+                 else "No run is flagged: every run finished and no kernel expectation was contradicted.\n")  # fmt: skip
+    level_rows, counts = [], {}
+    for r in df.itertuples(index=False):
+        text = getattr(r, "artifacts", "")
+        for part in (text.split("; ") if isinstance(text, str) and text else []):
+            code, _, detail = part.partition(": ")
+            counts[code] = counts.get(code, 0) + 1
+            level_rows.append([r.arm, str(r.repeat), r.workload, str(r.concurrency), code, detail])
+    if not level_rows:
+        parts.append("No level artifact: every metric's definition held at every level.\n")
+        return "\n".join(parts)
+    parts.append(
+        "Levels where a metric's definition breaks (the numbers stay in every table, marked with the code): "
+        + ", ".join(f"{code} {n}" for code, n in sorted(counts.items())) + ".\n"
+    )
+    parts.append(md_table(["Arm", "Repeat", "Workload", "Concurrency", "Flag", "Detail"], level_rows, right={1, 3})
+                 + flag_legend(counts))  # fmt: skip
+    return "\n".join(parts)
+
+
+KERNEL_SHARE_COLUMNS = ["arm", "repeat", "phase", "family", "attention_share", "time_us"]
+KERNEL_PHASES = ("prefill", "decode")
+
+
+def kernel_shares_frame(runs: list[RunInfo]) -> pd.DataFrame:
+    """Share of attention time by kernel family, per run and phase (prefill, decode, and 'all' for the whole probe)
+    from kernels.json (kernels.attribute): the data of the kernel-evidence figure."""
+    rows = []
+    for info in runs:
+        kern = info.kernels or {}
+        sources = [("all", kern.get("families"))]
+        sources += [(p, ((kern.get("phases") or {}).get(p) or {}).get("families")) for p in KERNEL_PHASES]
+        for phase, families in sources:
+            for family, v in sorted((families or {}).items()):
+                if isinstance(v, dict) and v.get("attention_share") is not None:
+                    rows.append([info.arm, info.repeat, phase, family, float(v["attention_share"]),
+                                 float(v.get("time_us") or 0.0)])  # fmt: skip
+    return pd.DataFrame(rows, columns=KERNEL_SHARE_COLUMNS)
 
 
 def kernels_md(runs: list[RunInfo], cfg: dict) -> str:
@@ -672,22 +834,33 @@ def decode_efficiency_md(df: pd.DataFrame, cfg: dict) -> str:
 # Entry points
 
 
-def build_tables(exp_dir: Path, cfg: dict) -> dict[str, str]:
-    """File name -> exact text of every table of the experiment (same inputs, same bytes)."""
+def build_tables(exp_dir: Path, cfg: dict, *, tables_format: int | None = None) -> dict[str, str]:
+    """File name -> exact text of every table of the experiment (same inputs, same bytes). tables_format None: the
+    format the folder's tables were written in (tables_format_of), so that `attnbench verify` recomputes an older
+    bundle's tables as they were made."""
     exp_dir = Path(exp_dir)
+    if (tables_format or tables_format_of(exp_dir)) == 1:
+        from attnbench import tables_v1  # noqa: PLC0415  (it imports this module)
+
+        return tables_v1.build_tables(exp_dir, cfg)
     df = levels_frame(exp_dir, cfg)
     runs = load_runs(exp_dir, cfg)
-    tables = {"levels.csv": levels_csv(df)}
+    published = read_published()
+    tables = {FORMAT_FILE: f"{TABLES_FORMAT}\n", "levels.csv": levels_csv(df)}
     for arm in arms_of(cfg):
         for workload in workload_names(cfg):
             text = article_table(df, cfg, arm, workload)
             if text is not None:
                 tables[f"article_{arm['name']}_{workload}.md"] = text
-    tables["arms_vs_baseline.md"] = arms_vs_baseline(df, cfg)
-    vp = vs_published_frame(df, cfg, read_published())
+    comp = comparisons_frame(df, cfg, published)
+    tables["comparisons.csv"] = _csv(comp)
+    tables["arms_vs_baseline.md"] = arms_vs_baseline(comp, cfg)
+    vp = vs_published_frame(df, cfg, published)
     tables["vs_published.md"] = vs_published_md(vp)
-    tables["vs_published.csv"] = vp.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+    tables["vs_published.csv"] = _csv(vp)
+    tables["flags.md"] = flags_md(df, runs)
     tables["kernels.md"] = kernels_md(runs, cfg)
+    tables["kernel_shares.csv"] = _csv(kernel_shares_frame(runs))
     tables["decode_efficiency.md"] = decode_efficiency_md(df, cfg)
     missing = missing_runs(exp_dir, cfg)
     if missing:
@@ -695,8 +868,24 @@ def build_tables(exp_dir: Path, cfg: dict) -> dict[str, str]:
     return tables
 
 
+def _csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+
+
 def tables_dir(exp_dir: Path) -> Path:
     return Path(exp_dir) / TABLES_DIR
+
+
+def tables_format_of(exp_dir: Path) -> int:
+    """The format of the tables already in the folder: its tables_format.txt, 1 where tables exist without one
+    (written before formats were numbered), the current format where there are none yet."""
+    marker = tables_dir(exp_dir) / FORMAT_FILE
+    if marker.is_file():
+        text = marker.read_text(encoding="utf-8").strip()
+        if not text.isdigit():
+            raise AggregateError(f"{marker}: expected a format number, found {text[:40]!r}")
+        return int(text)
+    return 1 if (tables_dir(exp_dir) / "levels.csv").is_file() else TABLES_FORMAT
 
 
 def write_tables(exp_dir: Path, cfg: dict) -> list[Path]:
@@ -704,7 +893,7 @@ def write_tables(exp_dir: Path, cfg: dict) -> list[Path]:
     out = tables_dir(exp_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in build_tables(exp_dir, cfg).items():
+    for name, text in build_tables(exp_dir, cfg, tables_format=TABLES_FORMAT).items():
         path = out / name
         path.write_text(text, encoding="utf-8", newline="\n")
         written.append(path)
@@ -721,12 +910,23 @@ def write_tables(exp_dir: Path, cfg: dict) -> list[Path]:
     return written
 
 
+def read_comparisons(exp_dir: Path) -> pd.DataFrame:
+    """tables/comparisons.csv as written by `aggregate` (the report and the plots read the comparisons from it)."""
+    path = tables_dir(exp_dir) / "comparisons.csv"
+    if not path.exists():
+        raise AggregateError(f"{path} is missing: run `attnbench aggregate {exp_dir} --config CFG` first")
+    df = pd.read_csv(path, dtype={"flags": str, "verdict": str, "published_pair": str})
+    for col in ("flags", "published_pair"):
+        df[col] = df[col].fillna("")
+    return df
+
+
 def read_levels_csv(exp_dir: Path) -> pd.DataFrame:
     """The tidy table as written by `aggregate` (plots and report start from it)."""
     path = tables_dir(exp_dir) / "levels.csv"
     if not path.exists():
         raise AggregateError(f"{path} is missing: run `attnbench aggregate {exp_dir} --config CFG` first")
-    text_cols = ["flag_reason", "kernel_families", "kernel_phases", "logged_backend", "requested_backend",
+    text_cols = ["artifacts", "flag_reason", "kernel_families", "kernel_phases", "logged_backend", "requested_backend",
                  "article_backend", "expectation", "run_status", "flash_attn_version", "backend_match"]  # fmt: skip
     df = pd.read_csv(path, dtype={c: str for c in text_cols})
     for col in text_cols:

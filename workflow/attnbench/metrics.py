@@ -19,6 +19,17 @@ The modern set, as vLLM's benchmark (vllm/benchmarks/serve.py) defines it, over 
   content chunks of every request; E2EL = end - start; each as mean, median, p90, p99 (numpy.percentile, linear),
   in ms. goodput_rps (only when limits are given): requests meeting every limit, per second.
 
+Artifacts: where a definition breaks, the level keeps its numbers and says why in `artifacts` ("code: detail; ...";
+codes in ARTIFACTS, the metrics each one touches in ARTIFACT_METRICS):
+  prompt_formula   the latency probe is at least the first wave's max TTFT, so the article's prompt-throughput
+                   denominator is zero or negative (prompt_throughput_tps is NaN)
+  single_chunk     a stream delivered its tokens in one burst: one content chunk, or chunks arriving less than
+                   BURST_S_PER_TOKEN apart per token (faster than any decode step: the server or the transport held
+                   them back and released them together). Its TTFT is then the whole response and its TPOT
+                   (e2e - ttft)/(n - 1) collapses towards 0; single_chunk_streams counts them. Seen on the CPU demo:
+                   64 tokens in one read after 100 ms, median TPOT 0.004 ms.
+  failed_requests  some measured requests of the level failed (every metric counts the successful ones only)
+  incomplete       the level did not finish (server died, run aborted)
 The client's own lag (lag.py), when the level recorded it: client_{loop,send}_lag_ms_{p50,p99,max}, client_cpu_pct
 and client_lagged (either p99 beyond the level's stored limit).
 
@@ -52,8 +63,24 @@ MODERN_COLUMNS = [
     "completion_tokens_mean",
     *DIST_COLUMNS,
 ]
-INT_COLUMNS = {"repeat", "concurrency", "n_ok", "n_failed"}
-STR_COLUMNS = {"experiment", "arm", "workload"}
+ARTIFACT_COLUMNS = ["single_chunk_streams", "artifacts"]
+INT_COLUMNS = {"repeat", "concurrency", "n_ok", "n_failed", "single_chunk_streams"}
+STR_COLUMNS = {"experiment", "arm", "workload", "artifacts"}
+ARTIFACTS = {
+    "prompt_formula": "article prompt throughput undefined (latency probe >= first-wave max TTFT)",
+    "single_chunk": "streams with all tokens in one burst (their TTFT is the whole response; TPOT, ITL not measured)",
+    "failed_requests": "failed requests (metrics count the successful ones)",
+    "incomplete": "level did not finish",
+}
+BURST_S_PER_TOKEN = 5e-5  # 0.05 ms per token after the first: no engine decodes that fast, so it is delivery
+_TIMING = [f"{m}_ms_{s}" for m in ("ttft", "tpot", "itl") for s in ("mean", "median", "p90", "p99")]
+ARTIFACT_METRICS: dict[str, set[str] | None] = {  # None: every metric of the level
+    "prompt_formula": {"prompt_throughput_tps"},
+    # a burst's TTFT is the whole response: TTFT and the prompt throughput built on it are no prefill figures
+    "single_chunk": set(_TIMING) | {"min_ttft_s", "max_ttft_s", "prompt_throughput_tps"},
+    "failed_requests": None,
+    "incomplete": None,
+}
 NAN = float("nan")
 
 
@@ -132,7 +159,40 @@ def level_row(level: LevelRecord, measured: list[RequestRecord], *, ttft_limit_m
     # The client's own lag (lag.py); sent requests only: a "not sent" record has no send time worth the name.
     row.update(lag_columns(level.client, [r.start - r.scheduled for r in measured if r.scheduled is not None
                                           and not (r.error or "").startswith("not sent")]))  # fmt: skip
+    single = sum(1 for r in ok if one_burst(r))
+    row["single_chunk_streams"] = single
+    row["artifacts"] = "; ".join(level_artifacts(level, measured, ok, first_wave, latency_s, single))
     return row
+
+
+def one_burst(r: RequestRecord) -> bool:
+    """All tokens of the stream arrived in one burst (module docstring, single_chunk)."""
+    if not r.completion_tokens or r.completion_tokens < 2 or r.ttft is None:
+        return False
+    return not r.itl or ((r.end - r.start) - r.ttft) / (r.completion_tokens - 1) < BURST_S_PER_TOKEN
+
+
+def level_artifacts(level: LevelRecord, measured: list[RequestRecord], ok: list[RequestRecord],
+                    first_wave: list[RequestRecord], latency_s: float, single: int) -> list[str]:  # fmt: skip
+    """"code: detail" for each definition that breaks in this level (module docstring)."""
+    out = []
+    if first_wave:
+        max_ttft = max(r.ttft for r in first_wave)
+        if max_ttft - latency_s <= 0:
+            out.append(f"prompt_formula: latency probe {latency_s * 1000:.2f} ms >= first-wave max TTFT "
+                       f"{max_ttft * 1000:.2f} ms")  # fmt: skip
+    if single:
+        out.append(f"single_chunk: {single} of {len(ok)} streams in one burst")
+    if len(measured) > len(ok) or level.failed:
+        out.append(f"failed_requests: {max(len(measured) - len(ok), level.failed)} of {level.requests} failed")
+    if not level.complete:
+        out.append("incomplete: level did not finish")
+    return out
+
+
+def artifact_codes(text: str) -> list[str]:
+    """The codes of an `artifacts` cell ("prompt_formula: ...; single_chunk: ..." -> [prompt_formula, single_chunk])."""
+    return [part.split(":", 1)[0].strip() for part in str(text or "").split(";") if part.strip()]
 
 
 def level_table(records: list[RequestRecord], levels: list[LevelRecord], *, ttft_limit_ms: float | None = None,
@@ -147,7 +207,7 @@ def level_table(records: list[RequestRecord], levels: list[LevelRecord], *, ttft
                   ttft_limit_ms=ttft_limit_ms, tpot_limit_ms=tpot_limit_ms)
         for lv in levels
     ]  # fmt: skip
-    columns = KEY_COLUMNS + ARTICLE_COLUMNS + MODERN_COLUMNS
+    columns = KEY_COLUMNS + ARTICLE_COLUMNS + MODERN_COLUMNS + ARTIFACT_COLUMNS
     if ttft_limit_ms is not None or tpot_limit_ms is not None:
         columns.append("goodput_rps")
     if any(lv.client is not None for lv in levels):  # runs made before lag.py have none: their tables stay as made

@@ -11,12 +11,28 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import math
 import re
 from pathlib import Path
+
+import pandas as pd
 
 from attnbench import aggregate, openloop, plots, servermetrics
 from attnbench.reference import reference_section
 
+PLOT_CAPTIONS = {
+    "throughput": "Generation and prompt throughput (tokens/s) vs concurrency per arm: mean over repeats, error bars "
+    "± 1 sd over repeats.",
+    "ttft": "TTFT (ms) vs concurrency: mean over repeats of each level's median (± 1 sd), band from min to max.",
+    "speedup": "Throughput of each compared pair (ratio of means) with its 95% interval where 3 or more repeats carry "
+    "one (hollow: no interval), and the article's ratio for the same claim (black, dashed).",
+    "decode": "Decode speed (concurrency x 1000 / median TPOT) against the memory-bandwidth bound (weights / "
+    "bandwidth per step), and as a share of it.",
+    "kernels": "Kernel evidence: share of attention time by kernel family in prefill and decode, per arm (profiler "
+    "probe, mean over runs).",
+    "vs_published": "Ours / the article's published number per level (1 = reproduced), generation and prompt "
+    "throughput.",
+}
 ANSWER_METRICS = [("generation_throughput_tps", "generation"), ("prompt_throughput_tps", "prompt")]
 
 
@@ -43,8 +59,9 @@ def what_ran(cfg: dict) -> str:
         + f", dtype {model.get('dtype', 'auto')}, max_model_len {model.get('max_model_len', 'n/a')}"
         + (f", quantization {model['quantization']}" if model.get("quantization") else ""),
         f"- Sweep: api `{sweep.get('api', 'chat')}`, {sweep.get('repeats', 1)} repeat(s), "
-        f"{sweep.get('warmup_requests', 'n/a')} warmup request(s) per level, requests per level "
-        f"{sweep.get('requests_per_level') or _level_size(sweep)}, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
+        f"warm-up of at least {sweep.get('warmup_requests', 'n/a')} request(s) and {sweep.get('warmup_seconds', 0):g} s "
+        f"per level, then at least {sweep.get('requests_per_level') or _level_size(sweep)} requests and "
+        f"{sweep.get('min_level_seconds', 0):g} s measured per level, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
         f"temperature {sweep.get('temperature', 'n/a')}",
         f"- Baseline arm: `{aggregate.baseline_of(cfg)}`",
         "",
@@ -144,57 +161,96 @@ def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
     )
 
 
-def flags_section(runs: list[aggregate.RunInfo]) -> str:
-    flagged = [r for r in runs if r.flags]
-    if not flagged:
-        return "## Flags\n\nNo run is flagged: every run finished and no kernel expectation was contradicted.\n"
-    lines = [
-        "## Flags\n",
-        f"These runs are marked {aggregate.FLAG_MARK} in every table and with a red cross in the plots; their "
-        "numbers do not measure what their arm claims.\n",
-    ]
-    lines += [f"- `{r.arm}` repeat {r.repeat}: {'; '.join(r.flags)}" for r in flagged]
-    return "\n".join(lines) + "\n"
+def _ratio_cell(c) -> str:
+    """'1.026 [0.998, 1.055]', or the bare ratio where the repeats carry no interval (the verdict says why)."""
+    if math.isnan(c.ratio):
+        return "n/a"
+    return f"{c.ratio:.3f}" if math.isnan(c.ci_low) else f"{c.ratio:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]"
+
+
+def _verdict_word(c) -> str:
+    """higher / lower when the repeats resolve the ratio, else the verdict with its reason ('n/a (2 repeats)')."""
+    return ("higher" if c.ratio > 1 else "lower") if c.verdict == "resolved" else c.verdict
+
+
+def _flags_cell(flags: dict[str, set[str]]) -> str:
+    """The flag codes of a row; prefixed by the metric when they touch only one ('prompt: single_chunk')."""
+    shared = set.intersection(*flags.values()) if flags else set()
+    parts = sorted(shared) + [f"{word}: {c}" for word, codes in flags.items() for c in sorted(codes - shared)]
+    return ", ".join(parts) or "-"
+
+
+def _pair_summary(gen: pd.DataFrame) -> str:
+    """One sentence per pair: range of generation ratios with their n, how many levels the repeats resolve, and the
+    article's range for the same claim."""
+    ns = sorted(set(zip(gen["arm_n"], gen["base_n"])))
+    n_text = ", ".join(aggregate.repeats_text(a, b) for a, b in ns)
+    resolved = gen[gen["verdict"] == "resolved"]
+    text = (
+        f"Generation throughput ratio {gen['ratio'].min():.3f} to {gen['ratio'].max():.3f} over {len(gen)} level(s) "
+        f"({n_text} per level). "
+    )
+    if (gen[["arm_n", "base_n"]].min(axis=1) < aggregate.MIN_REPEATS_FOR_INTERVAL).all():
+        text += f"With fewer than {aggregate.MIN_REPEATS_FOR_INTERVAL} repeats no level has an interval: not resolved. "
+    else:
+        up, down = int((resolved["ratio"] > 1).sum()), int((resolved["ratio"] < 1).sum())
+        text += (f"Resolved at {len(resolved)} of {len(gen)} level(s) ({up} higher, {down} lower); the others are "
+                 "not resolved (interval spans 1, too few repeats, or a spread above "
+                 f"{100 * aggregate.NOISY_CV:.0f}%). ")  # fmt: skip
+    pub = gen["published_ratio"].dropna()
+    if not pub.empty:
+        text += (f"The article published {gen['published_pair'].iloc[0]} = {pub.min():.3f} to {pub.max():.3f} at "
+                 "the same levels (one run each, no spread).")  # fmt: skip
+    return text + "\n"
+
 
 def answer_block(exp_dir: Path, cfg: dict) -> str:
-    """Each comparison pair as 'speedup' = arm throughput / baseline throughput, with the bootstrap interval."""
+    """Each comparison pair per workload and level, from tables/comparisons.csv: the ratio with its interval (or why
+    there is none), the number of repeats, the verdict and the ratio the article published for the same claim."""
     pairs = aggregate.comparison_pairs(cfg)
     if not pairs:
         return "## Answer\n\nOne arm only: no speedup to report.\n"
-    df = aggregate.read_levels_csv(exp_dir)
+    comp = aggregate.read_comparisons(exp_dir)
     parts = [
         "## Answer: speedups\n",
-        "Speedup = mean throughput of the arm / mean throughput of the other arm over repeats, with a 95% percentile "
-        "bootstrap interval over repeats (n/a with one repeat). An interval that excludes 1 is a difference the "
-        f"repeats resolve. {aggregate.FLAG_MARK} marks a level with a flagged run.\n",
+        "Ratio = mean throughput of the arm / mean throughput of the other arm over repeats (n: repeats of arm / "
+        f"other arm). Interval: {aggregate.INTERVAL_METHOD}. higher / lower: the repeats resolve the difference "
+        f"(interval excludes 1, both sides' CV at most {100 * aggregate.NOISY_CV:.0f}%); otherwise not resolved, with "
+        "the reason. Article: the ratio the article published for the same claim (its arm backends, "
+        "config/reference/article_published.csv; one run per level). Flags: tables/flags.md.\n",
     ]
     for arm, base in pairs:
         parts.append(f"### {arm} over {base}\n")
-        rows, resolved, total, ratios = [], 0, 0, []
-        for workload in aggregate.workload_names(cfg):
-            by_metric = {m: aggregate.compare_arms(df, cfg, arm, base, m, workload) for m, _ in ANSWER_METRICS}
-            for conc in sorted({c.concurrency for cs in by_metric.values() for c in cs}):
-                row, flagged = [workload, str(conc)], False
-                for m, _ in ANSWER_METRICS:
-                    c = next((c for c in by_metric[m] if c.concurrency == conc), None)
-                    row.append("n/a" if c is None else aggregate.fmt_ratio(c.ratio, c.interval))
-                    flagged = flagged or bool(c and c.flagged)
-                    if c is not None and m == "generation_throughput_tps":
-                        ratios.append(c.ratio)
-                        total += 1
-                        resolved += bool(c.interval and (c.interval[0] > 1 or c.interval[1] < 1))
-                row[1] = aggregate.arm_label(row[1], flagged)
-                rows.append(row)
-        if not rows:
+        sub = comp[(comp["arm"] == arm) & (comp["baseline"] == base)]
+        gen = sub[sub["metric"] == "generation_throughput_tps"].dropna(subset=["ratio"])
+        if gen.empty:
             parts.append("No level measured by both arms.\n")
             continue
-        parts.append(
-            f"Generation speedup ranges {min(ratios):.3f} to {max(ratios):.3f} over {total} level(s); "
-            f"{resolved} of them have an interval excluding 1.\n"
-        )
-        parts.append(aggregate.md_table(["Workload", "Concurrency", "Generation speedup [95% CI]",
-                                         "Prompt speedup [95% CI]"], rows, right={1, 2, 3}))  # fmt: skip
+        parts.append(_pair_summary(gen))
+        has_pub = bool(gen["published_pair"].iloc[0])
+        cells = {(c.workload, c.concurrency, c.metric): c for c in sub.itertuples(index=False)}
+        rows = []
+        for workload in aggregate.workload_names(cfg):
+            for conc in sorted({k[1] for k in cells if k[0] == workload}):
+                row, flags, n = [workload, str(conc)], {}, "n/a"
+                for m, word in ANSWER_METRICS:
+                    c = cells.get((workload, conc, m))
+                    if c is None:
+                        row += ["n/a", "-"] + (["n/a"] if has_pub else [])
+                        continue
+                    n = n if n != "n/a" else f"{c.arm_n}/{c.base_n}"
+                    row += [_ratio_cell(c), _verdict_word(c)] + ([aggregate.fmt(c.published_ratio, 3)] if has_pub else [])
+                    flags[word] = {f for f in c.flags.split("+") if f}
+                row.insert(2, n)
+                row[1] = aggregate.arm_label(row[1], any("run" in f for f in flags.values()))
+                rows.append(row + [_flags_cell(flags)])
+        headers = ["Workload", "Concurrency", "n"]
+        for _, word in ANSWER_METRICS:
+            headers += [f"{word} ratio [95% CI]", f"{word} verdict"] + ([f"{word}: article"] if has_pub else [])
+        parts.append(aggregate.md_table(headers + ["flags"], rows, right={1, 2, 3, 5, 6, 8} if has_pub
+                                        else {1, 2, 3, 5}))  # fmt: skip
     return "\n".join(parts)
+
 
 def build_report_md(exp_dir: Path, cfg: dict) -> str:
     exp_dir = Path(exp_dir)
@@ -202,7 +258,10 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     parts = [f"# attnbench report: {cfg['experiment']}\n"]
     if cfg.get("description"):
         parts.append(cfg["description"].strip() + "\n")
-    parts += [what_ran(cfg), provenance(runs), flags_section(runs)]
+    parts += [what_ran(cfg), provenance(runs)]
+    flags = _read_table(exp_dir, "flags.md")
+    if flags:
+        parts.append(_shift_headings(flags, 1))
     missing = _read_table(exp_dir, "missing_runs.txt")
     if missing:
         parts.append("Runs the config names that hold no records yet: " + ", ".join(missing.split()) + "\n")
@@ -226,16 +285,15 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
         if text:
             parts.append(_shift_headings(text, 1))
     parts.append("## Plots\n")
-    captions = {
-        "throughput": "Generation and prompt throughput vs concurrency per arm (mean ± sd over repeats).",
-        "ttft": "TTFT vs concurrency: median (line, ± sd), min to max (band).",
-        "speedup": "Throughput of each arm over its baseline, with the 95% bootstrap interval over repeats.",
-    }
     for workload in aggregate.workload_names(cfg):
         for kind in plots.KINDS:
             png = Path(plots.PLOTS_DIR) / f"{kind}_{workload}.png"
             if (exp_dir / png).exists():
-                parts.append(f"**{workload}: {captions[kind]}**\n\n![{kind} {workload}]({png.as_posix()})\n")
+                parts.append(f"**{workload}: {PLOT_CAPTIONS[kind]}**\n\n![{kind} {workload}]({png.as_posix()})\n")
+    for figure in plots.FIGURES:
+        png = Path(plots.PLOTS_DIR) / f"{figure}.png"
+        if (exp_dir / png).exists():
+            parts.append(f"**{PLOT_CAPTIONS[figure]}**\n\n![{figure}]({png.as_posix()})\n")
     parts.append(
         "Raw records: runs/<arm>/rep<k>/records.jsonl and levels.jsonl; all numbers above are derived from them "
         "(tables/levels.csv has every level).\n"

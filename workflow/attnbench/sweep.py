@@ -1,5 +1,7 @@
 """The closed-loop concurrency sweep: for each workload and level N, keep N requests in flight until the level's
-request count is done, after warmup requests that are recorded (phase=warmup) but excluded from metrics.
+request count is done and at least `min_level_seconds` have passed since its first measured request, after warm-up
+requests that are recorded (phase=warmup) but excluded from metrics; the warm-up, too, runs its count and at least
+`warmup_seconds`. A level sized by count alone lasts under a second on a fast server, which measures noise.
 
 Raw records first: each request's record is appended to records.jsonl the moment it finishes, each finished level
 to levels.jsonl; numbers are derived later from these files only (metrics.py). A level that cannot finish (the
@@ -21,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import httpx
 
@@ -39,6 +41,10 @@ SWEEP_DEFAULTS = {
     "requests_per_level": None,  # None: max(waves_per_level * N, min_requests_per_level)
     "waves_per_level": 4,
     "min_requests_per_level": 16,
+    # By count only for direct callers and the bare CLI; an experiment config gets the schema's time floors
+    # (workflow/schemas/config.schema.yaml: min_level_seconds, warmup_seconds).
+    "min_level_seconds": 0.0,  # a level measures at least this long (and at least its request count)
+    "warmup_seconds": 0.0,  # the warm-up runs at least this long (and at least warmup_requests)
     "ignore_eos": True,
     "temperature": 1.0,
     "system_prompt": DEFAULT_SYSTEM_PROMPT,
@@ -69,6 +75,21 @@ class SweepSummary:
     first_error: str | None = None
 
 
+PREBUILD_SHARE = 0.7  # of the requests the warm-up's pace predicts for the time floor; the rest is built on demand
+
+
+def expected_requests(warm: list[RequestRecord], n: int, seconds: float) -> int:
+    """How many prompts to build before a level with a time floor: PREBUILD_SHARE of what a closed loop of n
+    finishes in `seconds` at the warm-up's pace (n / mean end-to-end time per second); 0 without a warm-up. Prompts
+    beyond it are built when needed (one /tokenize call each); prebuilding keeps most of that out of the measured
+    window, and building fewer than predicted keeps a level from overshooting its floor when the warm-up ran
+    faster than the level does."""
+    e2e = [r.end - r.start for r in warm if r.ok and r.end and r.end > r.start]
+    if not e2e or seconds <= 0:
+        return 0
+    return int(n * seconds / (sum(e2e) / len(e2e)) * PREBUILD_SHARE)
+
+
 def requests_for(n: int, cfg: dict) -> int:
     if cfg.get("requests_per_level"):
         return int(cfg["requests_per_level"])
@@ -86,6 +107,29 @@ class _Level:
         self.next = 0
         self.records: list[RequestRecord] = []
         self.abort: str | None = None
+        # Time floor (set_floor): once its prompts are all sent, the level keeps sending new ones until min_end.
+        self.floor_s = 0.0
+        self.min_end: float | None = None
+        self.more_prompt: Callable[[int], Awaitable[tuple[str, int]]] | None = None
+
+    def set_floor(self, seconds: float, more_prompt: Callable[[int], Awaitable[tuple[str, int]]]) -> None:
+        """Measure at least `seconds` from the first send, building further prompts with more_prompt(index) when
+        the prepared ones run out."""
+        if seconds > 0:
+            self.floor_s, self.more_prompt = seconds, more_prompt
+
+    async def wants_more(self) -> bool:
+        """Another request to send: a prepared prompt is left, or the time floor is not reached (then one more
+        prompt is built and appended). The floor counts from the first call, made just before the first send, so
+        the level's window (first start to last end) is at least floor_s long."""
+        if self.min_end is None and self.floor_s:
+            self.min_end = time.time() + self.floor_s
+        if self.next < len(self.prompts):
+            return True
+        if self.more_prompt is None or self.min_end is None or time.time() >= self.min_end:
+            return False
+        self.prompts.append(await self.more_prompt(len(self.prompts)))
+        return True
 
     def record_ids(self, index: int) -> dict:
         tag = {"measure": "", "warmup": "w", "probe": "p"}[self.phase]
@@ -103,7 +147,7 @@ async def _closed_loop(client: Client, level: _Level, sampling: Sampling, writer
     """Keep `level.concurrency` requests in flight until every prompt was sent (or the level aborts)."""
 
     async def worker() -> None:
-        while level.abort is None and level.next < len(level.prompts):
+        while level.abort is None and await level.wants_more():
             reason = abort_check() if abort_check else None
             if reason:
                 level.abort = reason
@@ -154,22 +198,61 @@ def _check_fresh(out_dir: Path) -> None:
         raise SweepError(f"{path} already holds records; write each run to a fresh folder")
 
 
-class _Progress:
-    """One status line per level on stderr, rewritten in place on a terminal."""
+class _PromptSource:
+    """The prompts of one workload's levels, built in order so that no two requests of a run share one."""
 
-    def __init__(self, label: str, total: int):
-        self.label, self.total, self.done, self.failed = label, total, 0, 0
+    def __init__(self, builder: PromptBuilder, workload: Workload, seed: int, start: int):
+        self.builder, self.workload, self.seed, self.next = builder, workload, seed, start
+
+    async def one(self, _level_index: int = 0) -> tuple[str, int]:
+        index = self.next
+        self.next += 1
+        return await self.builder.prompt(self.workload.prompt_tokens, self.seed, self.workload.name, index)
+
+    async def take(self, count: int) -> list[tuple[str, int]]:
+        return [await self.one() for _ in range(count)]
+
+
+PROGRESS_EVERY_S = 10.0  # a progress line this often in a log (not a terminal, where the line is redrawn in place)
+BAR_WIDTH = 20
+
+
+class _Progress:
+    """Progress of one level on stderr: on a terminal a bar redrawn in place; in a log (each Snakemake job's) a line
+    every PROGRESS_EVERY_S seconds; and one final line per level. Each says the requests done, the seconds measured
+    against the level's floor and the output tokens per second so far."""
+
+    def __init__(self, label: str, total: int, min_seconds: float = 0.0):
+        self.label, self.total, self.min_seconds = label, total, min_seconds
+        self.done, self.failed, self.tokens = 0, 0, 0
+        self.first: float | None = None
         self.tty = sys.stderr.isatty()
+        self.last_line = time.monotonic()
+
+    def _status(self) -> str:
+        elapsed = time.time() - self.first if self.first else 0.0
+        floor = f"/{self.min_seconds:.0f}" if self.min_seconds else ""
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        return (f"{self.done}/{self.total} done, {self.failed} failed, {elapsed:.1f}{floor} s, "
+                f"{rate:.1f} output tok/s so far")  # fmt: skip
 
     def tick(self, level: _Level) -> None:
         self.done = len(level.records)
         self.failed = sum(not r.ok for r in level.records)
+        self.tokens = sum(r.completion_tokens or 0 for r in level.records if r.ok)
+        self.first = min((r.start for r in level.records), default=None)
         if self.tty:
-            print(f"\r{self.label}: {self.done}/{self.total} done, {self.failed} failed", end="", file=sys.stderr)
+            elapsed = time.time() - self.first if self.first else 0.0
+            frac = min(self.done / max(self.total, 1), elapsed / self.min_seconds if self.min_seconds else 1.0, 1.0)
+            bar = "#" * int(frac * BAR_WIDTH) + "." * (BAR_WIDTH - int(frac * BAR_WIDTH))
+            print(f"\r{self.label}: [{bar}] {self._status()}", end="", file=sys.stderr)
+        elif time.monotonic() - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = time.monotonic()
+            print(f"{self.label}: {self._status()}", file=sys.stderr, flush=True)
 
     def finish(self, extra: str) -> None:
         print(f"{chr(13) if self.tty else ''}{self.label}: {self.done}/{self.total} done, {self.failed} failed, {extra}",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 async def run_sweep(
@@ -224,15 +307,17 @@ async def run_sweep(
             for n in wl.concurrency:
                 ids = {"experiment": experiment, "arm": arm, "repeat": repeat, "workload": wl.name}
                 n_warm, n_req = int(cfg["warmup_requests"]), requests_for(n, cfg)
-                prompts = [await builder.prompt(wl.prompt_tokens, seed, wl.name, prompt_index + i)
-                           for i in range(n_warm + n_req)]  # fmt: skip
-                prompt_index += n_warm + n_req
+                source = _PromptSource(builder, wl, seed, prompt_index)
                 label = f"{wl.name} c={n}"
 
-                warm = _Level(ids, prompts[:n_warm], "warmup", n)
+                warm = _Level(ids, await source.take(n_warm), "warmup", n)
+                if n_warm:
+                    warm.set_floor(float(cfg["warmup_seconds"]), source.one)
                 await _closed_loop(client, warm, sampling, records, abort_check, lambda: None)
                 summary.records += warm.records
-                measure = _Level(ids, prompts[n_warm:], "measure", n)
+                min_s = float(cfg["min_level_seconds"])
+                n_req = max(n_req, expected_requests(warm.records, n, min_s))
+                measure = _Level(ids, await source.take(n_req), "measure", n)
                 measure.abort = warm.abort
                 latency: list[float] = []
                 if measure.abort is None:
@@ -240,7 +325,8 @@ async def run_sweep(
                         latency = await latency_probe(aux, base_url, int(cfg["latency_probe_gets"]))
                     except SweepError as exc:
                         measure.abort = (abort_check() if abort_check else None) or str(exc)
-                progress = _Progress(label, n_req)
+                progress = _Progress(label, n_req, min_s)
+                measure.set_floor(min_s, source.one)
                 if on_level:
                     on_level("start", {**ids, "concurrency": n})
                 limit, worker_loads = float(cfg["client_lag_limit_ms"]), []
@@ -256,11 +342,12 @@ async def run_sweep(
                     on_level("end", {**ids, "concurrency": n})
                 records.sync()
                 summary.records += measure.records
+                prompt_index = source.next
 
                 sent = [r for r in measure.records if not (r.error or "").startswith("not sent")]
                 window = sent or measure.records
                 level = LevelRecord(
-                    **ids, concurrency=n, requests=n_req, warmup=n_warm,
+                    **ids, concurrency=n, requests=len(measure.prompts), warmup=len(warm.prompts),
                     start=min((r.start for r in window), default=time.time()),
                     end=max((r.end or r.start for r in window), default=time.time()),
                     latency_ms=latency, failed=sum(not r.ok for r in measure.records),
@@ -419,7 +506,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         full = load_config(args.config)
         cfg.update(full.get("sweep") or {})
         known = {w.name: w for w in workloads_of(full)}
-    api_key = apply_common_args(args, cfg, {"requests_per_level": args.requests, "client_processes": args.processes})
+    api_key = apply_common_args(args, cfg, {"requests_per_level": args.requests, "client_processes": args.processes,
+                                            "min_level_seconds": args.min_level_seconds,
+                                            "warmup_seconds": args.warmup_seconds})  # fmt: skip
     workloads = [parse_workload(w, known) for w in args.workload] if args.workload else list(known.values())
     if not workloads:
         raise SweepError("no workload: give --workload NAME=PROMPT:OUTPUT or --config with workloads")
@@ -464,6 +553,9 @@ def register(subparsers) -> None:
     add_common_args(p)
     p.add_argument("--concurrency", help="levels, e.g. 1,2,4 (default: the config's per workload)")
     p.add_argument("--requests", type=int, help="measured requests per level (default max(4N, 16))")
+    p.add_argument("--min-level-seconds", type=float,
+                   help="measure each level at least this long, besides its request count (default: by count only)")
+    p.add_argument("--warmup-seconds", type=float, help="warm up each level at least this long (default 0)")
     p.add_argument("--output", required=True, help="run folder: records.jsonl and levels.jsonl are written here")
     p.add_argument("--config", help="experiment config: its workloads and sweep sections are the defaults")
     p.add_argument("--processes", type=int, help="client processes the measured requests are spread over (default 1)")

@@ -1,6 +1,10 @@
 # Analysis: raw run folders -> tables -> plots -> report. Thin rules; attnbench.aggregate/plots/report do the work.
 # Every output meant for `snakemake --report report.html` is wrapped in report() with a caption in workflow/report/.
-from attnbench.plots import FORMATS as PLOT_FORMATS, KINDS as PLOT_KINDS
+from attnbench.plots import (
+    FIGURES as PLOT_FIGURES,
+    FORMATS as PLOT_FORMATS,
+    KINDS as PLOT_KINDS,
+)
 
 WORKLOADS = list(config["workloads"])
 
@@ -17,6 +21,10 @@ rule aggregate:
             category="Tables",
         ),
         parquet=f"{EXP_DIR}/tables/levels.parquet",
+        tables_format=f"{EXP_DIR}/tables/tables_format.txt",
+        comparisons=f"{EXP_DIR}/tables/comparisons.csv",
+        flags=f"{EXP_DIR}/tables/flags.md",
+        kernel_shares=f"{EXP_DIR}/tables/kernel_shares.csv",
         articles=expand(
             f"{EXP_DIR}/tables/article_{{arm}}_{{workload}}.md",
             arm=ARMS,
@@ -52,6 +60,9 @@ rule aggregate:
 rule plots:
     input:
         levels=rules.aggregate.output.levels,
+        comparisons=rules.aggregate.output.comparisons,
+        vs_published=rules.aggregate.output.vs_published,
+        kernel_shares=rules.aggregate.output.kernel_shares,
         config=CONFIG_FILE,
     output:
         png=[
@@ -66,6 +77,11 @@ rule plots:
             f"{EXP_DIR}/plots/{{kind}}_{{workload}}.{{ext}}",
             kind=PLOT_KINDS,
             workload=WORKLOADS,
+            ext=[ext for ext in PLOT_FORMATS if ext != "png"],
+        )
+        + expand(
+            f"{EXP_DIR}/plots/{{figure}}.{{ext}}",
+            figure=PLOT_FIGURES,
             ext=[ext for ext in PLOT_FORMATS if ext != "png"],
         ),
     log:
@@ -101,3 +117,12 @@ rule report:
 
 
 AGGREGATE_TARGETS = rules.report.output
+
+
+onsuccess:
+    # The last thing a person sees after `snakemake ...` ends: where to look.
+    report_md = Path(EXP_DIR) / "report.md"
+    if report_md.exists():
+        print(
+            f"Report: {report_md} and {report_md.with_suffix('.html')} (tables in {EXP_DIR}/tables/)"
+        )
