@@ -18,7 +18,9 @@ def dry_run(configfile: Path, workdir: Path) -> subprocess.CompletedProcess:
         (workdir / "config").symlink_to(ROOT / "config")
     cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(workdir), "--configfile", str(configfile)]  # fmt: skip
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # Configs with runtime apptainer need an apptainer on PATH even to plan (the parse-time preflight); last on PATH,
+    # the dry-run stand-in (tests/fakes/apptainer: answers --version only) serves where no real one is installed.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}:{ROOT / 'tests' / 'fakes'}"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -51,7 +53,9 @@ def test_bad_config_stops_the_workflow(edit, expected, tmp_path):
 
 
 def test_workflow_is_lint_and_snakefmt_clean():
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # Configs with runtime apptainer need an apptainer on PATH even to plan (the parse-time preflight); last on PATH,
+    # the dry-run stand-in (tests/fakes/apptainer: answers --version only) serves where no real one is installed.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}:{ROOT / 'tests' / 'fakes'}"}
     lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", "config/demo.yaml"],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert lint.returncode == 0, (lint.stdout + lint.stderr)[-3000:]

@@ -28,3 +28,30 @@ def test_h100_bundle_says_what_ran():
     ran = {(a["name"], r["repeat"]) for a in manifest["arms"] for r in a["runs"] if r["status"] == "ok"}
     assert ran == {("fa3", 0), ("fa3", 1), ("fa3", 2), ("fa2", 0), ("fa2", 1), ("triton", 0), ("triton", 1)}
     assert manifest["complete"] is False
+
+
+def test_errata_bundle_ran_the_article_engine_through_apptainer_with_its_kernels():
+    """The vLLM 0.7.1 errata bundle: every run in the Apptainer image (its sha256 in run.json), the server started by
+    `apptainer exec --nv`, awq_marlin as the article's command gets, and each arm's kernels (the erratum: XFORMERS
+    prefilled through PyTorch's FlashAttention-2)."""
+    import json
+    import tarfile
+
+    (path,) = [p for p in PUBLISHED if p.parent.name == "h100-vllm0.7.1-errata"]
+    manifest = verify.verify_bundle(path).manifest
+    ran = {(a["name"], r["repeat"]) for a in manifest["arms"] for r in a["runs"] if r["status"] == "ok"}
+    assert ran == {(arm, k) for arm in ("xformers", "flash_attn") for k in range(3)} | {
+        ("xformers_cutlass", 0), ("xformers_cutlass", 1)}
+    with tarfile.open(path) as tar:
+        runs = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith("/run.json")}
+    assert len(runs) == 8
+    for name, run in runs.items():
+        assert run["server"]["argv"][:4] == ["apptainer", "exec", "--cleanenv", "--nv"], name
+        assert run["engine"]["image_sha256"] == "0506d99f42e7c4b5e50955a5a05aba2fecd6a8ae891c4201499340e64b3f838d"
+        assert run["engine"]["versions"] == {"cuda": "12.4", "torch": "2.5.1+cu124", "vllm": "0.7.1",
+                                             "xformers": "0.0.28.post3"}  # fmt: skip
+        assert run["quantization"]["logged"] == "awq_marlin" and run["quantization"]["match"], name
+        families = {k for k, v in run["kernels"]["families"].items() if v and k != "other"}
+        arm = run["arm"]
+        assert families == {"xformers": {"pytorch_flash", "paged_attention"}, "flash_attn": {"fa2"},
+                            "xformers_cutlass": {"xformers_cutlass", "paged_attention"}}[arm], (name, families)  # fmt: skip

@@ -40,7 +40,10 @@ STUBS = {
     "xformers/ops/fmha/attn_bias.py": textwrap.dedent("""
         class AttentionBias: pass
         class BlockDiagonalMask(AttentionBias): pass
-        class BlockDiagonalCausalMask(BlockDiagonalMask): pass
+        class BlockDiagonalCausalMask(BlockDiagonalMask):
+            @classmethod
+            def from_seqlens(cls, q_seqlen):  # how vLLM 0.7.1 builds its prefill bias
+                return cls()
         VARLEN_BIASES = (BlockDiagonalMask,)
     """),
 }

@@ -98,5 +98,15 @@ def variant_files(arm_name):
         return []
     folder = Path("containers/variants") / arm["variant"]
     return sorted(
-        str(p) for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        str(p)
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
     )
+
+
+def base_requirements(image):
+    """The hash-locked requirements file an Apptainer base image is built from (containers/lock.yaml)."""
+    from attnbench.apptainer import requirements_path
+    from attnbench.containers import load_lock, lock_entry
+
+    return str(requirements_path(lock_entry(load_lock(), image), image))

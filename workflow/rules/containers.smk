@@ -11,13 +11,8 @@
 #     and everything after it outside.
 import shutil
 
-from attnbench.apptainer import (
-    apptainer_env,
-    base_recipe_digest,
-    install_hint,
-    requirements_path,
-)
-from attnbench.containers import image_files, load_lock, lock_entry
+from attnbench.apptainer import apptainer_env, base_recipe_digest, install_hint
+from attnbench.containers import image_files, load_lock
 from attnbench.errors import AttnbenchError
 from attnbench.gpu import check_compatible, planned_gpu_type
 
@@ -38,7 +33,11 @@ if RUNTIME in CONTAINER_RUNTIMES:
             check_compatible(config, GPU_TYPE, load_lock())
     except AttnbenchError as exc:
         PREFLIGHT.append(f"engine/GPU check: {exc}")
-if USES_APPTAINER and shutil.which("apptainer") is None and shutil.which("singularity") is None:
+if (
+    USES_APPTAINER
+    and shutil.which("apptainer") is None
+    and shutil.which("singularity") is None
+):
     PREFLIGHT.append(f"apptainer is not on PATH: {install_hint()}")
 if PREFLIGHT:
     raise WorkflowError(" || ".join(PREFLIGHT))
@@ -62,22 +61,20 @@ wildcard_constraints:
 IMAGE_FILES = {arm: image_files(config, arm, GPU_TYPE, EXP_DIR) for arm in ARMS}
 
 
-def base_requirements(wildcards):
-    return str(requirements_path(lock_entry(load_lock(), wildcards.image), wildcards.image))
-
-
 rule build_base_image:
     input:
         # ancient: an imported image (attnbench image import) or a fresh checkout must not look stale by mtime;
         # a changed lock rebuilds through the params below.
-        requirements=lambda wildcards: ancient(base_requirements(wildcards)),
-        definition=ancient("containers/base.def.in"),
-        install=ancient("containers/install-engine.sh"),
+        requirements=lambda wildcards: ancient(base_requirements(wildcards.image)),
+        definition=ancient(f"{workflow.basedir}/containers/base.def.in"),
+        install=ancient(f"{workflow.basedir}/containers/install-engine.sh"),
     output:
         sif=f"{BASE_DIR}/base.sif",
         record=f"{BASE_DIR}/base.json",
     log:
         f"{BASE_DIR}/build.log",
+    conda:
+        "../envs/attnbench.yaml"
     resources:
         # SLURM request when slurm.builds is cluster (docs/cluster.md)
         **build_resources(config),
@@ -110,6 +107,8 @@ rule arm_layer:
         f"{IMAGE_DIR}/{{arm}}.layer.json",
     log:
         f"{EXP_DIR}/logs/arm_layer/{{image}}-{{gpu_type}}-{{arm}}.log",
+    conda:
+        "../envs/attnbench.yaml"
     params:
         config=CONFIG_FILE,
     shell:
