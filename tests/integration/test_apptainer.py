@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,8 @@ import pytest
 from attnbench import apptainer
 from attnbench.errors import ServerError
 from attnbench.server import LaunchSpec, Server, free_port
+
+from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
 
 pytestmark = pytest.mark.apptainer
 
@@ -51,29 +54,20 @@ def cpu_sif() -> Path:
 
 def _container_processes(token: str) -> list[str]:
     """Processes of ours still alive: anything naming the token (the server's unique port) or an image mount."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
     return [line for line in out if token in line and "ps -eo" not in line]
 
 
 def _mounts_of(sif: Path) -> int:
     """squashfuse mounts of this image still alive (Apptainer mounts the SIF per container)."""
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     return sum(1 for line in out.splitlines() if "squashfuse" in line and str(sif) in line)
 
 
 def _stand_in_spec(sif: Path, port: int, *, exit_after_s: float | None = None) -> LaunchSpec:
     """A stand-in server (python's http.server inside the engine image) that answers /health: the lifecycle tests
     need no model. With exit_after_s it dies with code 3, like a crashing engine."""
-    code = textwrap.dedent(f"""
-        import http.server, threading, os
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200 if self.path == '/health' else 404); self.end_headers()
-        if {exit_after_s!r} is not None:
-            threading.Timer({exit_after_s!r}, lambda: os._exit(3)).start()
-        print('stand-in server up in', os.environ.get('ATTNBENCH_ENGINE'), flush=True)
-        http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()
-    """)
+    code = stand_in_server_code(port, "127.0.0.1", exit_after_s=exit_after_s)
     argv = apptainer.exec_argv(sif, ["python3", "-c", code, f"--port={port}"], env={"ATTNBENCH_TEST": "1"})
     return LaunchSpec(argv=argv, runtime="apptainer", description={"image": str(sif)})
 
@@ -103,7 +97,7 @@ def test_dying_server_fails_startup_with_its_exit_code(cpu_sif, tmp_path):
 PARENT = """
 import sys, time
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {tests!r} + '/integration']
 from attnbench.server import Server
 from integration.test_apptainer import _stand_in_spec
 port = int(sys.argv[1])
@@ -134,7 +128,7 @@ def test_parent_terminated_interrupted_or_killed_leaves_no_process(cpu_sif, tmp_
     if sig == signal.SIGKILL:
         left = _container_processes(f"--port={port}")
         assert left, "a SIGKILLed parent cannot stop its server"
-        os.killpg(int(left[0].split()[0]), signal.SIGKILL)  # the group the server was started in
+        os.killpg(os.getpgid(int(left[0].split()[0])), signal.SIGKILL)  # the group the server was started in
     deadline = time.monotonic() + 30
     while (_container_processes(f"--port={port}") or _mounts_of(cpu_sif) > mounts_before) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -208,9 +202,12 @@ def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()  # fmt: skip
     for name in files:
-        if (ROOT / name).is_file():
-            (other / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, other / name)
+        src, dst = ROOT / name, other / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():  # the package's links to schemas and reference data
+            dst.symlink_to(os.readlink(src))
+        elif src.is_file():
+            shutil.copy2(src, dst)
     env = {**os.environ, "PYTHONPATH": str(other / "workflow")}
     imp = subprocess.run([sys.executable, "-m", "attnbench.cli", "image", "import", str(export)], cwd=other,
                          capture_output=True, text=True, env=env)  # fmt: skip
@@ -218,8 +215,9 @@ def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
     assert apptainer.sha256_file(other / "results/images" / CPU_KEY / "base.sif") == manifest["base"]["sif_sha256"]
     dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--use-singularity", "--configfile",
                           "config/demo-apptainer.yaml"], cwd=other, capture_output=True, text=True, env=env)  # fmt: skip
-    assert dry.returncode == 0, dry.stderr[-2000:]
-    assert "serve_sweep" in dry.stdout and "build_base_image" not in dry.stdout and "engine_versions" not in dry.stdout
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-2000:]
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0], re.M))
+    assert "serve_sweep" in planned and "build_base_image" not in planned and "engine_versions" not in planned, planned
 
     # a damaged part, then an export that does not match this checkout's lock: both refused, nothing written
     part = export / manifest["parts"][0]["name"]

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import pytest
 from attnbench import containers
 from attnbench.errors import ContainerError
 from attnbench.server import LaunchSpec, free_port
+
+from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
 
 pytestmark = pytest.mark.podman
 
@@ -67,16 +68,8 @@ def _ours(client) -> list:
 def _health_server_spec(port: int, *, exit_after_s: float | None = None) -> LaunchSpec:
     """A stand-in server (python's http.server in the engine image) that answers /health, for lifecycle tests that
     need no model. With exit_after_s it dies with code 3, like a crashing engine."""
-    code = textwrap.dedent(f"""
-        import http.server, sys, threading, os
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200 if self.path == '/health' else 404); self.end_headers()
-        if {exit_after_s!r} is not None:
-            threading.Timer({exit_after_s!r}, lambda: os._exit(3)).start()
-        print('stand-in server up', flush=True)
-        http.server.HTTPServer(('0.0.0.0', {port}), H).serve_forever()
-    """)
+    # inside, listen on all interfaces: the published port on 127.0.0.1 reaches it (DockerServer)
+    code = stand_in_server_code(port, "0.0.0.0", exit_after_s=exit_after_s)
     return LaunchSpec(argv=["python3", "-c", code, "--host", "127.0.0.1"], env={"ATTNBENCH_TEST": "1"},
                       runtime="docker", description={"image": CPU_IMAGE, "device": "cpu"})  # fmt: skip
 
@@ -111,7 +104,7 @@ import sys, time
 from pathlib import Path
 from attnbench import containers
 from attnbench.server import LaunchSpec
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {tests!r} + '/integration']
 from integration.test_podman import _health_server_spec
 port = int(sys.argv[1])
 with containers.DockerServer(_health_server_spec(port), Path(sys.argv[2]), f"http://127.0.0.1:{{port}}", 60) as srv:
