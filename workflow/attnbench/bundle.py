@@ -35,7 +35,9 @@ BUNDLE_SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 # Files kept from each run folder (runs/<arm>/rep<k>/); profiler traces in subfolders stay out (large, not needed
 # to recompute anything: kernels.json holds their attribution).
-RUN_FILES = ("records.jsonl", "levels.jsonl", "server.log", "run.json", "kernels.json", "gpu.jsonl")
+# openloop*.jsonl and servermetrics.jsonl exist where a run had open-loop rates or scraped the server's /metrics.
+RUN_FILES = ("records.jsonl", "levels.jsonl", "server.log", "run.json", "kernels.json", "gpu.jsonl", "openloop.jsonl",
+             "openloop_levels.jsonl", "servermetrics.jsonl")
 # Derived outputs copied whole, relative to the experiment folder.
 DERIVED_DIRS = ("tables", "plots")
 DERIVED_FILES = ("report.md", "report.html")
