@@ -40,6 +40,11 @@ class _Share:
     def record_ids(self, index: int) -> dict:
         return self._ids[index]
 
+    async def wants_more(self) -> bool:
+        """sweep._Level's question: another prepared prompt left? A share has no time floor (sweep.min_level_seconds
+        applies to single-process levels; a pooled level is sized by its request count)."""
+        return self.next < len(self.prompts)
+
 
 class _PipeWriter:
     """sweep._closed_loop's writer: sends each finished record to the parent at once."""
