@@ -51,7 +51,9 @@ def snakemake(work: Path, *args: str, timeout: float = 300) -> subprocess.Comple
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(work),
            "--workflow-profile", str(ROOT / "profiles" / "slurm"), *args]  # fmt: skip
     # The rules call the `attnbench` CLI of this venv; SLURM jobs inherit PATH (sbatch --export=ALL).
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # Last on PATH, the dry-run stand-in apptainer (answers --version only): runtime-apptainer configs need one to plan.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", ""),
+                                                   str(ROOT / "tests" / "fakes")])}  # fmt: skip
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
 
 
