@@ -152,7 +152,7 @@ def test_run_arm_with_runtime_docker_end_to_end(podman_api, cpu_image, tmp_path,
     monkeypatch.chdir(tmp_path)
     cfg = load_config(ROOT / "config" / "demo-docker.yaml")
     cfg["workloads"] = {"short": {"prompt_tokens": 45, "output_tokens": 16, "concurrency": [2]}}
-    cfg["sweep"].update(requests_per_level=4, warmup_requests=1)
+    cfg["sweep"].update(requests_per_level=4, warmup_requests=1, min_level_seconds=0, warmup_seconds=0)
     cfg["model"]["architecture"] = str(ROOT / "config/models/tiny-qwen2.json")
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     exp = tmp_path / "results" / "demo-docker"

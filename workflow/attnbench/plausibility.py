@@ -7,7 +7,7 @@ failure naming file, record and field:
 - identity: each record's experiment, arm and repeat match the manifest and the folder it sits in;
 - time: finite, ordered times; TTFT and the inter-token gaps fit inside the request; measured requests inside their
   level's window; levels inside their run's window and one after another;
-- counts: each level's requests and warmup as the config's sweep implies;
+- counts: each level's requests and warmup as the config's sweep implies (at least that many under a time floor);
 - GPU identity: one GPU type across manifest and run.json files, and the type key agrees with the GPU's name,
   compute capability and memory as nvidia-smi reported them; gpu.jsonl samples come from the GPU run.json names;
 - physics: no request decodes faster than the named GPU's peak memory bandwidth allows for the named model's
@@ -300,11 +300,14 @@ def check_windows(run: RunData, sweep: dict) -> list[Finding]:
         if previous_end is not None and lv.start < previous_end - ORDER_SLACK_S:
             out.append(Finding(rel_lv, f"{lid} start", f">= the previous level's end {previous_end}", lv.start))
         previous_end = lv.end
+        # With a time floor (sweep.min_level_seconds / warmup_seconds) a level sends more than its count until the
+        # floor is reached: the count is then a minimum, not the exact number.
         want = requests_for(lv.concurrency, sweep)
-        if lv.requests != want:
+        if lv.requests < want or (lv.requests != want and not float(sweep.get("min_level_seconds") or 0)):
             out.append(Finding(rel_lv, f"{lid} requests", f"{want} (the config's sweep)", lv.requests))
-        if lv.warmup != sweep.get("warmup_requests", lv.warmup):
-            out.append(Finding(rel_lv, f"{lid} warmup", sweep.get("warmup_requests"), lv.warmup))
+        want_warm = sweep.get("warmup_requests", lv.warmup)
+        if lv.warmup < want_warm or (lv.warmup != want_warm and not float(sweep.get("warmup_seconds") or 0)):
+            out.append(Finding(rel_lv, f"{lid} warmup", want_warm, lv.warmup))
         for rlineno, rec in by_level.get((lv.workload, lv.concurrency), []):
             if rec.phase != "measure":
                 continue
