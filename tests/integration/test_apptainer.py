@@ -95,7 +95,9 @@ def test_dying_server_fails_startup_with_its_exit_code(cpu_sif, tmp_path):
 
 
 PARENT = """
-import sys, time
+import signal, sys, time
+# Ctrl-C as a terminal delivers it, even when this test runs where SIGINT is ignored (a background job).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 sys.path[:0] = [{tests!r}, {tests!r} + '/integration']
 from attnbench.server import Server

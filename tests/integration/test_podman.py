@@ -100,7 +100,9 @@ def test_dying_server_fails_startup_with_its_exit_code(podman_api, cpu_image, tm
 
 
 PARENT = """
-import sys, time
+import signal, sys, time
+# Ctrl-C as a terminal delivers it, even when this test runs where SIGINT is ignored (a background job).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from attnbench import containers
 from attnbench.server import LaunchSpec
