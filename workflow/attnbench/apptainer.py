@@ -22,6 +22,7 @@ checkout's, and puts the files where the workflow looks, so Snakemake plans no b
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -94,8 +95,6 @@ def requirements_path(entry: dict, key: str) -> Path:
 def base_recipe_digest(key: str, lock: dict | None = None) -> str:
     """sha256 over what decides a base image's content: the lock entry's apptainer section and the requirements
     lock's bytes. A changed value makes Snakemake rebuild the image (its params rerun trigger)."""
-    import hashlib
-
     from attnbench.containers import load_lock, lock_entry
 
     entry = lock_entry(lock or load_lock(), key)
@@ -104,8 +103,6 @@ def base_recipe_digest(key: str, lock: dict | None = None) -> str:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -334,8 +331,6 @@ def check_base(key: str, lock: dict, images_dir: str | os.PathLike | None = None
 
 def tree_digest(folder: Path) -> dict:
     """sha256 of every file under folder (sorted relative paths) and one digest over all of them."""
-    import hashlib
-
     files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and "__pycache__" not in p.parts}  # fmt: skip
     total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in files.items()).encode()).hexdigest()
@@ -344,8 +339,6 @@ def tree_digest(folder: Path) -> dict:
 
 def layer_record(cfg: dict, arm: dict, gpu_type: str, base: dict) -> dict:
     """What an arm's container is: the base image (by sha256) plus the arm's backend environment and variant."""
-    import hashlib
-
     from attnbench.containers import variant_dir
     from attnbench.engine import backend_selection
 
@@ -440,8 +433,6 @@ def export_image(key: str, out: Path, *, images_dir: str | os.PathLike | None = 
         while chunk := fh.read(size):
             name = f"{key}.part{index:03d}"
             (out / name).write_bytes(chunk)
-            import hashlib
-
             parts.append({"name": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
             index += 1
     manifest = {"schema": EXPORT_SCHEMA, "key": key, "base": record, "parts": parts,
@@ -471,8 +462,6 @@ def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: s
     if record.get("lock_sha256") != want_lock:
         raise ContainerError(f"image {key} in {src} was built from a lock with sha256 {record.get('lock_sha256')}; "
                              f"this checkout's lock has {want_lock}: refusing it")  # fmt: skip
-    import hashlib
-
     out_dir = base_dir(key, images_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / "base.sif.partial"
