@@ -17,8 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from attnbench.models import write_synthetic_model
-from attnbench.server import LaunchSpec, Server, free_port
+from attnbench.engines.models import write_synthetic_model
+from attnbench.engines.server import LaunchSpec, Server, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCHITECTURE = ROOT / "config" / "models" / "tiny-qwen2.json"

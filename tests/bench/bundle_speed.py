@@ -20,7 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
 from bundlefixture import make_config, write_derived, write_run  # noqa: E402
 
-from attnbench import bundle, compare, verify  # noqa: E402
+from attnbench.bundles import bundle
+
+from attnbench.analysis import compare
+
+from attnbench.bundles import verify  # noqa: E402
 
 
 def main() -> None:

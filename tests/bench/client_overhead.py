@@ -13,7 +13,7 @@ Two figures per client and concurrency level:
                 PACED_ITL_S; error = client-measured TTFT - TTFT_DELAY_S (median and p99, ms). It includes sending
                 the request and reading the reply through the loopback, which is what a client adds.
 Ours runs under this interpreter (the project venv), in one process ("ours") and spread over two client processes
-("ours2p", attnbench.multiproc; it runs a request count calibrated to --seconds, so its figure includes the tail
+("ours2p", attnbench.measure.multiproc; it runs a request count calibrated to --seconds, so its figure includes the tail
 of the last wave, which the one-process loop's deadline does not); vLLM's (vllm.benchmarks.lib.endpoint_request_func, aiohttp,
 a session configured as vllm/benchmarks/serve.py does) under --engine-python. Numbers are printed, not asserted.
 """
@@ -134,7 +134,7 @@ async def _closed_loop(send, concurrency: int, seconds: float | None, count: int
 
 async def drive_ours(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None) -> dict:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
-    from attnbench.client import Client, Sampling
+    from attnbench.measure.client import Client, Sampling
 
     sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
     ids = dict(experiment="b", arm="b", repeat=0, workload="b", concurrency=concurrency, phase="measure", index=0,
@@ -155,12 +155,12 @@ class _Discard:
 
 async def drive_ours_mp(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None,
                         processes: int = 2) -> dict:  # fmt: skip
-    """Ours spread over `processes` client processes (attnbench.multiproc). The pool runs a level of a given request
+    """Ours spread over `processes` client processes (attnbench.measure.multiproc). The pool runs a level of a given request
     count, not a time: in --seconds mode a first level calibrates the count to about `seconds` of work."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
-    from attnbench.client import Sampling
-    from attnbench.multiproc import ClientPool
-    from attnbench.sweep import _Level
+    from attnbench.measure.client import Sampling
+    from attnbench.measure.multiproc import ClientPool
+    from attnbench.measure.sweep import _Level
 
     sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
     ids = {"experiment": "b", "arm": "b", "repeat": 0, "workload": "b"}

@@ -2,7 +2,7 @@
 # Same-machine A/B for issue 7: is the gap between our FA3 numbers and the anchor file
 # (../shared/reference/h100_vllm_bench_serve.md) the pipeline's server or the host?
 #   A: the anchor's plain server (`vllm serve` with the anchor's flags only)
-#   B: the server exactly as run-arm starts it (attnbench.engine.launch_spec: served name, seed, profiler config)
+#   B: the server exactly as run-arm starts it (attnbench.engines.engine.launch_spec: served name, seed, profiler config)
 # Both are measured by vLLM's own client with the anchor's command (second run: c=1 8 prompts 1 warmup; c=32 128
 # prompts 32 warmups), one after the other on one GPU, with nvidia-smi sampling clocks and power throughout.
 # Runs on the GPU host after `bash tests/gpu/h100.sh install`, in the background (setsid); results in /tmp/ab.
@@ -17,7 +17,7 @@ TOK=$AB/model/tokenizer
 
 bench() {  # $1 label, $2 base url, $3 model name, $4 concurrency, $5 prompts, $6 warmups
   # vLLM's own benchmark, entered the way crosscheck.py enters it (its console script needs package metadata)
-  python3 -c 'import sys; from attnbench.crosscheck import VLLM_BENCH; exec(VLLM_BENCH)' --backend openai-chat --endpoint /v1/chat/completions \
+  python3 -c 'import sys; from attnbench.measure.crosscheck import VLLM_BENCH; exec(VLLM_BENCH)' --backend openai-chat --endpoint /v1/chat/completions \
     --base-url "$2" --model "$3" --tokenizer $TOK --dataset-name random --random-input-len 45 \
     --random-output-len 512 --ignore-eos --max-concurrency "$4" --num-prompts "$5" --num-warmups "$6" --seed 0 \
     --save-result --result-dir $AB --result-filename "$1-c$4.json" > "$AB/$1-c$4.log" 2>&1
@@ -51,7 +51,7 @@ start)
 import json
 from pathlib import Path
 from attnbench.config import arm_by_name, load_config
-from attnbench.engine import launch_spec
+from attnbench.engines.engine import launch_spec
 cfg = load_config("config/h100.yaml")
 spec = launch_spec(cfg, arm_by_name(cfg, "fa3"), model_dir=Path("/tmp/ab/model/model"),
                    tokenizer_dir=Path("/tmp/ab/model/tokenizer"), host="127.0.0.1", port=8002,

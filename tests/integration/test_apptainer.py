@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attnbench import apptainer
+from attnbench.engines import apptainer
 from attnbench.errors import ServerError
-from attnbench.server import LaunchSpec, Server, free_port
+from attnbench.engines.server import LaunchSpec, Server, free_port
 
 from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
 
@@ -100,7 +100,7 @@ import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 sys.path[:0] = [{tests!r}, {tests!r} + '/integration']
-from attnbench.server import Server
+from attnbench.engines.server import Server
 from integration.test_apptainer import _stand_in_spec
 port = int(sys.argv[1])
 with Server(_stand_in_spec(Path({sif!r}), port), Path(sys.argv[2]), f"http://127.0.0.1:{{port}}", 120) as srv:
@@ -195,7 +195,7 @@ def test_run_arm_in_the_image_killed_server_keeps_records_and_names_the_cause(cp
 def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
     """The offline-host path: export here, import into a fresh copy of the checkout, and a dry run there plans no
     image build; a part that was damaged, or an export from another lock, is refused."""
-    from attnbench.containers import load_lock
+    from attnbench.engines.containers import load_lock
 
     export = tmp_path / "export"
     manifest = apptainer.export_image(CPU_KEY, export, images_dir=ROOT / "results/images", part_mib=256)

@@ -13,7 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnbench import bundle, compare, config, verify
+from attnbench.bundles import bundle, verify
+
+from attnbench.analysis import compare
+
+from attnbench import config
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

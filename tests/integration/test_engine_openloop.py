@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from attnbench.metrics import read_run as read_closed_run
-from attnbench.openloop import read_run
-from attnbench.records import read_levels, read_requests
-from attnbench.sweep import Workload, run_sweep
+from attnbench.measure.metrics import read_run as read_closed_run
+from attnbench.measure.openloop import read_run
+from attnbench.measure.records import read_levels, read_requests
+from attnbench.measure.sweep import Workload, run_sweep
 
 pytestmark = pytest.mark.engine
 
@@ -73,8 +73,8 @@ def test_blocked_event_loop_flags_the_level(engine_server, tmp_path):
 
 
 def test_server_metrics_scraped_into_the_run_folder_and_summarized(engine_server, tmp_path):
-    from attnbench import openloop, servermetrics
-    from attnbench.openloop import run_open_loop
+    from attnbench.measure import openloop, servermetrics
+    from attnbench.measure.openloop import run_open_loop
 
     run_dir = tmp_path / "exp" / "runs" / "cpu" / "rep0"
     ids = dict(experiment="t", arm="cpu", repeat=0)
@@ -123,7 +123,7 @@ def test_two_client_processes_merge_into_one_record_stream(engine_server, tmp_pa
 
 
 def test_in_flight_cap_holds_requests_back_as_send_lag(engine_server, tmp_path):
-    from attnbench.openloop import run_open_loop
+    from attnbench.measure.openloop import run_open_loop
 
     # 40 requests/s offered, one in flight at a time: each waits for the previous one to finish
     asyncio.run(run_open_loop(engine_server.base_url, engine_server.model, [(Workload("short", 45, 16, []), [40.0])],
@@ -141,7 +141,7 @@ def test_in_flight_cap_holds_requests_back_as_send_lag(engine_server, tmp_path):
 
 
 def test_knee_mode_doubles_the_rate_until_a_level_breaks(engine_server, tmp_path):
-    from attnbench.openloop import breaks
+    from attnbench.measure.openloop import breaks
 
     out = tmp_path / "run"
     proc = subprocess.run(

@@ -200,7 +200,7 @@ def test_server_killed_mid_run_fails_clearly_and_keeps_records(engine_python, tm
 def test_signal_to_run_arm_stops_the_server(engine_python, tmp_path, sig):
     """What a cluster scheduler (SIGTERM) or Ctrl-C (SIGINT) does to a running job: the server goes, run.json says
     why, the records stay."""
-    from attnbench.models import write_synthetic_model
+    from attnbench.engines.models import write_synthetic_model
 
     arms = [{"name": "sig", "backend": "CPU_ATTN"}]
     workloads = {"short": {"prompt_tokens": 45, "output_tokens": 256, "concurrency": [1]}}

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attnbench import containers
+from attnbench.engines import containers
 from attnbench.errors import ContainerError
-from attnbench.server import LaunchSpec, free_port
+from attnbench.engines.server import LaunchSpec, free_port
 
 from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
 
@@ -104,8 +104,8 @@ import signal, sys, time
 # Ctrl-C as a terminal delivers it, even when this test runs where SIGINT is ignored (a background job).
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
-from attnbench import containers
-from attnbench.server import LaunchSpec
+from attnbench.engines import containers
+from attnbench.engines.server import LaunchSpec
 sys.path[:0] = [{tests!r}, {tests!r} + '/integration']
 from integration.test_podman import _health_server_spec
 port = int(sys.argv[1])

@@ -165,7 +165,7 @@ def test_demo_runs_through_slurm(tmp_path, engine_python):
 # One rule with serve_sweep's SLURM request for the GPU type given as --config gpu_type=...
 GPU_PROBE_SNAKEFILE = """
 import json
-from attnbench.cluster import run_resources
+from attnbench.engines.cluster import run_resources
 
 rule gpu_probe:
     output: "probe.txt"

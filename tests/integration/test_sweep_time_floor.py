@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from attnbench.records import read_levels, read_requests
-from attnbench.sweep import Workload, run_sweep
+from attnbench.measure.records import read_levels, read_requests
+from attnbench.measure.sweep import Workload, run_sweep
 
 pytestmark = pytest.mark.engine
 

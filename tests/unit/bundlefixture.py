@@ -8,8 +8,8 @@ import json
 import random
 from pathlib import Path
 
-from attnbench import aggregate, report
-from attnbench.records import LevelRecord, RequestRecord, append_jsonl
+from attnbench.analysis import aggregate, report
+from attnbench.measure.records import LevelRecord, RequestRecord, append_jsonl
 
 SECRET = "sk-test-0123456789abcdef"  # the API key the fixture's "server" was given
 HF_SECRET = "hf_AbCdEfGhIjKlMnOpQrStUv"

@@ -1,6 +1,6 @@
 """Synthetic run folders for the analysis tests (aggregate, plots, report).
 
-Raw records are built with attnbench.records' dataclasses and written with its own writer, exactly as a sweep
+Raw records are built with attnbench.measure.records' dataclasses and written with its own writer, exactly as a sweep
 leaves them; metrics.py turns them into numbers. Each arm has a speed factor so that ratios are known in advance:
 an arm with speed s streams every token s times faster than speed 1, so its generation throughput is s times higher.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from attnbench.records import LevelRecord, RequestRecord, append_jsonl
+from attnbench.measure.records import LevelRecord, RequestRecord, append_jsonl
 
 T0 = 1_764_000_000.0
 BASE_TTFT = 0.05  # s at speed 1

@@ -11,7 +11,9 @@ import tarfile
 from pathlib import Path
 from typing import Callable
 
-from attnbench import aggregate, bundle, report, verify
+from attnbench.analysis import aggregate, report
+
+from attnbench.bundles import bundle, verify
 
 
 def extract(path: Path, dest: Path) -> Path:

@@ -1,6 +1,6 @@
 """aggregate.py: statistics, table text, determinism, the published join and flags.
 
-Hand-made level frames test the table code on numbers checked by hand; synthetic raw records (attnbench.records
+Hand-made level frames test the table code on numbers checked by hand; synthetic raw records (attnbench.measure.records
 dataclasses, tests/unit/synth_runs.py) go through metrics.read_run like a real run does."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnbench import aggregate
-from attnbench.aggregate import AggregateError, Spread
-from attnbench.aggregate import log_ratio_interval as ratio_interval
+from attnbench.analysis import aggregate
+from attnbench.analysis.aggregate import AggregateError, Spread
+from attnbench.analysis.aggregate import log_ratio_interval as ratio_interval
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -306,7 +306,7 @@ def test_failed_run_is_flagged_in_every_table(tmp_path):
 def test_kernel_expectation_violation_is_flagged(tmp_path):
     """A real H100 trace (vLLM 0.26, FLASH_ATTN -> FA3 kernels) attributed by kernels.py: the arm that forbids fa3
     is flagged everywhere, the arm that requires it is not."""
-    from attnbench import kernels
+    from attnbench.engines import kernels
 
     trace_dir = tmp_path / "trace"
     trace_dir.mkdir()
@@ -422,7 +422,7 @@ def test_format_1_tables_are_rebuilt_as_format_1(experiment):
     """A folder whose tables carry no tables_format.txt (a bundle made before format 2) is recomputed the old way, so
     `attnbench verify` still accepts it; write_tables always writes the current format."""
     exp, cfg = experiment
-    from attnbench import tables_v1
+    from attnbench.analysis import tables_v1
 
     (exp / "tables").mkdir()
     (exp / "tables" / "levels.csv").write_text("old\n", encoding="utf-8")

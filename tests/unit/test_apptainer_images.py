@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import apptainer
+from attnbench.engines import apptainer
 from attnbench.config import load_config
-from attnbench.containers import load_lock
+from attnbench.engines.containers import load_lock
 from attnbench.errors import ContainerError
 
 ROOT = Path(__file__).resolve().parents[2]

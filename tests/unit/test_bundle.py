@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from bundlefixture import HF_SECRET, KEY_ENV, SECRET, make_experiment, write_derived
 
-from attnbench import aggregate, bundle, verify
+from attnbench.analysis import aggregate
+
+from attnbench.bundles import bundle, verify
 from attnbench.cli import main
 from attnbench.errors import BundleError
-from attnbench.records import read_requests
+from attnbench.measure.records import read_requests
 
 
 

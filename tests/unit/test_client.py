@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.client import Client, Sampling, StreamError, StreamState, chat_messages, request_body
+from attnbench.measure.client import Client, Sampling, StreamError, StreamState, chat_messages, request_body
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loopback import LoopbackServer, read_request  # noqa: E402

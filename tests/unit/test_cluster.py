@@ -1,4 +1,4 @@
-"""SLURM resources per job (attnbench.cluster) from validated experiment configs."""
+"""SLURM resources per job (attnbench.engines.cluster) from validated experiment configs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnbench.cluster import build_resources, remote_rules, run_resources, target_gpu_type
+from attnbench.engines.cluster import build_resources, remote_rules, run_resources, target_gpu_type
 from attnbench.config import load_config
 from attnbench.errors import ConfigError
 

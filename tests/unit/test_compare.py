@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from bundlefixture import make_experiment
 
-from attnbench import aggregate, bundle, compare
+from attnbench.analysis import aggregate, compare
+
+from attnbench.bundles import bundle
 from attnbench.cli import main
 from attnbench.errors import BundleError
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from attnbench import containers
+from attnbench.engines import containers
 from attnbench.config import load_config
 from attnbench.errors import CompatibilityError, ConfigError, ContainerError
 
@@ -53,7 +53,7 @@ def test_lock_digests_are_null_or_real_sha256(lock):
 def test_base_definition_is_debootstrap_without_post(lock, tmp_path, key):
     """%post cannot run in `apptainer build` on hosts without full capabilities: the base definition only bootstraps
     Debian; the engine goes in afterwards (containers/install-engine.sh)."""
-    from attnbench import apptainer
+    from attnbench.engines import apptainer
 
     text = apptainer.render_base_def(key, lock["images"][key], "http://deb.example/debian")
     header, sections = {}, {}
@@ -166,7 +166,7 @@ def test_image_paths_one_base_per_line_a_layer_per_arm_and_gpu_type():
 
 
 def test_image_provenance_reads_the_build_records(tmp_path, monkeypatch):
-    from attnbench import apptainer
+    from attnbench.engines import apptainer
 
     monkeypatch.chdir(tmp_path)
     cfg = article(runtime="apptainer")
@@ -203,7 +203,7 @@ def test_cli_render_prints_a_parseable_dockerfile(tmp_path, capsys):
 
 
 def test_templates_and_locks_cover_every_lock_entry(lock):
-    from attnbench import apptainer
+    from attnbench.engines import apptainer
 
     for key, entry in lock["images"].items():
         assert (ROOT / "containers" / key / "Dockerfile.in").is_file(), key

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnbench import engine
+from attnbench.engines import engine
 from attnbench.config import load_config
-from attnbench.engine import backend_selection, build_venv, launch_spec
+from attnbench.engines.engine import backend_selection, build_venv, launch_spec
 from attnbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def test_real_model_path_has_no_dummy_load():
 
 def test_apptainer_command_line_for_the_article_argv_text(tmp_path):
     """Argv text only (the real exec runs in tests/integration/test_apptainer.py, on the CPU engine image)."""
-    from attnbench import apptainer
+    from attnbench.engines import apptainer
 
     cfg = _cfg("errata.yaml")
     spec = _spec(cfg, 2, trace_dir=tmp_path / "trace")  # xformers_cutlass: a variant, and the kernel probe
@@ -124,7 +124,7 @@ def test_apptainer_command_line_for_the_article_argv_text(tmp_path):
 
 def test_missing_capabilities_from_the_bounding_set():
     """The H100 host and the build machines lack CAP_SYS_RESOURCE (bit 24) in their bounding set."""
-    from attnbench import apptainer
+    from attnbench.engines import apptainer
 
     full = (1 << 41) - 1
     assert apptainer.missing_capabilities(f"Name:\tx\nCapBnd:\t{full:016x}\n") == []

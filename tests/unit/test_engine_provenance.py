@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from attnbench import provenance
-from attnbench.provenance import REDACTED, redact, redact_argv, redact_file, redact_text, secret_values
+from attnbench.engines import provenance
+from attnbench.engines.provenance import REDACTED, redact, redact_argv, redact_file, redact_text, secret_values
 
 KEY = "sk-live-0123456789abcdefXYZ"
 HF = "hf_" + "a1B2c3D4e5F6g7H8i9J0k1L2"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from attnbench.runarm import check_backend, keep_failed, model_paths
+from attnbench.engines.runarm import check_backend, keep_failed, model_paths
 
 
 def parsed(logged=None, refused=()):
@@ -63,7 +63,7 @@ def test_missing_api_key_fails_with_run_json(tmp_path, monkeypatch):
 
     from attnbench.config import load_config
     from attnbench.errors import AttnbenchError
-    from attnbench.runarm import run_arm
+    from attnbench.engines.runarm import run_arm
 
     root = Path(__file__).resolve().parents[2]
     cfg = yaml.safe_load((root / "config" / "demo.yaml").read_text())

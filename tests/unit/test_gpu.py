@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import gpu
+from attnbench.engines import gpu
 from attnbench.config import load_config
-from attnbench.containers import load_lock
+from attnbench.engines.containers import load_lock
 from attnbench.errors import CompatibilityError
 
 ROOT = Path(__file__).resolve().parents[2]

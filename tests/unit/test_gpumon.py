@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from attnbench import gpumon
+from attnbench.measure import gpumon
 
 H100_BUSY = "0, GPU-5f1c0e2a-0000-4a6b-9c1d-1234567890ab, 1980, 2619, 1980, 512.34, 700.00, 54, 98, 0x0000000000000000"
 H100_CAPPED = "0, GPU-5f1c0e2a-0000-4a6b-9c1d-1234567890ab, 1755, 2619, 1980, 699.10, 700.00, 61, 100, 0x0000000000000004"

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attnbench.http11 import LoopbackTransport
+from attnbench.measure.http11 import LoopbackTransport
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loopback import LoopbackServer, read_request  # noqa: E402

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import cli, kernels
+from attnbench import cli
+
+from attnbench.engines import kernels
 from attnbench.errors import AttnbenchError, ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from attnbench import kernels
+from attnbench.engines import kernels
 from attnbench.config import arm_by_name, load_config, load_schema
 
 ROOT = Path(__file__).resolve().parents[2]

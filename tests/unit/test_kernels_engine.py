@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attnbench import kernels
-from attnbench.server import Server, free_port
+from attnbench.engines import kernels
+from attnbench.engines.server import Server, free_port
 
 pytestmark = pytest.mark.engine
 

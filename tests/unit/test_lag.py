@@ -7,10 +7,10 @@ import time
 
 from synth_runs import config, write_run
 
-from attnbench import aggregate
-from attnbench.lag import LoopLagMonitor, as_record, lag_columns
-from attnbench.metrics import level_table
-from attnbench.records import LevelRecord, RequestRecord, append_jsonl, read_levels, read_requests
+from attnbench.analysis import aggregate
+from attnbench.measure.lag import LoopLagMonitor, as_record, lag_columns
+from attnbench.measure.metrics import level_table
+from attnbench.measure.records import LevelRecord, RequestRecord, append_jsonl, read_levels, read_requests
 
 
 async def _measure(block_s: float, *, every_s: float = 0.05, total_s: float = 0.6):
@@ -82,7 +82,7 @@ def test_lagged_level_is_flagged_in_aggregate_tables(tmp_path):
 
 
 def test_merged_load_takes_the_worst_loop_and_all_cpu():
-    from attnbench.lag import ClientLoad, merge_loads
+    from attnbench.measure.lag import ClientLoad, merge_loads
 
     def load(p99, cpu, samples=100):
         return ClientLoad(1.0, p99, p99 + 1, samples, 10.0, cpu, 2.0, cpu / 2 * 100, 10.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.kernels import PROFILER_LAYER
+from attnbench.engines.kernels import PROFILER_LAYER
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANT = ROOT / "containers" / "variants" / "xformers-cutlass"

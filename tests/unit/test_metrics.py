@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from attnbench.metrics import (
+from attnbench.measure.metrics import (
     ARTICLE_COLUMNS,
     ARTIFACT_COLUMNS,
     KEY_COLUMNS,
@@ -13,7 +13,7 @@ from attnbench.metrics import (
     level_table,
     read_run,
 )
-from attnbench.records import LevelRecord, RequestRecord, append_jsonl
+from attnbench.measure.records import LevelRecord, RequestRecord, append_jsonl
 
 BASE = dict(experiment="e", arm="a", repeat=0, workload="short", concurrency=2)
 

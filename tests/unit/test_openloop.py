@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from attnbench.errors import SweepError
-from attnbench.openloop import level_table, parse_rates, requests_for_rate, schedule
-from attnbench.records import LevelRecord, RequestRecord
+from attnbench.measure.openloop import level_table, parse_rates, requests_for_rate, schedule
+from attnbench.measure.records import LevelRecord, RequestRecord
 
 
 def test_schedules_end_at_n_over_rate_and_keep_their_shape():
@@ -75,7 +75,7 @@ def _level_of(rate, ttfts, late_s=0.0, ok=True, limit=200):
 
 
 def test_knee_breaks_on_failures_lagging_sends_or_missed_limits():
-    from attnbench.openloop import breaks
+    from attnbench.measure.openloop import breaks
 
     assert breaks(*_level_of(2.0, [0.05] * 20)) is None
     assert "failed" in breaks(*_level_of(2.0, [0.05] * 20, ok=False))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnbench import aggregate, plots
+from attnbench.analysis import aggregate, plots
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import verify
+from attnbench.bundles import verify
 
 PUBLISHED = sorted((Path(__file__).parents[2] / "results" / "published").glob("*/bundle-*.tar.gz"))
 

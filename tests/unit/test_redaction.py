@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
-from attnbench import bundle, provenance
-from attnbench.provenance import REDACTED
+from attnbench.bundles import bundle
+
+from attnbench.engines import provenance
+from attnbench.engines.provenance import REDACTED
 
 ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_TOKEN": "hf_Zz9Yy8Xx7Ww6Vv5Uu4", "VLLM_API_KEY": "k-0a1b2c3d4e5f",
        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMIK7MDENG", "SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "MAX_TOKENS": "512",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import aggregate, reference, report
+from attnbench.analysis import aggregate, reference, report
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import aggregate, plots, report
+from attnbench.analysis import aggregate, plots, report
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from attnbench.errors import ServerError
-from attnbench.server import LaunchSpec, Server, free_port, parse_backend
+from attnbench.engines.server import LaunchSpec, Server, free_port, parse_backend
 
 # A stand-in process tree: a parent that forks a child (as vLLM forks its engine core) and serves /health.
 HEALTHY = textwrap.dedent(
@@ -105,7 +105,7 @@ def test_parent_sigterm_stops_the_server(tmp_path):
     parent = textwrap.dedent(
         f"""
         import sys, time
-        from attnbench.server import LaunchSpec, Server
+        from attnbench.engines.server import LaunchSpec, Server
         spec = LaunchSpec(argv=[sys.executable, "-c", {HEALTHY!r}, "{port}"])
         with Server(spec, {str(tmp_path / "s.log")!r}, "http://127.0.0.1:{port}", 30) as srv:
             srv.wait_ready()

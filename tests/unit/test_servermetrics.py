@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from attnbench.servermetrics import Scraper, parse, read, run_summary, summarize
+from attnbench.measure.servermetrics import Scraper, parse, read, run_summary, summarize
 
 TEXT = """# TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{{engine="0",model_name="m"}} {running}

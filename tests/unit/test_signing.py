@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from bundlefixture import make_experiment
 
-from attnbench import bundle, compare, signing, verify
+from attnbench.bundles import bundle, signing, verify
+
+from attnbench.analysis import compare
 from attnbench.cli import main
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen (openssh-client)")

@@ -7,8 +7,8 @@ import pytest
 
 from attnbench.cli import main
 from attnbench.errors import SweepError
-from attnbench.records import RequestRecord, append_jsonl
-from attnbench.sweep import Workload, expected_requests, parse_concurrency, parse_workload, requests_for, run_sweep
+from attnbench.measure.records import RequestRecord, append_jsonl
+from attnbench.measure.sweep import Workload, expected_requests, parse_concurrency, parse_workload, requests_for, run_sweep
 
 
 def test_parse_workload_spec_and_names():
@@ -74,7 +74,7 @@ def test_expected_requests_from_the_warmup():
 
 
 def test_level_time_floor_builds_prompts_until_it_is_reached():
-    from attnbench.sweep import _Level
+    from attnbench.measure.sweep import _Level
 
     async def scenario():
         level = _Level({}, [("p0", 0)], "measure", 1)
@@ -107,7 +107,7 @@ def test_level_time_floor_builds_prompts_until_it_is_reached():
 
 
 def test_progress_lines_in_a_log_say_requests_seconds_and_rate(monkeypatch, capsys):
-    from attnbench import sweep as sweep_mod
+    from attnbench.measure import sweep as sweep_mod
 
     monkeypatch.setattr(sweep_mod, "PROGRESS_EVERY_S", 0.0)  # a line at every tick
     level = sweep_mod._Level({}, [("p", 0)] * 4, "measure", 2)

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from attnbench.crosscheck import compare, vllm_bench_argv
+from attnbench.measure.crosscheck import compare, vllm_bench_argv
 
 
 def run(tps, ttft, tpot):

@@ -15,7 +15,9 @@ import pytest
 from bundlefixture import make_experiment
 from tamper import extract, pack, reseal
 
-from attnbench import bundle, safejson, verify
+from attnbench.bundles import bundle, verify
+
+from attnbench import safejson
 from attnbench.cli import main
 from attnbench.errors import BundleError, UnsafeInputError
 

@@ -15,7 +15,7 @@ import pytest
 from bundlefixture import KEY_ENV, SECRET, make_experiment
 from tamper import append_bytes, edit_config, edit_json, edit_jsonl, extract, gzip_bytes, pack, reseal
 
-from attnbench import bundle, verify
+from attnbench.bundles import bundle, verify
 from attnbench.cli import main
 
 FAST0 = "runs/fast/rep0"

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from attnbench.errors import SweepError
-from attnbench.workload import FILLER_WORD, WORD_POOL, fit_prompt, prompt_seed, prompt_words
+from attnbench.measure.workload import FILLER_WORD, WORD_POOL, fit_prompt, prompt_seed, prompt_words
 
 
 def counter(template: int, per_word=lambda w: 1):
@@ -61,7 +61,7 @@ def test_prompts_differ_between_requests_and_seeds():
 
 
 def test_word_pool_is_two_syllable_synthetic_words():
-    from attnbench.models import word_vocab
+    from attnbench.engines.models import word_vocab
 
     vocab = set(word_vocab(4842))
     assert all(w in vocab for w in WORD_POOL)

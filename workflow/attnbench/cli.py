@@ -12,20 +12,20 @@ from attnbench.errors import AttnbenchError
 
 # Modules that contribute subcommands, in the order `attnbench --help` lists them.
 COMMAND_MODULES = [
-    "sweep",
-    "crosscheck",
-    "models",
-    "engine",
-    "openloop",
-    "runarm",
-    "gpu",
-    "containers",
-    "kernels",
-    "aggregate",
-    "plots",
-    "report",
-    "bundle",
-    "compare",
+    "measure.sweep",
+    "measure.crosscheck",
+    "engines.models",
+    "engines.engine",
+    "measure.openloop",
+    "engines.runarm",
+    "engines.gpu",
+    "engines.containers",
+    "engines.kernels",
+    "analysis.aggregate",
+    "analysis.plots",
+    "analysis.report",
+    "bundles.bundle",
+    "analysis.compare",
 ]
 
 

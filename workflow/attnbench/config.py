@@ -21,9 +21,10 @@ import jsonschema
 import yaml
 
 from attnbench.errors import ConfigError
+from attnbench.paths import PACKAGE_DIR
 
 # attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
 
 # vLLM 0.11 replaced the VLLM_ATTENTION_BACKEND variable by --attention-backend / --attention-config.
 ATTENTION_FLAG_VERSION = (0, 11)
@@ -344,7 +345,7 @@ def engine_venv_dir(cfg: dict) -> Path:
 
 def workloads_of(cfg: dict) -> list[Any]:
     """The config's workloads as sweep.Workload objects, in config order."""
-    from attnbench.sweep import Workload
+    from attnbench.measure.sweep import Workload
 
     return [
         Workload(name=name, prompt_tokens=w["prompt_tokens"], output_tokens=w["output_tokens"],

@@ -1,6 +1,6 @@
-# Analysis: raw run folders -> tables -> plots -> report. Thin rules; attnbench.aggregate/plots/report do the work.
+# Analysis: raw run folders -> tables -> plots -> report. Thin rules; attnbench.analysis.aggregate/plots/report do the work.
 # Every output meant for `snakemake --report report.html` is wrapped in report() with a caption in workflow/report/.
-from attnbench.plots import (
+from attnbench.analysis.plots import (
     FIGURES as PLOT_FIGURES,
     FORMATS as PLOT_FORMATS,
     KINDS as PLOT_KINDS,

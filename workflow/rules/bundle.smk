@@ -1,4 +1,4 @@
-# Result bundle: the last step of `rule all`. Thin rules; attnbench.bundle / verify / compare do the work.
+# Result bundle: the last step of `rule all`. Thin rules; attnbench.bundles.bundle / verify / compare do the work.
 #
 # The bundle's name carries the GPU type and the date of the last run (known only after the runs), so the rule's
 # declared output is a receipt beside it: "<sha256>  bundle-<gpu-type>-<yyyymmdd>.tar.gz". The rule verifies the

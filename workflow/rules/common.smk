@@ -8,7 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from attnbench.config import check_cross_fields, engine_id, engine_venv_dir
-from attnbench.cluster import build_resources, remote_rules, run_resources
+from attnbench.engines.cluster import build_resources, remote_rules, run_resources
 from attnbench.errors import ConfigError
 
 try:
@@ -106,7 +106,7 @@ def variant_files(arm_name):
 
 def base_requirements(image):
     """The hash-locked requirements file an Apptainer base image is built from (containers/lock.yaml)."""
-    from attnbench.apptainer import requirements_path
-    from attnbench.containers import load_lock, lock_entry
+    from attnbench.engines.apptainer import requirements_path
+    from attnbench.engines.containers import load_lock, lock_entry
 
     return str(requirements_path(lock_entry(load_lock(), image), image))

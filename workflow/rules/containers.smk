@@ -11,10 +11,10 @@
 #     and everything after it outside.
 import shutil
 
-from attnbench.apptainer import apptainer_env, base_recipe_digest, install_hint
-from attnbench.containers import image_files, load_lock
+from attnbench.engines.apptainer import apptainer_env, base_recipe_digest, install_hint
+from attnbench.engines.containers import image_files, load_lock
 from attnbench.errors import AttnbenchError
-from attnbench.gpu import check_compatible, planned_gpu_type
+from attnbench.engines.gpu import check_compatible, planned_gpu_type
 
 RUNTIME = config["engine"]["runtime"]
 CONTAINER_RUNTIMES = ("apptainer", "docker")

@@ -21,10 +21,10 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Callable
 
-from attnbench.client import Client, Sampling
+from attnbench.measure.client import Client, Sampling
 from attnbench.errors import SweepError
-from attnbench.lag import ClientLoad, LoopLagMonitor
-from attnbench.records import RequestRecord
+from attnbench.measure.lag import ClientLoad, LoopLagMonitor
+from attnbench.measure.records import RequestRecord
 
 
 class _Share:
@@ -61,7 +61,7 @@ def _worker(conn: Connection, client_args: dict) -> None:
 
 
 async def _worker_loop(conn: Connection, client_args: dict) -> None:
-    from attnbench.sweep import _closed_loop
+    from attnbench.measure.sweep import _closed_loop
 
     loop = asyncio.get_running_loop()
     async with Client(**client_args) as client:
@@ -115,7 +115,7 @@ class ClientPool:
                   progress: Callable[[], None], lag_limit_ms: float) -> list[ClientLoad]:  # fmt: skip
         """sweep._closed_loop's job for `level` (a sweep._Level), over the workers: each finished record is appended
         to writer and level.records at once. Returns the workers' lag records."""
-        from attnbench.sweep import UNREACHABLE
+        from attnbench.measure.sweep import UNREACHABLE
 
         def on_record(record: RequestRecord) -> None:
             writer.append(record)

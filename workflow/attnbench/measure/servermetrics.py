@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from attnbench.records import JsonlAppender, iter_jsonl
+from attnbench.measure.records import JsonlAppender, iter_jsonl
 
 FILE = "servermetrics.jsonl"
 DEFAULT_INTERVAL_S = 2.0
@@ -206,7 +206,7 @@ REPORT_COLUMNS = [("running_max", "running max"), ("waiting_max", "waiting max")
 
 def report_section(exp_dir: Path) -> str:
     """Markdown: per run, each level's server view beside ours ('' when no run scraped /metrics)."""
-    from attnbench import metrics, openloop
+    from attnbench.measure import metrics, openloop
 
     parts = []
     for run_dir in sorted(Path(exp_dir).glob("runs/*/rep*")):

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attnbench.lag import LAG_COLUMNS, lag_columns
-from attnbench.records import LevelRecord, RequestRecord, read_levels, read_requests
+from attnbench.measure.lag import LAG_COLUMNS, lag_columns
+from attnbench.measure.records import LevelRecord, RequestRecord, read_levels, read_requests
 
 KEY_COLUMNS = ["experiment", "arm", "repeat", "workload", "concurrency"]
 ARTICLE_COLUMNS = ["generation_throughput_tps", "prompt_throughput_tps", "min_ttft_s", "max_ttft_s", "latency_ms"]

@@ -45,13 +45,13 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from attnbench.client import Client, Sampling
+from attnbench.measure.client import Client, Sampling
 from attnbench.errors import SweepError
-from attnbench.lag import LoopLagMonitor, as_record, lag_note
-from attnbench.metrics import KEY_COLUMNS, level_row
-from attnbench.records import JsonlAppender, LevelRecord, RequestRecord, read_levels, read_requests
-from attnbench.sweep import SWEEP_DEFAULTS, UNREACHABLE, SweepSummary, Workload, _closed_loop, _Level, add_common_args
-from attnbench.workload import PromptBuilder
+from attnbench.measure.lag import LoopLagMonitor, as_record, lag_note
+from attnbench.measure.metrics import KEY_COLUMNS, level_row
+from attnbench.measure.records import JsonlAppender, LevelRecord, RequestRecord, read_levels, read_requests
+from attnbench.measure.sweep import SWEEP_DEFAULTS, UNREACHABLE, SweepSummary, Workload, _closed_loop, _Level, add_common_args
+from attnbench.measure.workload import PromptBuilder
 
 ARRIVALS = ("poisson", "gamma", "constant")
 OPEN_LOOP_DEFAULTS = {
@@ -385,7 +385,7 @@ def parse_rates(text: str) -> list[float]:
 
 
 def _cmd_open_loop(args: argparse.Namespace) -> int:
-    from attnbench.sweep import apply_common_args, parse_workload
+    from attnbench.measure.sweep import apply_common_args, parse_workload
 
     cfg = dict(SWEEP_DEFAULTS)
     ocfg: dict = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from attnbench.config import ATTENTION_FLAG_VERSION, engine_venv_dir, version_tuple
 from attnbench.errors import AttnbenchError, ConfigError
-from attnbench.server import LaunchSpec
+from attnbench.engines.server import LaunchSpec
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -68,7 +68,7 @@ def engine_python(cfg: dict) -> str:
 
 def image_path(cfg: dict, arm: dict) -> str:
     """The image an apptainer/docker arm runs (containers.py owns images and where they live)."""
-    from attnbench.containers import image_for
+    from attnbench.engines.containers import image_for
 
     return image_for(cfg, arm)
 
@@ -121,7 +121,7 @@ def launch_spec(
     args += backend_args + list(engine.get("extra_args", [])) + list(arm.get("server_args", []))
     env = {**_str_env(engine.get("env")), **backend_env, **_str_env(arm.get("env"))}
     if trace_dir is not None:
-        from attnbench.kernels import profiler_settings
+        from attnbench.engines.kernels import profiler_settings
 
         prof_args, prof_env = profiler_settings(engine["version"], Path(trace_dir))
         args += prof_args
@@ -139,7 +139,7 @@ def launch_spec(
         argv = [engine_python(cfg), "-m", API_SERVER_MODULE, *args]
         description["python"] = argv[0]
     elif runtime == "apptainer":
-        from attnbench import apptainer
+        from attnbench.engines import apptainer
 
         image = str(Path(image_path(cfg, arm)).resolve())
         # The arm's layer (variant folder, profiler layer) is bound in at the same path and put on PYTHONPATH; the

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench import aggregate
+from attnbench.analysis import aggregate
 from attnbench.errors import BundleError
 
 ARTICLE_METRICS = [c for c, _, _ in aggregate.ARTICLE_COLUMNS]
@@ -58,7 +58,7 @@ class Source:
 
 
 def load_bundle(path: Path, *, allow_unverified: bool = False, allowed_signers: Path | None = None) -> Source:
-    from attnbench.verify import verify_bundle  # noqa: PLC0415
+    from attnbench.bundles.verify import verify_bundle  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="attnbench-compare-") as tmp:
         root = Path(tmp) / "bundle"
@@ -320,7 +320,7 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from attnbench import plots as plots_mod  # noqa: PLC0415  (same look and deterministic saving as the run plots)
+    from attnbench.analysis import plots as plots_mod  # noqa: PLC0415  (same look and deterministic saving as the run plots)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = _short_names(sbs)

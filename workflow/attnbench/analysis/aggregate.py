@@ -26,17 +26,18 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from attnbench import kernels as kernels_mod
-from attnbench import metrics
+from attnbench.engines import kernels as kernels_mod
+from attnbench.measure import metrics
 from attnbench.errors import AttnbenchError
-from attnbench.lag import lag_reason
-from attnbench.records import RecordError
+from attnbench.measure.lag import lag_reason
+from attnbench.measure.records import RecordError
+from attnbench.paths import PACKAGE_DIR, REPO_ROOT
 
 TABLES_DIR = "tables"
 # Version of the tables' text. 2 (issue 13): intervals valid for the repeats, flagged artifacts, comparisons.csv.
 TABLES_FORMAT = 2
 FORMAT_FILE = "tables_format.txt"
-PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "config" / "reference" / "article_published.csv"
+PUBLISHED_CSV = REPO_ROOT / "config" / "reference" / "article_published.csv"
 FLOAT_FORMAT = "%.6g"  # CSV: 6 significant digits hide last-bit differences between numpy/pandas builds
 FLAG_MARK = "(!)"  # appended to the arm name of a flagged run in every markdown table
 KEYS = ["experiment", "arm", "repeat", "workload", "concurrency"]
@@ -374,7 +375,7 @@ def log_ratio_interval(a: Spread, b: Spread) -> tuple[float, float] | None:
 def ratio_interval(arm_values: list[float], base_values: list[float], *, key: str) -> tuple[float, float] | None:
     """The percentile bootstrap of tables format 1 (tables_v1), kept only for compare.py, which still calls it;
     the tables use log_ratio_interval."""
-    from attnbench import tables_v1  # noqa: PLC0415  (it imports this module)
+    from attnbench.analysis import tables_v1  # noqa: PLC0415  (it imports this module)
 
     return tables_v1.ratio_interval(arm_values, base_values, key=key)
 
@@ -657,7 +658,7 @@ def read_published(path: Path | None = None) -> pd.DataFrame:
     """The article's numbers: from the checkout this package lives in, else from the working directory (a
     non-editable install run from a checkout)."""
     candidates = [path] if path else [PUBLISHED_CSV, Path.cwd() / "config" / "reference" / PUBLISHED_CSV.name,
-                                      Path(__file__).resolve().parent / "reference" / PUBLISHED_CSV.name]  # package data
+                                      PACKAGE_DIR / "reference" / PUBLISHED_CSV.name]  # package data
     for candidate in candidates:
         if candidate.exists():
             return pd.read_csv(candidate)
@@ -840,7 +841,7 @@ def build_tables(exp_dir: Path, cfg: dict, *, tables_format: int | None = None) 
     bundle's tables as they were made."""
     exp_dir = Path(exp_dir)
     if (tables_format or tables_format_of(exp_dir)) == 1:
-        from attnbench import tables_v1  # noqa: PLC0415  (it imports this module)
+        from attnbench.analysis import tables_v1  # noqa: PLC0415  (it imports this module)
 
         return tables_v1.build_tables(exp_dir, cfg)
     df = levels_frame(exp_dir, cfg)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from attnbench.config import version_tuple
 from attnbench.errors import AttnbenchError, ConfigError
+from attnbench.paths import REPO_ROOT
 
 KERNELS_SCHEMA = 1
 
@@ -38,7 +39,7 @@ class KernelTraceError(AttnbenchError):
 # (PR #33536). Verified: 0.7.1 reads only the variable (envs.py, api_server.py registers /start_profile only when it
 # is set); 0.26.0 and 0.32.0 have no such variable and register the endpoints only when profiler_config.profiler is set.
 PROFILER_CONFIG_VERSION = (0, 13)
-PROFILER_LAYER = Path(__file__).resolve().parents[2] / "containers" / "layers" / "profiler-no-stack"
+PROFILER_LAYER = REPO_ROOT / "containers" / "layers" / "profiler-no-stack"
 
 # Order matters: the first family whose pattern matches wins. pytorch_flash precedes fa2 because PyTorch's copy of
 # FlashAttention-2 lives in namespace pytorch_flash:: and its names contain "flash::flash_fwd" as a substring.

@@ -35,8 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from attnbench.errors import ContainerError
+from attnbench.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_DIR = REPO_ROOT / "containers"
 BASE_DEF_TEMPLATE = CONTAINERS_DIR / "base.def.in"
 INSTALL_SCRIPT = CONTAINERS_DIR / "install-engine.sh"
@@ -95,7 +95,7 @@ def requirements_path(entry: dict, key: str) -> Path:
 def base_recipe_digest(key: str, lock: dict | None = None) -> str:
     """sha256 over what decides a base image's content: the lock entry's apptainer section and the requirements
     lock's bytes. A changed value makes Snakemake rebuild the image (its params rerun trigger)."""
-    from attnbench.containers import load_lock, lock_entry
+    from attnbench.engines.containers import load_lock, lock_entry
 
     entry = lock_entry(lock or load_lock(), key)
     text = json.dumps(build_spec(entry, key), sort_keys=True) + sha256_file(requirements_path(entry, key))
@@ -229,7 +229,7 @@ def pip_download_argv(entry: dict, key: str, wheels: Path, python: str = sys.exe
 def build_base(key: str, lock: dict, *, images_dir: str | os.PathLike | None = None, log_path: Path | None = None,
                extra_pip_args: list[str] | None = None) -> dict:  # fmt: skip
     """Build results/images/<key>/base.sif from the lock entry and write base.json. Returns the record."""
-    from attnbench.containers import lock_entry
+    from attnbench.engines.containers import lock_entry
 
     entry = lock_entry(lock, key)
     spec = build_spec(entry, key)
@@ -313,7 +313,7 @@ def _tree_bytes(root: Path) -> int:
 def check_base(key: str, lock: dict, images_dir: str | os.PathLike | None = None) -> dict:
     """The base record, after checking that it belongs to this checkout's lock and that the SIF is the one
     recorded. Raises ContainerError naming what differs."""
-    from attnbench.containers import lock_entry
+    from attnbench.engines.containers import lock_entry
 
     record = read_json(base_record_path(key, images_dir))
     if record is None:
@@ -339,8 +339,8 @@ def tree_digest(folder: Path) -> dict:
 
 def layer_record(cfg: dict, arm: dict, gpu_type: str, base: dict) -> dict:
     """What an arm's container is: the base image (by sha256) plus the arm's backend environment and variant."""
-    from attnbench.containers import variant_dir
-    from attnbench.engine import backend_selection
+    from attnbench.engines.containers import variant_dir
+    from attnbench.engines.engine import backend_selection
 
     args, env = backend_selection(cfg["engine"]["version"], arm)
     variant = arm.get("variant")
@@ -358,7 +358,7 @@ def layer_record(cfg: dict, arm: dict, gpu_type: str, base: dict) -> dict:
 
 def write_layer(cfg: dict, arm: dict, gpu_type: str, out: Path, lock: dict,
                 images_dir: str | os.PathLike | None = None) -> dict:  # fmt: skip
-    from attnbench.gpu import check_compatible
+    from attnbench.engines.gpu import check_compatible
 
     check_compatible(cfg, gpu_type, lock, [arm])
     base = check_base(cfg["engine"]["image"], lock, images_dir)
@@ -395,7 +395,7 @@ PASSED_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HF_HUB_OFFLINE"
 def server_binds_env(arm: dict, paths: list, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """Binds (same path inside as outside) and env for one arm's server: the model, tokenizer and trace folders, the
     arm's variant folder and any layer folders on the spec's PYTHONPATH, first on PYTHONPATH inside."""
-    from attnbench.containers import variant_dir
+    from attnbench.engines.containers import variant_dir
 
     env = dict(env)
     pythonpath = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -447,7 +447,7 @@ def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: s
     """Join an export's parts into results/images/<key>/base.sif after checking every part, the whole SIF and the
     lock against this checkout's; write base.json (and base.versions.json). Newer than every input of the build
     rule, so Snakemake plans no build."""
-    from attnbench.containers import lock_entry
+    from attnbench.engines.containers import lock_entry
 
     src = Path(src)
     manifests = sorted(src.glob(f"{key or '*'}.export.json"))
@@ -494,7 +494,7 @@ def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: s
 
 
 def _cmd_build_base(args: argparse.Namespace) -> int:
-    from attnbench.containers import load_lock
+    from attnbench.engines.containers import load_lock
 
     record = build_base(args.key, load_lock(args.lock), images_dir=args.images_dir,
                         log_path=Path(args.log) if args.log else None)  # fmt: skip
@@ -504,8 +504,8 @@ def _cmd_build_base(args: argparse.Namespace) -> int:
 
 def _cmd_layer(args: argparse.Namespace) -> int:
     from attnbench.config import arm_by_name, load_config
-    from attnbench.containers import load_lock
-    from attnbench.gpu import resolve_gpu_type
+    from attnbench.engines.containers import load_lock
+    from attnbench.engines.gpu import resolve_gpu_type
 
     cfg = load_config(args.config)
     record = write_layer(cfg, arm_by_name(cfg, args.arm), resolve_gpu_type(cfg, args.gpu_type), Path(args.out),
@@ -521,7 +521,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from attnbench.containers import load_lock
+    from attnbench.engines.containers import load_lock
 
     record = import_image(Path(args.src), load_lock(args.lock), key=args.key, images_dir=args.images_dir)
     print(f"imported {record['key']} into {base_sif(record['key'], args.images_dir)} (sha256 {record['sif_sha256']})")

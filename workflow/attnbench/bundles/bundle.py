@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import attnbench
-from attnbench import provenance
+from attnbench.engines import provenance
 from attnbench.errors import BundleError
 
 BUNDLE_SCHEMA_VERSION = 1
@@ -351,11 +351,11 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     path = build_bundle(Path(args.exp_dir), cfg, Path(args.out) if args.out else None)
     print(path)
     if args.sign_key:  # a detached SSH signature beside the archive: the archive's bytes stay reproducible
-        from attnbench import signing  # noqa: PLC0415
+        from attnbench.bundles import signing  # noqa: PLC0415
 
         print(signing.sign(path, Path(args.sign_key)))
     if args.verify:  # the pipeline's last step checks its own bundle the way a peer will
-        from attnbench.verify import report_result, verify_bundle  # noqa: PLC0415
+        from attnbench.bundles.verify import report_result, verify_bundle  # noqa: PLC0415
 
         status = report_result(str(path), verify_bundle(path))
         if status:
@@ -377,6 +377,6 @@ def register(subparsers) -> None:
     p.add_argument("--verify", action="store_true", help="verify the written bundle; exit 1 (no receipt) if it fails")
     p.set_defaults(func=_cmd_bundle)
 
-    from attnbench import verify  # noqa: PLC0415  (cli.py lists modules; verify rides along with bundle)
+    from attnbench.bundles import verify  # noqa: PLC0415  (cli.py lists modules; verify rides along with bundle)
 
     verify.register(subparsers)

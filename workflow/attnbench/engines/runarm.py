@@ -22,15 +22,15 @@ from pathlib import Path
 
 import httpx
 
-from attnbench import provenance
+from attnbench.engines import provenance
 from attnbench.config import arm_by_name, engine_id, load_config, workloads_of
-from attnbench.engine import engine_python, launch_spec
+from attnbench.engines.engine import engine_python, launch_spec
 from attnbench.errors import AttnbenchError, ServerError
-from attnbench.gpumon import GpuMonitor
-from attnbench.gpumon import summarize as gpu_summary
-from attnbench.servermetrics import DEFAULT_INTERVAL_S as DEFAULT_SCRAPE_S
-from attnbench.servermetrics import Scraper
-from attnbench.servermetrics import run_summary as servermetrics_summary
+from attnbench.measure.gpumon import GpuMonitor
+from attnbench.measure.gpumon import summarize as gpu_summary
+from attnbench.measure.servermetrics import DEFAULT_INTERVAL_S as DEFAULT_SCRAPE_S
+from attnbench.measure.servermetrics import Scraper
+from attnbench.measure.servermetrics import run_summary as servermetrics_summary
 
 RUN_FILES = ("records.jsonl", "levels.jsonl", "server.log", "run.json")
 
@@ -105,10 +105,10 @@ def _get_json(client: httpx.Client, url: str) -> dict | None:
 
 def _make_server(spec, log_path: Path, base_url: str, startup_timeout_s: float):
     if spec.runtime == "docker":
-        from attnbench.containers import DockerServer  # type: ignore[attr-defined]
+        from attnbench.engines.containers import DockerServer  # type: ignore[attr-defined]
 
         return DockerServer(spec, log_path, base_url, startup_timeout_s)
-    from attnbench.server import Server
+    from attnbench.engines.server import Server
 
     return Server(spec, log_path, base_url, startup_timeout_s)
 
@@ -123,15 +123,15 @@ def _versions_argv(cfg: dict, spec) -> list[str] | None:
 def _layer_digests(env: dict[str, str]) -> dict[str, str]:
     """sha256 over the files of each folder the server gets on PYTHONPATH (a container variant, the profiler layer):
     code that changes the engine's behaviour from outside, so a run records exactly which."""
-    from attnbench.apptainer import tree_digest
+    from attnbench.engines.apptainer import tree_digest
 
     folders = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {str(p): tree_digest(p)["sha256"] for p in folders if p.is_dir()}
 
 
 def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_key) -> dict:
-    from attnbench import kernels
-    from attnbench.sweep import send_probe
+    from attnbench.engines import kernels
+    from attnbench.measure.sweep import send_probe
 
     workloads = workloads_of(cfg)
     name = cfg["kernels"].get("probe_workload")
@@ -162,7 +162,7 @@ def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_k
 def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: Path) -> list[dict]:
     """vLLM's own benchmark and our client, back to back on this arm's server, at the config's crosscheck points:
     the same server and the same moment, so a difference between the tools is the tools'."""
-    from attnbench.crosscheck import crosscheck
+    from attnbench.measure.crosscheck import crosscheck
 
     xc = cfg["crosscheck"]
     results = []
@@ -189,9 +189,9 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
 def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
     """Run one (arm, repeat) into out_dir and return the run.json content; raises AttnbenchError on failure
     after writing run.json with status failed."""
-    from attnbench.openloop import rate_workloads, run_open_loop
-    from attnbench.server import free_port, parse_backend, parse_quantization
-    from attnbench.sweep import run_sweep
+    from attnbench.measure.openloop import rate_workloads, run_open_loop
+    from attnbench.engines.server import free_port, parse_backend, parse_quantization
+    from attnbench.measure.sweep import run_sweep
 
     arm = arm_by_name(cfg, arm_name)
     exp_dir = Path(exp_dir) if exp_dir else Path("results") / cfg["experiment"]
@@ -243,7 +243,7 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         run["server"] = {"argv": provenance.redact(spec.argv, secrets), "env": provenance.redact(spec.env, secrets)}
         run["engine"]["image"] = spec.description.get("image", run["engine"]["image"])
         if engine["runtime"] in ("docker", "apptainer"):  # digest, pinned, image ID, versions inside: from the build
-            from attnbench.containers import image_provenance
+            from attnbench.engines.containers import image_provenance
 
             run["engine"].update(image_provenance(cfg, arm, results_dir=exp_dir))
         run["engine"]["layers"] = _layer_digests(spec.env)

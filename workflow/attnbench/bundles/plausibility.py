@@ -29,14 +29,15 @@ from typing import Any
 
 import yaml
 
-from attnbench import gpu as gpu_mod
+from attnbench.engines import gpu as gpu_mod
 from attnbench import safejson
 from attnbench.errors import AttnbenchError, UnsafeInputError
-from attnbench.finding import Finding
-from attnbench.records import LevelRecord, RequestRecord
-from attnbench.sweep import requests_for
+from attnbench.analysis.finding import Finding
+from attnbench.measure.records import LevelRecord, RequestRecord
+from attnbench.measure.sweep import requests_for
+from attnbench.paths import PACKAGE_DIR
 
-BANDWIDTH_FILE = Path(__file__).resolve().parent / "gpu_bandwidth.yaml"
+BANDWIDTH_FILE = PACKAGE_DIR / "gpu_bandwidth.yaml"
 EPOCH_RANGE = (1.0e9, 4.0e9)  # 2001..2096: a wall-clock time outside this is no time.time() reading
 WINDOW_SLACK_S = 1.0  # run.json times are ISO strings with whole seconds
 ORDER_SLACK_S = 1e-3  # itl values are rounded to 1 us each; their sum may exceed the stream by rounding
@@ -368,7 +369,7 @@ def _architecture(cfg: dict, search: list[Path]) -> dict | None:
     if not isinstance(arch, str) or not arch.endswith(".json") or ".." in Path(arch).parts or Path(arch).is_absolute():
         return None
     # An installed package carries config/models/*.json as package data in attnbench/models/.
-    for path in [base / arch for base in search] + [Path(__file__).resolve().parent / "models" / Path(arch).name]:
+    for path in [base / arch for base in search] + [PACKAGE_DIR / "models" / Path(arch).name]:
         if path.is_file():
             try:
                 return safejson.load_file(path, str(path))

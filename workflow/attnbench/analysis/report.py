@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench import aggregate, openloop, plots, servermetrics
-from attnbench.reference import reference_section
+from attnbench.analysis import aggregate, plots
+
+from attnbench.measure import openloop, servermetrics
+from attnbench.analysis.reference import reference_section
 
 PLOT_CAPTIONS = {
     "throughput": "Generation and prompt throughput (tokens/s) vs concurrency per arm: mean over repeats, error bars "

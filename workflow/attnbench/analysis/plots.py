@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from attnbench import aggregate  # noqa: E402
+from attnbench.analysis import aggregate  # noqa: E402
 
 PLOTS_DIR = "plots"
 KINDS = ("throughput", "ttft", "speedup", "decode")  # one figure per workload
@@ -296,7 +296,7 @@ def plot_decode(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> li
 def plot_kernels(shares: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
     """Kernel evidence: per arm, the share of attention time each kernel family took in prefill and in decode,
     mean over the arm's probed runs (kernels.json); the family colours are fixed by kernels.FAMILIES' order."""
-    from attnbench.kernels import FAMILIES  # noqa: PLC0415
+    from attnbench.engines.kernels import FAMILIES  # noqa: PLC0415
 
     families = list(FAMILIES) + sorted(set(shares["family"]) - set(FAMILIES))
     colors = {f: f"C{i % 10}" for i, f in enumerate(families)}

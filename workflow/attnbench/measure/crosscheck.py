@@ -25,9 +25,9 @@ import subprocess
 from pathlib import Path
 
 from attnbench.errors import AttnbenchError
-from attnbench.metrics import read_run
-from attnbench.server import log_tail
-from attnbench.sweep import Workload, run_sweep
+from attnbench.measure.metrics import read_run
+from attnbench.engines.server import log_tail
+from attnbench.measure.sweep import Workload, run_sweep
 
 # Runs inside the engine interpreter: vLLM's own benchmark entry point, without the broken console script.
 VLLM_BENCH = """
@@ -98,7 +98,7 @@ def run_ours(args: argparse.Namespace, seed: int, prompt_tokens: int, out: Path,
     asyncio.run(run_sweep(args.base_url, args.model, [workload], cfg, out / tag, experiment="crosscheck",
                           arm="ours", repeat=0, api_key=api_key))  # fmt: skip
     row = read_run(out / tag).iloc[0]
-    from attnbench.records import read_requests
+    from attnbench.measure.records import read_requests
 
     prompts = [r.prompt_tokens for r in read_requests(out / tag / "records.jsonl") if r.phase == "measure"]
     return {

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench import aggregate
-from attnbench.crosscheck import MEAN_KEYS
+from attnbench.analysis import aggregate
+from attnbench.measure.crosscheck import MEAN_KEYS
 from attnbench.errors import AttnbenchError
 
 COLUMNS = ["arm", "workload", "concurrency", "metric", "value", "note"]

@@ -12,7 +12,7 @@ server batches its writes, which is why TPOT is computed from usage, not from th
 
 The SSE stream is split into lines by hand from raw bytes: it is the hot loop of the client at high concurrency,
 and httpx's generic line iterator costs more per chunk than the few byte operations needed here. For the same
-reason plain-http servers are reached through attnbench.http11.LoopbackTransport (see there why).
+reason plain-http servers are reached through attnbench.measure.http11.LoopbackTransport (see there why).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from attnbench.http11 import LoopbackTransport
-from attnbench.records import RequestRecord
+from attnbench.measure.http11 import LoopbackTransport
+from attnbench.measure.records import RequestRecord
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what llmapibenchmark sends
 API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}

@@ -40,9 +40,9 @@ import httpx
 import yaml
 
 from attnbench.errors import ConfigError, ContainerError
-from attnbench.server import ServerLifecycle
+from attnbench.engines.server import ServerLifecycle
+from attnbench.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_DIR = REPO_ROOT / "containers"
 LOCK_PATH = CONTAINERS_DIR / "lock.yaml"
 VARIANT_TARGET = "/opt/attnbench/variant"
@@ -111,7 +111,7 @@ class ImageSpec:
 
 def image_spec(cfg: dict, arm: dict, gpu_type: str, lock: dict, *, digest: str | None = None) -> ImageSpec:
     """The image an arm runs in. `digest` overrides the lock's (a digest resolved at build time)."""
-    from attnbench.engine import backend_selection
+    from attnbench.engines.engine import backend_selection
 
     key = cfg["engine"].get("image")
     entry = lock_entry(lock, key)
@@ -137,7 +137,7 @@ def image_spec(cfg: dict, arm: dict, gpu_type: str, lock: dict, *, digest: str |
 def image_files(cfg: dict, arm_name: str, gpu_type: str, results_dir: str | os.PathLike) -> list[str]:
     """What a run of the arm needs from the image rules (containers.smk): for docker the build record; for apptainer
     the arm's layer record, the base image and the versions seen inside it. Empty for runtime venv/native."""
-    from attnbench import apptainer
+    from attnbench.engines import apptainer
 
     runtime = cfg["engine"]["runtime"]
     key = cfg["engine"].get("image")
@@ -152,8 +152,8 @@ def image_files(cfg: dict, arm_name: str, gpu_type: str, results_dir: str | os.P
 def image_for(cfg: dict, arm: dict, *, gpu_type: str | None = None) -> str:
     """The image a run uses: the engine line's base .sif (apptainer; the arm's layer is applied at exec time) or the
     arm's docker tag (docker)."""
-    from attnbench.apptainer import base_sif
-    from attnbench.gpu import resolve_gpu_type
+    from attnbench.engines.apptainer import base_sif
+    from attnbench.engines.gpu import resolve_gpu_type
 
     if cfg["engine"]["runtime"] == "apptainer":
         return str(base_sif(cfg["engine"]["image"]))
@@ -314,8 +314,8 @@ def image_provenance(cfg: dict, arm: dict, *, gpu_type: str | None = None,
     the base SIF's sha256 and size, the lock's sha256 and the arm layer's digest and variant checksum; for docker the
     reference, digest (or unpinned) and image ID; both with the versions seen inside. Missing files give nulls,
     never a guess."""
-    from attnbench import apptainer
-    from attnbench.gpu import resolve_gpu_type
+    from attnbench.engines import apptainer
+    from attnbench.engines.gpu import resolve_gpu_type
 
     gpu_type = resolve_gpu_type(cfg, gpu_type)
     results_dir = results_dir or Path("results") / cfg["experiment"]
@@ -347,7 +347,7 @@ def image_provenance(cfg: dict, arm: dict, *, gpu_type: str | None = None,
 def build_image(cfg: dict, arm: dict, gpu_type: str, out: Path, *, lock: dict | None = None, client=None) -> dict:
     """Check the pair, render, build, and write `out` (image.json: what was built and how it is pinned).
     Returns that record."""
-    from attnbench.gpu import check_compatible
+    from attnbench.engines.gpu import check_compatible
 
     lock = lock or load_lock()
     check_compatible(cfg, gpu_type, lock, [arm])
@@ -539,7 +539,7 @@ class DockerServer(ServerLifecycle):
         return f"server container exited with code {code}"
 
     def wait_ready(self) -> float:
-        from attnbench.server import log_tail
+        from attnbench.engines.server import log_tail
 
         if self.container is None or self.started_at is None:
             raise ContainerError("wait_ready() before start()")
@@ -617,7 +617,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from attnbench.config import arm_by_name, load_config
-    from attnbench.gpu import resolve_gpu_type
+    from attnbench.engines.gpu import resolve_gpu_type
 
     cfg = load_config(args.config)
     gpu_type = resolve_gpu_type(cfg, args.gpu_type)
@@ -629,7 +629,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_render(args: argparse.Namespace) -> int:
     from attnbench.config import arm_by_name, load_config
-    from attnbench.gpu import check_compatible, resolve_gpu_type
+    from attnbench.engines.gpu import check_compatible, resolve_gpu_type
 
     cfg = load_config(args.config)
     lock = load_lock(args.lock)
@@ -660,7 +660,7 @@ def register(subparsers) -> None:
         if name == "build":
             c.add_argument("--out", required=True, help="image.json to write; the .sif/.Dockerfile goes next to it")
         c.set_defaults(func=func)
-    from attnbench.apptainer import register_image_commands
+    from attnbench.engines.apptainer import register_image_commands
 
     register_image_commands(sub)
     i = sub.add_parser("inspect", help="print a local docker image's ID, digests and labels")

@@ -156,7 +156,7 @@ def _cpu_model() -> str:
 
 
 def host_info(cfg: dict) -> dict:
-    from attnbench import gpu
+    from attnbench.engines import gpu
 
     gpus = [asdict(g) for g in gpu.detect_gpus()] if cfg["engine"].get("device") == "cuda" else []
     if cfg["engine"].get("device") == "cuda":

@@ -27,12 +27,12 @@ from typing import Awaitable, Callable
 
 import httpx
 
-from attnbench.client import DEFAULT_SYSTEM_PROMPT, Client, Sampling
+from attnbench.measure.client import DEFAULT_SYSTEM_PROMPT, Client, Sampling
 from attnbench.errors import AttnbenchError, SweepError
-from attnbench.lag import DEFAULT_LIMIT_MS, LoopLagMonitor, as_record, lag_note, merge_loads
-from attnbench.multiproc import ClientPool
-from attnbench.records import JsonlAppender, LevelRecord, RequestRecord, iter_jsonl
-from attnbench.workload import PromptBuilder
+from attnbench.measure.lag import DEFAULT_LIMIT_MS, LoopLagMonitor, as_record, lag_note, merge_loads
+from attnbench.measure.multiproc import ClientPool
+from attnbench.measure.records import JsonlAppender, LevelRecord, RequestRecord, iter_jsonl
+from attnbench.measure.workload import PromptBuilder
 
 SWEEP_DEFAULTS = {
     "api": "chat",
@@ -493,7 +493,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from attnbench.config import check_cli_inputs
-    from attnbench.metrics import format_table, level_table
+    from attnbench.measure.metrics import format_table, level_table
 
     check_cli_inputs(base_url=args.base_url, output=args.output,
                      minimum={"--requests": (args.requests, 1), "--warmup": (args.warmup, 0),
@@ -528,7 +528,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except SweepError as exc:
         error = exc
     # The summary is recomputed from the files in every case (also after an abort): that is what was kept.
-    from attnbench.records import read_levels, read_requests
+    from attnbench.measure.records import read_levels, read_requests
 
     out = Path(args.output)
     collected = read_requests(out / "records.jsonl") if (out / "records.jsonl").exists() else []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.aggregate import (
+from attnbench.analysis.aggregate import (
     article_head,
     flagged_line,
     ARTICLE_COLUMNS,

@@ -29,15 +29,17 @@ from typing import Callable
 import jsonschema
 import yaml
 
-from attnbench import bundle as bundle_mod
-from attnbench import plausibility, safejson, signing
+from attnbench.bundles import bundle as bundle_mod
+from attnbench.bundles import plausibility, signing
+from attnbench import safejson
 from attnbench.errors import AttnbenchError, BundleError, UnsafeInputError
-from attnbench.finding import Finding, short
-from attnbench.plausibility import RunData
+from attnbench.analysis.finding import Finding, short
+from attnbench.bundles.plausibility import RunData
 from attnbench.safejson import printable
+from attnbench.paths import PACKAGE_DIR, REPO_ROOT
 
 # attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "bundle.schema.yaml"
+SCHEMA_PATH = PACKAGE_DIR / "schemas" / "bundle.schema.yaml"
 
 
 # --- safe extraction --------------------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def first_difference(name: str, expected: str, found: str) -> Finding:
 
 
 def _default_build_tables() -> Callable[[Path, dict], dict[str, str]]:
-    from attnbench.aggregate import build_tables  # noqa: PLC0415
+    from attnbench.analysis.aggregate import build_tables  # noqa: PLC0415
 
     return build_tables
 
@@ -378,8 +380,8 @@ def _check_levels(rel: str, requests, levels, workloads: dict) -> list[Finding]:
 def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Path, device: str) -> list[Finding]:
     """Re-read the backend evidence from the bundled server log with the pipeline's own parser and policy
     (server.parse_backend, runarm.check_backend) and hold it against run.json and the arm's expectation."""
-    from attnbench.runarm import check_backend  # noqa: PLC0415
-    from attnbench.server import parse_backend  # noqa: PLC0415
+    from attnbench.engines.runarm import check_backend  # noqa: PLC0415
+    from attnbench.engines.server import parse_backend  # noqa: PLC0415
 
     out = []
     if run.get("status") != "ok":
@@ -398,7 +400,7 @@ def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Pa
         out.append(Finding(f"{rel}/server.log", "backend", evidence["expected"], found))
     expect_kernels = arm_cfg.get("expect_kernels") or {}
     if run.get("status") == "ok" and (expect_kernels.get("require") or expect_kernels.get("forbid")):
-        from attnbench.kernels import check_expectations  # noqa: PLC0415  (kernels.py owns the policy)
+        from attnbench.engines.kernels import check_expectations  # noqa: PLC0415  (kernels.py owns the policy)
 
         attribution = bundle_mod._load_json(rdir / "kernels.json")
         if attribution is None:
@@ -507,7 +509,7 @@ def verify_extracted(root: Path, build_tables: Callable | None = None, *, archiv
     findings += check_derived_manifest(root, manifest)
     findings += check_tables(root, manifest, build_tables)
     findings += check_consistency(root, manifest, runs)
-    search = [Path.cwd(), Path(__file__).resolve().parents[2]]
+    search = [Path.cwd(), REPO_ROOT]
     plausible, physics_notes = plausibility.check_runs(list(runs.values()), manifest, search)
     findings += plausible
     findings += check_report(root, manifest)
@@ -518,7 +520,7 @@ def check_report(root: Path, manifest: dict) -> list[Finding]:
     """report.md regenerated from the bundle (tables, run files, config) must equal the bundled one. Where the
     report cannot be regenerated here (a section reads a file outside the bundle, such as analysis.reference),
     each derived table it embeds must still appear in it exactly as the bundle's tables/ has it."""
-    from attnbench import report  # noqa: PLC0415
+    from attnbench.analysis import report  # noqa: PLC0415
 
     path = root / "report.md"
     if not path.is_file():

@@ -1,0 +1,1 @@
+"""Analysis: tables, statistics, comparisons between arms and with references, plots, the report."""

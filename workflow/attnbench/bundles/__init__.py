@@ -1,0 +1,1 @@
+"""Result bundles: packing, signing, verifying (integrity and plausibility)."""

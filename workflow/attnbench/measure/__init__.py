@@ -1,0 +1,1 @@
+"""Measuring: prompts, the HTTP client, per-request records, sweeps and open-loop load, metrics."""
