@@ -25,8 +25,10 @@ def main():
     if not os.environ.get("ATTNBENCH_ENGINE"):
         # Every attnbench image sets it (%environment / ENV). Without it this is the host's python, whose versions
         # must not be recorded as the engine's (e.g. Snakemake run without --use-singularity).
-        sys.exit("probe_versions.py: not inside an attnbench engine image (ATTNBENCH_ENGINE is unset); run Snakemake "
-                 "with --use-singularity, or: apptainer exec IMAGE.sif python3 containers/probe_versions.py")
+        sys.exit(
+            "probe_versions.py: not inside an attnbench engine image (ATTNBENCH_ENGINE is unset); run Snakemake "
+            "with --use-singularity, or: apptainer exec IMAGE.sif python3 containers/probe_versions.py"
+        )
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     out = {"python": platform.python_version(), "executable": sys.executable, "errors": {}}
     for name in ("vllm", "torch", "xformers"):
@@ -43,8 +45,13 @@ def main():
             out["arch_list"] = torch.cuda.get_arch_list()
             for i in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(i)
-                out["gpus"].append({"name": props.name, "compute_cap": f"{props.major}.{props.minor}",
-                                    "memory_mib": props.total_memory // (1 << 20)})
+                out["gpus"].append(
+                    {
+                        "name": props.name,
+                        "compute_cap": f"{props.major}.{props.minor}",
+                        "memory_mib": props.total_memory // (1 << 20),
+                    }
+                )
     out["image_labels_env"] = {k: v for k, v in os.environ.items() if k.startswith("ATTNBENCH_")}
     json.dump(out, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -65,22 +65,34 @@ def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
 
 def engine_launch_spec(python: str, model_dir: Path, tokenizer_dir: Path, port: int) -> LaunchSpec:
     argv = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir),
-        "--tokenizer", str(tokenizer_dir),
-        "--load-format", "dummy",
-        "--served-model-name", MODEL_NAME,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--dtype", "bfloat16",
-        "--max-model-len", "4096",
-        "--gpu-memory-utilization", "0.3",
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--load-format",
+        "dummy",
+        "--served-model-name",
+        MODEL_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        "4096",
+        "--gpu-memory-utilization",
+        "0.3",
         # No torch.compile warmup: on a small shared CPU it costs minutes of startup and changes nothing the tests
         # check (token counts, failure handling, metric arithmetic).
         "-O0",
     ]
-    return LaunchSpec(argv=argv, env={"VLLM_CPU_KVCACHE_SPACE": "1"}, runtime="venv",
-                      description={"purpose": "attnbench test server"})
+    return LaunchSpec(
+        argv=argv, env={"VLLM_CPU_KVCACHE_SPACE": "1"}, runtime="venv", description={"purpose": "attnbench test server"}
+    )
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV"
 fi
 # shellcheck disable=SC2086
-if ! "$VENV/bin/python" -c "import attnbench, pytest, snakemake, snakefmt" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import attnbench, pytest, snakemake, snakefmt" 2>/dev/null || [ ! -x "$VENV/bin/ruff" ]; then
   "$VENV/bin/pip" install --disable-pip-version-check -q ${PIP_ARGS:-} -e ".[test]"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
 from bundlefixture import make_config, write_derived, write_run  # noqa: E402
 
-from attnbench.bundles import bundle
-
 from attnbench.analysis import compare
-
-from attnbench.bundles import verify  # noqa: E402
+from attnbench.bundles import (
+    bundle,
+    verify,  # noqa: E402
+)
 
 
 def main() -> None:
@@ -48,14 +48,18 @@ def main() -> None:
                 write_run(exp, cfg, arm, k, speed=1.0 if arm["name"] == "fast" else 0.8, rng=rng)
         write_derived(exp, cfg)
         raw = sum(p.stat().st_size for p in exp.rglob("records.jsonl"))
-        print(f"experiment: {len(cfg['arms'])} arms x {args.repeats} repeats x 11 levels x "
-              f"{args.requests_per_level} requests; raw records {raw / 1e6:.1f} MB "
-              f"(written in {time.perf_counter() - t0:.1f} s)")
+        print(
+            f"experiment: {len(cfg['arms'])} arms x {args.repeats} repeats x 11 levels x "
+            f"{args.requests_per_level} requests; raw records {raw / 1e6:.1f} MB "
+            f"(written in {time.perf_counter() - t0:.1f} s)"
+        )
         t0 = time.perf_counter()
         path = bundle.build_bundle(exp, cfg, root / "out")
         t_build = time.perf_counter() - t0
-        print(f"bundle:  {t_build:6.2f} s  {path.stat().st_size / 1e6:.2f} MB ({raw / path.stat().st_size:.1f}x "
-              f"smaller than the raw records)")
+        print(
+            f"bundle:  {t_build:6.2f} s  {path.stat().st_size / 1e6:.2f} MB ({raw / path.stat().st_size:.1f}x "
+            f"smaller than the raw records)"
+        )
         t0 = time.perf_counter()
         result = verify.verify_bundle(path)
         print(f"verify:  {time.perf_counter() - t0:6.2f} s  {'PASS' if result.ok else result.findings[:3]}")

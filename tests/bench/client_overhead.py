@@ -6,16 +6,15 @@ The load source is a small asyncio HTTP/1.1 server (its own process) that answer
 stream shaped like vLLM's: one `data:` event per token, a usage event, `data: [DONE]`. It is not a stand-in for
 vLLM in correctness tests; it only produces tokens as fast as asked, so the client is the bottleneck.
 
-Two figures per client and concurrency level:
-  max tokens/s  the source streams 256 tokens per request with no delay; the client runs a closed loop of C
-                requests for a fixed time; tokens/s = completion tokens received / wall time.
-  TTFT error    the source waits exactly TTFT_DELAY_S before the first token and then paces tokens every
-                PACED_ITL_S; error = client-measured TTFT - TTFT_DELAY_S (median and p99, ms). It includes sending
-                the request and reading the reply through the loopback, which is what a client adds.
-Ours runs under this interpreter (the project venv), in one process ("ours") and spread over two client processes
-("ours2p", attnbench.measure.multiproc; it runs a request count calibrated to --seconds, so its figure includes the tail
-of the last wave, which the one-process loop's deadline does not); vLLM's (vllm.benchmarks.lib.endpoint_request_func, aiohttp,
-a session configured as vllm/benchmarks/serve.py does) under --engine-python. Numbers are printed, not asserted.
+Two figures per client and concurrency level:   max tokens/s  the source streams 256 tokens per request with no delay;
+the client runs a closed loop of C                 requests for a fixed time; tokens/s = completion tokens received /
+wall time.   TTFT error    the source waits exactly TTFT_DELAY_S before the first token and then paces tokens every
+PACED_ITL_S; error = client-measured TTFT - TTFT_DELAY_S (median and p99, ms). It includes sending                 the
+request and reading the reply through the loopback, which is what a client adds. Ours runs under this interpreter (the
+project venv), in one process ("ours") and spread over two client processes ("ours2p", attnbench.measure.multiproc; it
+runs a request count calibrated to --seconds, so its figure includes the tail of the last wave, which the one-process
+loop's deadline does not); vLLM's (vllm.benchmarks.lib.endpoint_request_func, aiohttp, a session configured as
+vllm/benchmarks/serve.py does) under --engine-python. Numbers are printed, not asserted.
 """
 
 from __future__ import annotations
@@ -43,12 +42,27 @@ def _event(obj: dict) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"  # one HTTP chunk per SSE event
 
 
-TOKEN = _event({"id": "x", "object": "chat.completion.chunk", "model": "m",
-                "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]})  # fmt: skip
-HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-        b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n")  # fmt: skip
-DONE = _event({"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": [],
-               "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}})  # fmt: skip
+TOKEN = _event(
+    {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}],
+    }
+)
+HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+    b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n"
+)
+DONE = _event(
+    {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
+    }
+)
 
 
 async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paced: bool) -> None:
@@ -72,8 +86,9 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                 writer.write(TOKEN)
                 await writer.drain()
             usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
-            writer.write(_event({"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": [],
-                                 "usage": usage}))  # fmt: skip
+            writer.write(
+                _event({"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": [], "usage": usage})
+            )
             writer.write(_event_raw(b"[DONE]") + b"0\r\n\r\n")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -89,8 +104,9 @@ def _event_raw(payload: bytes) -> bytes:
 
 def serve(port: int, paced: bool) -> None:
     async def main() -> None:
-        server = await asyncio.start_server(lambda r, w: _serve_connection(r, w, paced), "127.0.0.1", port,
-                                            backlog=1024)  # fmt: skip
+        server = await asyncio.start_server(
+            lambda r, w: _serve_connection(r, w, paced), "127.0.0.1", port, backlog=1024
+        )
         print("ready", flush=True)
         async with server:
             await server.serve_forever()
@@ -137,8 +153,17 @@ async def drive_ours(url: str, concurrency: int, tokens: int, seconds: float | N
     from attnbench.measure.client import Client, Sampling
 
     sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
-    ids = dict(experiment="b", arm="b", repeat=0, workload="b", concurrency=concurrency, phase="measure", index=0,
-               request_id="b", prompt_seed=0)  # fmt: skip
+    ids = dict(
+        experiment="b",
+        arm="b",
+        repeat=0,
+        workload="b",
+        concurrency=concurrency,
+        phase="measure",
+        index=0,
+        request_id="b",
+        prompt_seed=0,
+    )
     async with Client(url, "m", concurrency=concurrency, timeout_s=120) as client:
 
         async def send():
@@ -153,10 +178,11 @@ class _Discard:
         pass
 
 
-async def drive_ours_mp(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None,
-                        processes: int = 2) -> dict:  # fmt: skip
-    """Ours spread over `processes` client processes (attnbench.measure.multiproc). The pool runs a level of a given request
-    count, not a time: in --seconds mode a first level calibrates the count to about `seconds` of work."""
+async def drive_ours_mp(
+    url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None, processes: int = 2
+) -> dict:
+    """Ours spread over `processes` client processes (attnbench.measure.multiproc). The pool runs a level of a
+    given request count, not a time: in --seconds mode a first level calibrates the count to about `seconds` of work."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
     from attnbench.measure.client import Sampling
     from attnbench.measure.multiproc import ClientPool
@@ -194,13 +220,27 @@ async def drive_vllm(url: str, concurrency: int, tokens: int, seconds: float | N
     import aiohttp
     from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_chat_completions
 
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300,
-                                     use_dns_cache=True, keepalive_timeout=60, enable_cleanup_closed=True,
-                                     force_close=False, ssl=False)  # fmt: skip — as vllm/benchmarks/serve.py
-    async with aiohttp.ClientSession(connector=connector, trust_env=True,
-                                     timeout=aiohttp.ClientTimeout(total=6 * 60 * 60)) as session:  # fmt: skip
-        inp = RequestFuncInput(prompt="hi", api_url=url + "/v1/chat/completions", prompt_len=1, output_len=tokens,
-                               model="m", ignore_eos=True)  # fmt: skip
+    connector = aiohttp.TCPConnector(
+        limit=concurrency,
+        limit_per_host=concurrency,
+        ttl_dns_cache=300,
+        use_dns_cache=True,
+        keepalive_timeout=60,
+        enable_cleanup_closed=True,
+        force_close=False,
+        ssl=False,
+    )  # as vllm/benchmarks/serve.py
+    async with aiohttp.ClientSession(
+        connector=connector, trust_env=True, timeout=aiohttp.ClientTimeout(total=6 * 60 * 60)
+    ) as session:
+        inp = RequestFuncInput(
+            prompt="hi",
+            api_url=url + "/v1/chat/completions",
+            prompt_len=1,
+            output_len=tokens,
+            model="m",
+            ignore_eos=True,
+        )
 
         async def send():
             out = await async_request_openai_chat_completions(inp, session)
@@ -236,8 +276,23 @@ def _start_source(paced: bool) -> tuple[subprocess.Popen, str]:
 
 
 def _run_driver(python: str, client: str, url: str, concurrency: int, tokens: int, seconds: float, count: int) -> dict:
-    argv = [python, __file__, "drive", "--client", client, "--url", url, "--concurrency", str(concurrency),
-            "--tokens", str(tokens), "--seconds", str(seconds), "--count", str(count)]  # fmt: skip
+    argv = [
+        python,
+        __file__,
+        "drive",
+        "--client",
+        client,
+        "--url",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--tokens",
+        str(tokens),
+        "--seconds",
+        str(seconds),
+        "--count",
+        str(count),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise SystemExit(f"{client} driver failed:\n{proc.stderr[-2000:]}")
@@ -247,7 +302,8 @@ def _run_driver(python: str, client: str, url: str, concurrency: int, tokens: in
 def main(args: argparse.Namespace) -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
     clients = [("ours", sys.executable), ("ours2p", sys.executable)] + (
-        [("vllm", args.engine_python)] if args.engine_python else [])
+        [("vllm", args.engine_python)] if args.engine_python else []
+    )
     rows = []
     for paced in (False, True):
         source, url = _start_source(paced)
@@ -264,8 +320,11 @@ def main(args: argparse.Namespace) -> None:
         finally:
             os.killpg(source.pid, 9)
             source.wait()
-    print(f"\nclient overhead (load source: {FAST_TOKENS} tokens/request unpaced; paced: TTFT {TTFT_DELAY_S * 1000:.0f} ms, "
-          f"ITL {PACED_ITL_S * 1000:.0f} ms, {PACED_TOKENS} tokens)")  # fmt: skip
+    print(
+        f"\nclient overhead (load source: {FAST_TOKENS} tokens/request unpaced; "
+        f"paced: TTFT {TTFT_DELAY_S * 1000:.0f} ms, "
+        f"ITL {PACED_ITL_S * 1000:.0f} ms, {PACED_TOKENS} tokens)"
+    )
     print(f"medians over {args.rounds} alternating rounds; host load average now {os.getloadavg()[0]:.1f}")
     print(f"{'conc':>5} {'client':>7} {'max tok/s':>11} {'failed':>7} {'TTFT err med ms':>16} {'TTFT err p99 ms':>16}")
     for c in levels:

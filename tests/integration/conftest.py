@@ -26,11 +26,18 @@ class DemoRun:
 
 
 def _run_demo(tmp: Path, experiment: str, arm: dict) -> DemoRun:
-    cfg = reduced_config(experiment, os.environ["ATTNBENCH_ENGINE_PYTHON"], [arm],
-                         # two workloads, not in name order: tables follow the config's order
-                         {"short": {"prompt_tokens": 45, "output_tokens": 8, "concurrency": [1, 2]},
-                          "long": {"prompt_tokens": 300, "output_tokens": 8, "concurrency": [1]}},
-                         repeats=2, api_key_env=API_KEY_ENV)  # fmt: skip
+    cfg = reduced_config(
+        experiment,
+        os.environ["ATTNBENCH_ENGINE_PYTHON"],
+        [arm],
+        # two workloads, not in name order: tables follow the config's order
+        {
+            "short": {"prompt_tokens": 45, "output_tokens": 8, "concurrency": [1, 2]},
+            "long": {"prompt_tokens": 300, "output_tokens": 8, "concurrency": [1]},
+        },
+        repeats=2,
+        api_key_env=API_KEY_ENV,
+    )
     workdir = make_workdir(tmp, cfg)
     snakemake(workdir)
     exp_dir = workdir / "results" / experiment
@@ -44,8 +51,11 @@ def demo_bundles(engine_python, tmp_path_factory) -> tuple[DemoRun, DemoRun]:
     os.environ[API_KEY_ENV] = API_KEY  # the snakemake subprocess (and run-arm under it) inherit it
     try:
         a = _run_demo(tmp_path_factory.mktemp("demo-a"), "itest_split", {"name": "split", "backend": "CPU_ATTN"})
-        b = _run_demo(tmp_path_factory.mktemp("demo-b"), "itest_nosplit",
-                      {"name": "nosplit", "backend": "CPU_ATTN", "env": {"VLLM_CPU_ATTN_SPLIT_KV": "0"}})
+        b = _run_demo(
+            tmp_path_factory.mktemp("demo-b"),
+            "itest_nosplit",
+            {"name": "nosplit", "backend": "CPU_ATTN", "env": {"VLLM_CPU_ATTN_SPLIT_KV": "0"}},
+        )
     finally:
         os.environ.pop(API_KEY_ENV, None)
     return a, b

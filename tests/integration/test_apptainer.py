@@ -22,12 +22,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
 
 from attnbench.engines import apptainer
-from attnbench.errors import ServerError
 from attnbench.engines.server import LaunchSpec, Server, free_port
-
-from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
+from attnbench.errors import ServerError
 
 pytestmark = pytest.mark.apptainer
 
@@ -48,7 +47,9 @@ def cpu_sif() -> Path:
     if shutil.which("apptainer") is None:
         _unavailable("no apptainer on PATH (Debian 12: bash tests/apptainer/setup.sh, then put its --bin on PATH)")
     if not CPU_SIF.is_file():
-        _unavailable(f"{CPU_SIF} is missing: snakemake --cores 1 --use-singularity --configfile config/demo-apptainer.yaml")
+        _unavailable(
+            f"{CPU_SIF} is missing: snakemake --cores 1 --use-singularity --configfile config/demo-apptainer.yaml"
+        )
     return CPU_SIF
 
 
@@ -88,8 +89,9 @@ def test_server_in_the_image_on_loopback_stops_leaving_nothing(cpu_sif, tmp_path
 def test_dying_server_fails_startup_with_its_exit_code(cpu_sif, tmp_path):
     port = free_port()
     with pytest.raises(ServerError, match="exited with code 3"):
-        with Server(_stand_in_spec(cpu_sif, 9, exit_after_s=0.5), tmp_path / "s.log", f"http://127.0.0.1:{port}",
-                    120) as srv:  # fmt: skip
+        with Server(
+            _stand_in_spec(cpu_sif, 9, exit_after_s=0.5), tmp_path / "s.log", f"http://127.0.0.1:{port}", 120
+        ) as srv:
             srv.wait_ready()  # the stand-in listens on another port, so only its death ends the wait
     assert _container_processes("--port=9") == []
 
@@ -117,8 +119,17 @@ def test_parent_terminated_interrupted_or_killed_leaves_no_process(cpu_sif, tmp_
     leaves no starter or mount behind either way once the group is gone."""
     port = free_port()
     mounts_before = _mounts_of(cpu_sif)
-    proc = subprocess.Popen([sys.executable, "-c", PARENT.format(tests=str(ROOT / "tests"), sif=str(cpu_sif)),
-                             str(port), str(tmp_path / "s.log")], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PARENT.format(tests=str(ROOT / "tests"), sif=str(cpu_sif)),
+            str(port),
+            str(tmp_path / "s.log"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         assert _container_processes(f"--port={port}")
@@ -132,7 +143,9 @@ def test_parent_terminated_interrupted_or_killed_leaves_no_process(cpu_sif, tmp_
         assert left, "a SIGKILLed parent cannot stop its server"
         os.killpg(os.getpgid(int(left[0].split()[0])), signal.SIGKILL)  # the group the server was started in
     deadline = time.monotonic() + 30
-    while (_container_processes(f"--port={port}") or _mounts_of(cpu_sif) > mounts_before) and time.monotonic() < deadline:
+    while (
+        _container_processes(f"--port={port}") or _mounts_of(cpu_sif) > mounts_before
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _container_processes(f"--port={port}") == []
     assert _mounts_of(cpu_sif) == mounts_before
@@ -152,13 +165,42 @@ def test_run_arm_in_the_image_killed_server_keeps_records_and_names_the_cause(cp
     cfg["sweep"].update(requests_per_level=40, warmup_requests=1)
     exp = tmp_path / "exp"
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    subprocess.run([sys.executable, "-m", "attnbench.cli", "make-model", "--architecture",
-                    str(ROOT / "config/models/tiny-qwen2.json"), "--model-dir", str(exp / "models/tiny-qwen2/model"),
-                    "--tokenizer-dir", str(exp / "models/tiny-qwen2/tokenizer")], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attnbench.cli",
+            "make-model",
+            "--architecture",
+            str(ROOT / "config/models/tiny-qwen2.json"),
+            "--model-dir",
+            str(exp / "models/tiny-qwen2/model"),
+            "--tokenizer-dir",
+            str(exp / "models/tiny-qwen2/tokenizer"),
+        ],
+        check=True,
+    )
     out = exp / "runs" / "cpu_attn" / "rep0"
-    proc = subprocess.Popen([sys.executable, "-m", "attnbench.cli", "run-arm", "--config", str(tmp_path / "cfg.json"),
-                             "--arm", "cpu_attn", "--repeat", "0", "--out", str(out), "--exp-dir", str(exp)],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attnbench.cli",
+            "run-arm",
+            "--config",
+            str(tmp_path / "cfg.json"),
+            "--arm",
+            "cpu_attn",
+            "--repeat",
+            "0",
+            "--out",
+            str(out),
+            "--exp-dir",
+            str(exp),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and proc.poll() is None:
@@ -169,8 +211,11 @@ def test_run_arm_in_the_image_killed_server_keeps_records_and_names_the_cause(cp
         assert proc.poll() is None, proc.stderr.read()
         head = (out / "server.log").read_text().splitlines()[0]  # "attnbench: starting apptainer exec ..."
         port = head.split("--port ", 1)[1].split()[0]
-        engine = [line for line in _container_processes(f"--port {port}")
-                  if "vllm.entrypoints.openai.api_server" in line and " apptainer " not in f" {line.split(None, 1)[1]}"]
+        engine = [
+            line
+            for line in _container_processes(f"--port {port}")
+            if "vllm.entrypoints.openai.api_server" in line and " apptainer " not in f" {line.split(None, 1)[1]}"
+        ]
         assert engine, _container_processes(f"--port {port}")
         for line in engine:  # the engine's API server process, inside the container
             os.kill(int(line.split()[0]), signal.SIGKILL)
@@ -201,8 +246,9 @@ def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
     manifest = apptainer.export_image(CPU_KEY, export, images_dir=ROOT / "results/images", part_mib=256)
     assert len(manifest["parts"]) >= 2 and manifest["base"]["sif_sha256"] == apptainer.sha256_file(cpu_sif)
     other = tmp_path / "checkout"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         src, dst = ROOT / name, other / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -211,12 +257,22 @@ def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
         elif src.is_file():
             shutil.copy2(src, dst)
     env = {**os.environ, "PYTHONPATH": str(other / "workflow")}
-    imp = subprocess.run([sys.executable, "-m", "attnbench.cli", "image", "import", str(export)], cwd=other,
-                         capture_output=True, text=True, env=env)  # fmt: skip
+    imp = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "image", "import", str(export)],
+        cwd=other,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert imp.returncode == 0, imp.stderr
     assert apptainer.sha256_file(other / "results/images" / CPU_KEY / "base.sif") == manifest["base"]["sif_sha256"]
-    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--use-singularity", "--configfile",
-                          "config/demo-apptainer.yaml"], cwd=other, capture_output=True, text=True, env=env)  # fmt: skip
+    dry = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--use-singularity", "--configfile", "config/demo-apptainer.yaml"],
+        cwd=other,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert dry.returncode == 0, (dry.stdout + dry.stderr)[-2000:]
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0], re.M))
     assert "serve_sweep" in planned and "build_base_image" not in planned and "engine_versions" not in planned, planned
@@ -248,24 +304,54 @@ def test_vllm_071_image_contents_and_the_cutlass_layer_on_its_real_xformers():
         if os.environ.get("ATTNBENCH_REQUIRE_IMAGE071") == "1":
             pytest.fail(f"{SIF_071} is missing (ATTNBENCH_REQUIRE_IMAGE071=1)")
         pytest.skip(f"{SIF_071} not built here (attnbench image build-base --key vllm-0.7.1, about 8 minutes)")
-    versions = subprocess.run(apptainer.exec_argv(SIF_071, ["python3", "-c", "import vllm, torch, xformers; print("
-                              "vllm.__version__, torch.__version__, xformers.__version__)"]),
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+    versions = subprocess.run(
+        apptainer.exec_argv(
+            SIF_071,
+            [
+                "python3",
+                "-c",
+                "import vllm, torch, xformers; print(vllm.__version__, torch.__version__, xformers.__version__)",
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert versions.stdout.split()[-3:] == ["0.7.1", "2.5.1+cu124", "0.0.28.post3"], versions.stderr[-1000:]
     variant = str(ROOT / "containers/variants/xformers-cutlass")
-    check = subprocess.run(apptainer.exec_argv(SIF_071, ["python3", "-m", "attnbench_xformers_cutlass"],
-                                               env={"PYTHONPATH": variant}, binds=[variant]),
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    check = subprocess.run(
+        apptainer.exec_argv(
+            SIF_071, ["python3", "-m", "attnbench_xformers_cutlass"], env={"PYTHONPATH": variant}, binds=[variant]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert check.returncode == 0, check.stderr[-2000:]
     assert "'prefill': ['cutlassF-pt']" in check.stdout and "fa2F" not in check.stdout
-    unpatched = subprocess.run(apptainer.exec_argv(SIF_071, ["python3", "-c", textwrap.dedent("""
+    unpatched = subprocess.run(
+        apptainer.exec_argv(
+            SIF_071,
+            [
+                "python3",
+                "-c",
+                textwrap.dedent(
+                    f"""
         import sys
-        sys.path.insert(0, %r)
+        sys.path.insert(0, {variant!r})
         from xformers.ops.fmha import attn_bias, dispatch
         import attnbench_xformers_cutlass as m
         class I: p = 0.0
         i = I(); i.query = i.key = i.value = m._Tensor((1, 45, 28, 128), (0, 3584, 128, 1))
         i.attn_bias = attn_bias.BlockDiagonalCausalMask.from_seqlens([45])
         print([op.NAME for op in dispatch._dispatch_fw_priority_list(i, False)])
-    """ % variant)], binds=[variant]), capture_output=True, text=True, timeout=600)  # fmt: skip
+    """
+                ),
+            ],
+            binds=[variant],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert unpatched.stdout.strip().splitlines()[-1].startswith("['fa2F"), unpatched.stderr[-1000:]

@@ -13,11 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnbench.bundles import bundle, verify
-
-from attnbench.analysis import compare
-
 from attnbench import config
+from attnbench.bundles import bundle, verify
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -77,8 +74,10 @@ def test_rebuilding_gives_the_same_bytes(demo_bundles, tmp_path):
 def test_api_key_appears_nowhere_in_the_bundle(demo_bundles, tmp_path):
     for run in demo_bundles:
         # the key was really in use: every measured request of the run succeeded against a server that demanded it
-        records = [json.loads(x) for x in (run.exp_dir / "runs").glob("*/rep0/records.jsonl").__next__()
-                   .read_text().splitlines()]  # fmt: skip
+        records = [
+            json.loads(x)
+            for x in (run.exp_dir / "runs").glob("*/rep0/records.jsonl").__next__().read_text().splitlines()
+        ]
         assert records and all(r["ok"] for r in records)
         target = tmp_path / run.exp_dir.name
         target.mkdir()
@@ -119,9 +118,17 @@ def test_compare_two_demo_bundles_and_the_article(demo_bundles, tmp_path):
     out = tmp_path / "cmp"
     proc = cli("compare", str(a.bundle), str(b.bundle), "--reference", "article", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    for name in ("comparison.md", "sources.csv", "side_by_side.csv", "ratios.csv",
-                 "plots/side_by_side_short.png", "plots/side_by_side_short.svg", "plots/ratios_short.png",
-                 "plots/side_by_side_long.png", "plots/ratios_long.svg"):
+    for name in (
+        "comparison.md",
+        "sources.csv",
+        "side_by_side.csv",
+        "ratios.csv",
+        "plots/side_by_side_short.png",
+        "plots/side_by_side_short.svg",
+        "plots/ratios_short.png",
+        "plots/side_by_side_long.png",
+        "plots/ratios_long.svg",
+    ):
         assert (out / name).stat().st_size > 0, name
     rat = pd.read_csv(out / "ratios.csv")
     pairs = set(zip(rat["source"], rat["arm"], rat["base_source"], rat["base_arm"]))

@@ -14,17 +14,45 @@ pytestmark = pytest.mark.engine
 def test_crosscheck_runs_both_tools_on_the_same_workload(engine_server, engine_python, tiny_model, tmp_path):
     out = tmp_path / "xc"
     proc = subprocess.run(
-        [sys.executable, "-m", "attnbench.cli", "crosscheck", "--base-url", engine_server.base_url,
-         "--model", engine_server.model, "--tokenizer", str(tiny_model[1]), "--engine-python", engine_python,
-         "--input-len", "20", "--output-len", "8", "--concurrency", "2", "--num-prompts", "4", "--warmup", "1",
-         "--repeats", "2", "--output", str(out)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "attnbench.cli",
+            "crosscheck",
+            "--base-url",
+            engine_server.base_url,
+            "--model",
+            engine_server.model,
+            "--tokenizer",
+            str(tiny_model[1]),
+            "--engine-python",
+            engine_python,
+            "--input-len",
+            "20",
+            "--output-len",
+            "8",
+            "--concurrency",
+            "2",
+            "--num-prompts",
+            "4",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "crosscheck.json").read_text())
     assert [r["tool"] for r in result["vllm"]] == ["vllm", "vllm"] and len(result["ours"]) == 2
     # Ours was given vLLM's served prompt length (chat template included), so both sent the same prompts' size.
-    assert {r["prompt_tokens_median"] for r in result["vllm"] + result["ours"]} == {result["vllm"][0]["prompt_tokens_median"]}
+    assert {r["prompt_tokens_median"] for r in result["vllm"] + result["ours"]} == {
+        result["vllm"][0]["prompt_tokens_median"]
+    }
     assert result["vllm"][0]["prompt_tokens_median"] > 20  # the template adds tokens to vLLM's random-input-len
     assert all(r["completion_tokens_mean"] == 8 for r in result["vllm"] + result["ours"])
     cmp = result["comparison"]

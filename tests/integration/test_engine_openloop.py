@@ -21,10 +21,34 @@ pytestmark = pytest.mark.engine
 def test_poisson_at_two_rates_hits_its_targets_and_recomputes_from_raw_files(engine_server, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "attnbench.cli", "open-loop", "--base-url", engine_server.base_url,
-         "--model", engine_server.model, "--workload", "short=45:8", "--rates", "2,5", "--requests", "60",
-         "--warmup", "1", "--ttft-limit-ms", "500", "--output", str(out), "--summary-json", str(tmp_path / "s.json")],
-        capture_output=True, text=True, timeout=600)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "attnbench.cli",
+            "open-loop",
+            "--base-url",
+            engine_server.base_url,
+            "--model",
+            engine_server.model,
+            "--workload",
+            "short=45:8",
+            "--rates",
+            "2,5",
+            "--requests",
+            "60",
+            "--warmup",
+            "1",
+            "--ttft-limit-ms",
+            "500",
+            "--output",
+            str(out),
+            "--summary-json",
+            str(tmp_path / "s.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     records = [r for r in read_requests(out / "openloop.jsonl") if r.phase == "measure"]
     assert len(records) == 120 and all(r.ok for r in records), [r.error for r in records if not r.ok][:3]
@@ -37,7 +61,9 @@ def test_poisson_at_two_rates_hits_its_targets_and_recomputes_from_raw_files(eng
     for rep, rec in zip(reported, recomputed):
         assert rep.keys() == rec.keys()
         for key in rep:
-            same = rep[key] == rec[key] or (isinstance(rec[key], float) and math.isnan(rec[key]) and math.isnan(rep[key]))
+            same = rep[key] == rec[key] or (
+                isinstance(rec[key], float) and math.isnan(rec[key]) and math.isnan(rep[key])
+            )
             assert same, (key, rep[key], rec[key])
         # achieved rate from the actual send times of 60 requests, against the target
         assert abs(rec["achieved_rate_rps"] / rec["rate"] - 1) < 0.05, rec
@@ -58,10 +84,18 @@ async def _busy_loop_while(task: asyncio.Task, block_s: float, every_s: float) -
 
 def test_blocked_event_loop_flags_the_level(engine_server, tmp_path):
     async def main():
-        sweep = asyncio.create_task(run_sweep(
-            engine_server.base_url, engine_server.model, [Workload("short", 45, 8, [2])],
-            {"warmup_requests": 0, "requests_per_level": 6, "latency_probe_gets": 1}, tmp_path / "run",
-            experiment="t", arm="cpu", repeat=0))  # fmt: skip
+        sweep = asyncio.create_task(
+            run_sweep(
+                engine_server.base_url,
+                engine_server.model,
+                [Workload("short", 45, 8, [2])],
+                {"warmup_requests": 0, "requests_per_level": 6, "latency_probe_gets": 1},
+                tmp_path / "run",
+                experiment="t",
+                arm="cpu",
+                repeat=0,
+            )
+        )
         await _busy_loop_while(sweep, block_s=0.05, every_s=0.02)
         return await sweep
 
@@ -81,10 +115,25 @@ def test_server_metrics_scraped_into_the_run_folder_and_summarized(engine_server
     sweep_cfg = {"warmup_requests": 1, "requests_per_level": 6, "latency_probe_gets": 1}
 
     async def main(scraper):
-        await run_sweep(engine_server.base_url, engine_server.model, [Workload("short", 45, 16, [1, 4])], sweep_cfg,
-                        run_dir, on_level=scraper.mark, **ids)  # fmt: skip
-        await run_open_loop(engine_server.base_url, engine_server.model, [(Workload("short", 45, 16, []), [4.0])],
-                            sweep_cfg, {"requests_per_rate": 12}, run_dir, on_level=scraper.mark, **ids)  # fmt: skip
+        await run_sweep(
+            engine_server.base_url,
+            engine_server.model,
+            [Workload("short", 45, 16, [1, 4])],
+            sweep_cfg,
+            run_dir,
+            on_level=scraper.mark,
+            **ids,
+        )
+        await run_open_loop(
+            engine_server.base_url,
+            engine_server.model,
+            [(Workload("short", 45, 16, []), [4.0])],
+            sweep_cfg,
+            {"requests_per_rate": 12},
+            run_dir,
+            on_level=scraper.mark,
+            **ids,
+        )
 
     with servermetrics.Scraper(engine_server.base_url, run_dir / servermetrics.FILE, interval_s=0.5) as scraper:
         asyncio.run(main(scraper))
@@ -93,7 +142,10 @@ def test_server_metrics_scraped_into_the_run_folder_and_summarized(engine_server
     assert {s["event"] for s in scrapes} == {"start", "end", "interval"}
     levels = servermetrics.summarize(scrapes)
     assert [(lv["workload"], lv["concurrency"], lv["rate"]) for lv in levels] == [
-        ("short", 1, None), ("short", 4, None), ("short", None, 4.0)]  # fmt: skip
+        ("short", 1, None),
+        ("short", 4, None),
+        ("short", None, 4.0),
+    ]
     for lv in levels:
         # the server counted exactly our measured requests' tokens between the level's start and end scrapes
         assert lv["generation_tokens"] == 16 * (12 if lv["rate"] else 6), lv
@@ -107,9 +159,18 @@ def test_server_metrics_scraped_into_the_run_folder_and_summarized(engine_server
 
 def test_two_client_processes_merge_into_one_record_stream(engine_server, tmp_path):
     out = tmp_path / "run"
-    asyncio.run(run_sweep(engine_server.base_url, engine_server.model, [Workload("short", 45, 8, [1, 5])],
-                          {"warmup_requests": 1, "requests_per_level": 10, "client_processes": 2,
-                           "latency_probe_gets": 1}, out, experiment="t", arm="cpu", repeat=0))  # fmt: skip
+    asyncio.run(
+        run_sweep(
+            engine_server.base_url,
+            engine_server.model,
+            [Workload("short", 45, 8, [1, 5])],
+            {"warmup_requests": 1, "requests_per_level": 10, "client_processes": 2, "latency_probe_gets": 1},
+            out,
+            experiment="t",
+            arm="cpu",
+            repeat=0,
+        )
+    )
     measured = [r for r in read_requests(out / "records.jsonl") if r.phase == "measure"]
     assert len(measured) == 20 and all(r.ok and r.completion_tokens == 8 for r in measured)
     for conc in (1, 5):
@@ -126,10 +187,19 @@ def test_in_flight_cap_holds_requests_back_as_send_lag(engine_server, tmp_path):
     from attnbench.measure.openloop import run_open_loop
 
     # 40 requests/s offered, one in flight at a time: each waits for the previous one to finish
-    asyncio.run(run_open_loop(engine_server.base_url, engine_server.model, [(Workload("short", 45, 16, []), [40.0])],
-                              {"warmup_requests": 0}, {"requests_per_rate": 12, "max_in_flight": 1,
-                                                       "arrival": "constant"}, tmp_path,
-                              experiment="t", arm="cpu", repeat=0))  # fmt: skip
+    asyncio.run(
+        run_open_loop(
+            engine_server.base_url,
+            engine_server.model,
+            [(Workload("short", 45, 16, []), [40.0])],
+            {"warmup_requests": 0},
+            {"requests_per_rate": 12, "max_in_flight": 1, "arrival": "constant"},
+            tmp_path,
+            experiment="t",
+            arm="cpu",
+            repeat=0,
+        )
+    )
     records = sorted(read_requests(tmp_path / "openloop.jsonl"), key=lambda r: r.start)
     assert len(records) == 12 and all(r.ok and r.concurrency == 1 for r in records)
     assert all(a.end <= b.start + 0.001 for a, b in zip(records, records[1:]))  # never two in flight
@@ -145,10 +215,33 @@ def test_knee_mode_doubles_the_rate_until_a_level_breaks(engine_server, tmp_path
 
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "attnbench.cli", "open-loop", "--base-url", engine_server.base_url,
-         "--model", engine_server.model, "--workload", "short=45:16", "--rates", "4", "--requests", "12",
-         "--warmup", "0", "--ttft-limit-ms", "40", "--knee", "--output", str(out)],
-        capture_output=True, text=True, timeout=600)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "attnbench.cli",
+            "open-loop",
+            "--base-url",
+            engine_server.base_url,
+            "--model",
+            engine_server.model,
+            "--workload",
+            "short=45:16",
+            "--rates",
+            "4",
+            "--requests",
+            "12",
+            "--warmup",
+            "0",
+            "--ttft-limit-ms",
+            "40",
+            "--knee",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     levels = read_levels(out / "openloop_levels.jsonl")
     records = read_requests(out / "openloop.jsonl")

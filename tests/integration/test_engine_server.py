@@ -17,7 +17,9 @@ def test_server_serves_the_tiny_model(engine_server):
 
 def test_one_word_is_one_token(engine_server):
     words = "kemi beba zuzu " * 10
-    r = httpx.post(f"{engine_server.base_url}/tokenize", json={"model": engine_server.model, "prompt": words}, timeout=10)
+    r = httpx.post(
+        f"{engine_server.base_url}/tokenize", json={"model": engine_server.model, "prompt": words}, timeout=10
+    )
     assert r.status_code == 200
     assert r.json()["count"] == 30
 

@@ -37,13 +37,17 @@ def test_prompt_and_completion_counts_hit_their_targets(engine_server, tmp_path)
     assert len({r.prompt_seed for r in records}) == len(records)  # no two requests share a prompt
     levels = read_levels(tmp_path / "levels.jsonl")
     assert [(lv.workload, lv.concurrency, lv.complete, len(lv.latency_ms)) for lv in levels] == [
-        ("short", 1, True, 5), ("short", 2, True, 5), ("mid", 2, True, 5)]  # fmt: skip
+        ("short", 1, True, 5),
+        ("short", 2, True, 5),
+        ("mid", 2, True, 5),
+    ]
 
 
 def test_completions_api_counts_exactly(engine_server, tmp_path):
     sweep(engine_server, [Workload("short", 45, 8, [1])], tmp_path, api="completions")
     assert {(r.prompt_tokens, r.completion_tokens, r.ok) for r in read_requests(tmp_path / "records.jsonl")} == {
-        (45, 8, True)}
+        (45, 8, True)
+    }
 
 
 def test_impossible_target_is_a_clear_error(engine_server, tmp_path):
@@ -57,9 +61,25 @@ def _cli(*args, **kw):
 
 def test_cli_summary_equals_recomputation_from_raw_files(engine_server, tmp_path):
     out = tmp_path / "run"
-    proc = _cli("--base-url", engine_server.base_url, "--model", engine_server.model, "--workload", "short=45:16",
-                "--concurrency", "1,3", "--requests", "6", "--warmup", "1", "--output", str(out),
-                "--summary-json", str(tmp_path / "summary.json"), timeout=600)  # fmt: skip
+    proc = _cli(
+        "--base-url",
+        engine_server.base_url,
+        "--model",
+        engine_server.model,
+        "--workload",
+        "short=45:16",
+        "--concurrency",
+        "1,3",
+        "--requests",
+        "6",
+        "--warmup",
+        "1",
+        "--output",
+        str(out),
+        "--summary-json",
+        str(tmp_path / "summary.json"),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "short c=3: 6/6 done, 0 failed" in proc.stderr
     reported = json.loads((tmp_path / "summary.json").read_text())
@@ -68,7 +88,9 @@ def test_cli_summary_equals_recomputation_from_raw_files(engine_server, tmp_path
     for rep, rec in zip(reported, recomputed):
         assert rep.keys() == rec.keys()
         for key in rep:
-            same = rep[key] == rec[key] or (isinstance(rec[key], float) and math.isnan(rec[key]) and math.isnan(rep[key]))
+            same = rep[key] == rec[key] or (
+                isinstance(rec[key], float) and math.isnan(rec[key]) and math.isnan(rep[key])
+            )
             assert same, (key, rep[key], rec[key])
     # the printed table carries the same numbers (rounded)
     assert f"{reported[1]['generation_throughput_tps']:.4g}" in proc.stdout
@@ -78,10 +100,30 @@ def test_killed_server_yields_failed_records_kept_data_and_nonzero_exit(start_en
     out = tmp_path / "run"
     with start_engine_server() as srv:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "attnbench.cli", "sweep", "--base-url", srv.base_url, "--model", srv.model,
-             "--workload", "short=45:32", "--concurrency", "2", "--requests", "400", "--warmup", "0",
-             "--output", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "attnbench.cli",
+                "sweep",
+                "--base-url",
+                srv.base_url,
+                "--model",
+                srv.model,
+                "--workload",
+                "short=45:32",
+                "--concurrency",
+                "2",
+                "--requests",
+                "400",
+                "--warmup",
+                "0",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         records = out / "records.jsonl"
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

@@ -46,18 +46,39 @@ def reduced_config(experiment: str, engine_python: str, arms: list[dict], worklo
         "arms": arms,
         "workloads": workloads,
         # count-sized levels (no time floors): these runs check the pipeline, not the numbers
-        "sweep": {"repeats": 1, "warmup_requests": 1, "requests_per_level": 2, "latency_probe_gets": 2,
-                  "min_level_seconds": 0, "warmup_seconds": 0, **sweep},
+        "sweep": {
+            "repeats": 1,
+            "warmup_requests": 1,
+            "requests_per_level": 2,
+            "latency_probe_gets": 2,
+            "min_level_seconds": 0,
+            "warmup_seconds": 0,
+            **sweep,
+        },
     }
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "1", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "1",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
-        pytest.fail(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        pytest.fail(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -158,10 +179,22 @@ def test_server_killed_mid_run_fails_clearly_and_keeps_records(engine_python, tm
     model_dir = str(workdir / "results" / "killtest" / "models")
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 900
         records = run_dir / "records.jsonl"
@@ -206,14 +239,30 @@ def test_signal_to_run_arm_stops_the_server(engine_python, tmp_path, sig):
     workloads = {"short": {"prompt_tokens": 45, "output_tokens": 256, "concurrency": [1]}}
     cfg = reduced_config("sigtest", engine_python, arms, workloads, requests_per_level=40, warmup_requests=0)
     exp = tmp_path / "results" / "sigtest"
-    write_synthetic_model(Path(cfg["model"]["architecture"]), exp / "models" / "tiny-qwen2" / "model",
-                          exp / "models" / "tiny-qwen2" / "tokenizer")  # fmt: skip
+    write_synthetic_model(
+        Path(cfg["model"]["architecture"]),
+        exp / "models" / "tiny-qwen2" / "model",
+        exp / "models" / "tiny-qwen2" / "tokenizer",
+    )
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     run_dir = exp / "runs" / "sig" / "rep0"
-    cmd = [sys.executable, "-m", "attnbench.cli", "run-arm", "--config", str(tmp_path / "cfg.yaml"), "--arm", "sig",
-           "--out", str(run_dir), "--exp-dir", str(exp)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                            start_new_session=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench.cli",
+        "run-arm",
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--arm",
+        "sig",
+        "--out",
+        str(run_dir),
+        "--exp-dir",
+        str(exp),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 900
         records = run_dir / "records.jsonl"

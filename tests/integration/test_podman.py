@@ -13,17 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
 
 from attnbench.engines import containers
-from attnbench.errors import ContainerError
 from attnbench.engines.server import LaunchSpec, free_port
-
-from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
+from attnbench.errors import ContainerError
 
 pytestmark = pytest.mark.podman
 
@@ -70,8 +68,12 @@ def _health_server_spec(port: int, *, exit_after_s: float | None = None) -> Laun
     need no model. With exit_after_s it dies with code 3, like a crashing engine."""
     # inside, listen on all interfaces: the published port on 127.0.0.1 reaches it (DockerServer)
     code = stand_in_server_code(port, "0.0.0.0", exit_after_s=exit_after_s)
-    return LaunchSpec(argv=["python3", "-c", code, "--host", "127.0.0.1"], env={"ATTNBENCH_TEST": "1"},
-                      runtime="docker", description={"image": CPU_IMAGE, "device": "cpu"})  # fmt: skip
+    return LaunchSpec(
+        argv=["python3", "-c", code, "--host", "127.0.0.1"],
+        env={"ATTNBENCH_TEST": "1"},
+        runtime="docker",
+        description={"image": CPU_IMAGE, "device": "cpu"},
+    )
 
 
 def test_container_lifecycle_port_logs_cleanup(podman_api, cpu_image, tmp_path):
@@ -93,8 +95,9 @@ def test_container_lifecycle_port_logs_cleanup(podman_api, cpu_image, tmp_path):
 def test_dying_server_fails_startup_with_its_exit_code(podman_api, cpu_image, tmp_path):
     port = free_port()
     with pytest.raises(ContainerError, match="exited with code 3"):
-        with containers.DockerServer(_health_server_spec(9, exit_after_s=0.5), tmp_path / "s.log",
-                                     f"http://127.0.0.1:{port}", 60) as srv:  # fmt: skip
+        with containers.DockerServer(
+            _health_server_spec(9, exit_after_s=0.5), tmp_path / "s.log", f"http://127.0.0.1:{port}", 60
+        ) as srv:
             srv.wait_ready()  # the stand-in listens on another port, so only the death ends the wait
     assert _ours(podman_api) == [] or all(c.id != srv.container.id for c in _ours(podman_api))
 
@@ -119,8 +122,12 @@ with containers.DockerServer(_health_server_spec(port), Path(sys.argv[2]), f"htt
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_parent_terminated_or_interrupted_removes_the_container(podman_api, cpu_image, tmp_path, sig):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", PARENT.format(tests=str(ROOT / "tests")), str(port),
-                             str(tmp_path / "s.log")], stdout=subprocess.PIPE, text=True, env=os.environ.copy())  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(tests=str(ROOT / "tests")), str(port), str(tmp_path / "s.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         cid = proc.stdout.readline().strip()
         assert cid, "parent did not start its container"
@@ -134,8 +141,12 @@ def test_parent_terminated_or_interrupted_removes_the_container(podman_api, cpu_
 
 def test_sigkilled_parent_leaves_an_orphan_that_the_next_start_removes(podman_api, cpu_image, tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", PARENT.format(tests=str(ROOT / "tests")), str(port),
-                             str(tmp_path / "s.log")], stdout=subprocess.PIPE, text=True, env=os.environ.copy())  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(tests=str(ROOT / "tests")), str(port), str(tmp_path / "s.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     cid = proc.stdout.readline().strip()
     proc.kill()
     proc.wait(timeout=30)
@@ -164,19 +175,36 @@ def test_run_arm_with_runtime_docker_end_to_end(podman_api, cpu_image, tmp_path,
     record = json.loads(image_json.read_text())
     assert record["pinned"] and record["resolved_digest"] == podman_api.images.get(CPU_IMAGE).id
     assert record["versions"]["vllm"] == "0.32.0" and record["labels"]["org.attnbench.backend"] == "CPU_ATTN"
-    assert main(["make-model", "--architecture", cfg["model"]["architecture"],
-                 "--model-dir", str(exp / "models/tiny-qwen2/model"),
-                 "--tokenizer-dir", str(exp / "models/tiny-qwen2/tokenizer")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "make-model",
+                "--architecture",
+                cfg["model"]["architecture"],
+                "--model-dir",
+                str(exp / "models/tiny-qwen2/model"),
+                "--tokenizer-dir",
+                str(exp / "models/tiny-qwen2/tokenizer"),
+            ]
+        )
+        == 0
+    )
     out = exp / "runs" / arm / "rep0"
-    assert main(["run-arm", "--config", "cfg.json", "--arm", arm, "--repeat", "0", "--out", str(out),
-                 "--exp-dir", str(exp)]) == 0  # fmt: skip
+    assert (
+        main(
+            ["run-arm", "--config", "cfg.json", "--arm", arm, "--repeat", "0", "--out", str(out), "--exp-dir", str(exp)]
+        )
+        == 0
+    )
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "ok", run["error"]
     assert run["engine"]["image"] == record["ref"] and run["engine"]["digest"] == record["resolved_digest"]
     assert run["engine"]["versions"]["vllm"] == "0.32.0"
     assert run["backend"]["match"]
-    records = [json.loads(l) for l in (out / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     measured = [r for r in records if r["phase"] == "measure"]
     assert len(measured) == 4 and all(r["ok"] and r["completion_tokens"] == 16 for r in measured)
-    assert "Starting vLLM" in (out / "server.log").read_text() or "Application startup" in (out / "server.log").read_text()
+    assert (
+        "Starting vLLM" in (out / "server.log").read_text() or "Application startup" in (out / "server.log").read_text()
+    )
     assert _ours(podman_api) == []

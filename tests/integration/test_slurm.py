@@ -48,12 +48,24 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def snakemake(work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--workflow-profile", str(ROOT / "profiles" / "slurm"), *args]  # fmt: skip
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "--workflow-profile",
+        str(ROOT / "profiles" / "slurm"),
+        *args,
+    ]
     # The rules call the `attnbench` CLI of this venv; SLURM jobs inherit PATH (sbatch --export=ALL).
     # Last on PATH, the dry-run stand-in apptainer (answers --version only): runtime-apptainer configs need one to plan.
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", ""),
-                                                   str(ROOT / "tests" / "fakes")])}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join(
+            [str(Path(sys.executable).parent), os.environ.get("PATH", ""), str(ROOT / "tests" / "fakes")]
+        ),
+    }
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -70,8 +82,15 @@ def job_blocks(output: str) -> list[dict]:
 def test_article_dry_run_shows_each_server_jobs_gpu_request(tmp_path):
     require_plugin()
     work = workdir(tmp_path)
-    proc = snakemake(work, "-n", "--configfile", str(ROOT / "config/article.yaml"),
-                     str(ROOT / "profiles/slurm/site.example.yaml"), "--config", f"gpu={{type: {H100}}}")  # fmt: skip
+    proc = snakemake(
+        work,
+        "-n",
+        "--configfile",
+        str(ROOT / "config/article.yaml"),
+        str(ROOT / "profiles/slurm/site.example.yaml"),
+        "--config",
+        f"gpu={{type: {H100}}}",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     article = yaml.safe_load((ROOT / "config/article.yaml").read_text(encoding="utf-8"))
     servers = [j for j in job_blocks(proc.stdout) if j["rule"] == "serve_sweep"]
@@ -123,10 +142,19 @@ def test_demo_runs_through_slurm(tmp_path, engine_python):
     # The engine the demo builds as a venv is replaced by the already built one (runtime native), and one repeat
     # keeps this to two SLURM jobs; everything else is config/demo.yaml.
     overlay = work / "test-overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"engine": {"runtime": "native", "python": engine_python},
-                                       "sweep": {"repeats": 1}}), encoding="utf-8")  # fmt: skip
-    proc = snakemake(work, "--configfile", str(ROOT / "config/demo.yaml"), str(overlay),
-                     "--slurm-init-seconds-before-status-checks", "5", timeout=3000)  # fmt: skip
+    overlay.write_text(
+        yaml.safe_dump({"engine": {"runtime": "native", "python": engine_python}, "sweep": {"repeats": 1}}),
+        encoding="utf-8",
+    )
+    proc = snakemake(
+        work,
+        "--configfile",
+        str(ROOT / "config/demo.yaml"),
+        str(overlay),
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        timeout=3000,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
 
@@ -157,8 +185,11 @@ def test_demo_runs_through_slurm(tmp_path, engine_python):
             member = next(m for m in tar.getmembers() if m.name.endswith("manifest.json"))
             manifest_text = tar.extractfile(member).read().decode()
         assert all(job_id in manifest_text for job_id in job_ids)
-        verify = subprocess.run([str(Path(sys.executable).with_name("attnbench")), "verify", str(bundles[0])],
-                                capture_output=True, text=True)  # fmt: skip
+        verify = subprocess.run(
+            [str(Path(sys.executable).with_name("attnbench")), "verify", str(bundles[0])],
+            capture_output=True,
+            text=True,
+        )
         assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -185,16 +216,26 @@ def test_gpu_request_reaches_slurm(tmp_path):
 
     raw = yaml.safe_load((ROOT / "config/article.yaml").read_text(encoding="utf-8"))
     raw["slurm"] = {
-        "gpu_models": {H100: {"gpu_model": "h100", "partition": "gpu-h100"},
-                       "a100-sxm4-80gb-sm80-80g": {"gpu_model": "a100", "partition": "gpu-h100"}},
+        "gpu_models": {
+            H100: {"gpu_model": "h100", "partition": "gpu-h100"},
+            "a100-sxm4-80gb-sm80-80g": {"gpu_model": "a100", "partition": "gpu-h100"},
+        },
         "run": {"cpus_per_gpu": 1, "mem_mb": 500, "runtime": 5},
-    }  # fmt: skip
+    }
     (tmp_path / "cfg.json").write_text(json.dumps(load_config(raw)), encoding="utf-8")
     (tmp_path / "Snakefile").write_text(GPU_PROBE_SNAKEFILE, encoding="utf-8")
 
     def submit(gpu_type: str) -> subprocess.CompletedProcess:
-        cmd = [SNAKEMAKE, "--workflow-profile", str(ROOT / "profiles/slurm"), "--config", f"gpu_type={gpu_type}",
-               "--slurm-init-seconds-before-status-checks", "2", "--forceall"]  # fmt: skip
+        cmd = [
+            SNAKEMAKE,
+            "--workflow-profile",
+            str(ROOT / "profiles/slurm"),
+            "--config",
+            f"gpu_type={gpu_type}",
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+            "--forceall",
+        ]
         return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
     proc = submit(H100)
@@ -220,14 +261,27 @@ def test_failed_slurm_job_keeps_raw_records_and_says_why(tmp_path, engine_python
     cluster_or_skip()
     work = workdir(tmp_path)
     overlay = work / "broken.yaml"
-    overlay.write_text(yaml.safe_dump({
-        "engine": {"runtime": "native", "python": engine_python, "startup_timeout_s": 300},
-        "arms": [{"name": "broken", "backend": "CPU_ATTN", "server_args": ["--no-such-flag"]}],
-        "baseline": "broken", "sweep": {"repeats": 1},
-    }), encoding="utf-8")  # fmt: skip
-    proc = snakemake(work, "--configfile", str(ROOT / "config/demo.yaml"), str(overlay),
-                     "--slurm-init-seconds-before-status-checks", "5",
-                     "results/demo/runs/broken/rep0/run.json", timeout=1200)  # fmt: skip
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "engine": {"runtime": "native", "python": engine_python, "startup_timeout_s": 300},
+                "arms": [{"name": "broken", "backend": "CPU_ATTN", "server_args": ["--no-such-flag"]}],
+                "baseline": "broken",
+                "sweep": {"repeats": 1},
+            }
+        ),
+        encoding="utf-8",
+    )
+    proc = snakemake(
+        work,
+        "--configfile",
+        str(ROOT / "config/demo.yaml"),
+        str(overlay),
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        "results/demo/runs/broken/rep0/run.json",
+        timeout=1200,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-4000:]
     (job_id,) = re.findall(r"has been submitted with SLURM jobid (\d+)", log)

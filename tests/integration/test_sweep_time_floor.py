@@ -12,10 +12,25 @@ pytestmark = pytest.mark.engine
 
 
 def test_level_and_warmup_last_their_floors(engine_server, tmp_path):
-    cfg = {"warmup_requests": 1, "requests_per_level": 2, "request_timeout_s": 120, "min_level_seconds": 3.0,
-           "warmup_seconds": 1.0}  # fmt: skip
-    asyncio.run(run_sweep(engine_server.base_url, engine_server.model, [Workload("short", 45, 8, [1, 2])], cfg,
-                          tmp_path, experiment="t", arm="cpu", repeat=0))  # fmt: skip
+    cfg = {
+        "warmup_requests": 1,
+        "requests_per_level": 2,
+        "request_timeout_s": 120,
+        "min_level_seconds": 3.0,
+        "warmup_seconds": 1.0,
+    }
+    asyncio.run(
+        run_sweep(
+            engine_server.base_url,
+            engine_server.model,
+            [Workload("short", 45, 8, [1, 2])],
+            cfg,
+            tmp_path,
+            experiment="t",
+            arm="cpu",
+            repeat=0,
+        )
+    )
     records = read_requests(tmp_path / "records.jsonl")
     levels = read_levels(tmp_path / "levels.jsonl")
     assert all(r.ok for r in records)

@@ -9,7 +9,7 @@ import asyncio
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     """(head, body) of one HTTP/1.1 request; the body is as long as its Content-Length (0 without one)."""
     head = await reader.readuntil(b"\r\n\r\n")
-    length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0)
+    length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
     return head, await reader.readexactly(length)
 
 

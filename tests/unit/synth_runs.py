@@ -38,8 +38,17 @@ def config(arms: list[dict] | None = None, repeats: int = 2, **extra) -> dict:
     return cfg
 
 
-def write_run(exp_dir: Path, cfg: dict, arm: str, repeat: int, speed: float, *, status: str = "ok",
-              logged: str | None = None, kernels: dict | None = None) -> Path:  # fmt: skip
+def write_run(
+    exp_dir: Path,
+    cfg: dict,
+    arm: str,
+    repeat: int,
+    speed: float,
+    *,
+    status: str = "ok",
+    logged: str | None = None,
+    kernels: dict | None = None,
+) -> Path:
     """One run folder: every workload and concurrency level of the config, all requests successful."""
     rdir = Path(exp_dir) / "runs" / arm / f"rep{repeat}"
     rdir.mkdir(parents=True, exist_ok=True)
@@ -57,28 +66,52 @@ def write_run(exp_dir: Path, cfg: dict, arm: str, repeat: int, speed: float, *, 
                 append_jsonl(
                     rdir / "records.jsonl",
                     RequestRecord(
-                        experiment=cfg["experiment"], arm=arm, repeat=repeat, workload=wl_name, concurrency=conc,
-                        phase="measure", index=i, request_id=f"{arm}-r{repeat}-{wl_name}-c{conc}-{i}", start=t,
-                        end=end, ttft=ttft, itl=itl, prompt_tokens=wl["prompt_tokens"], completion_tokens=n_out,
-                        http_status=200, ok=True,
-                    ),  # fmt: skip
+                        experiment=cfg["experiment"],
+                        arm=arm,
+                        repeat=repeat,
+                        workload=wl_name,
+                        concurrency=conc,
+                        phase="measure",
+                        index=i,
+                        request_id=f"{arm}-r{repeat}-{wl_name}-c{conc}-{i}",
+                        start=t,
+                        end=end,
+                        ttft=ttft,
+                        itl=itl,
+                        prompt_tokens=wl["prompt_tokens"],
+                        completion_tokens=n_out,
+                        http_status=200,
+                        ok=True,
+                    ),
                 )
             t = max(ends) + 0.5
             append_jsonl(
                 rdir / "levels.jsonl",
                 LevelRecord(
-                    experiment=cfg["experiment"], arm=arm, repeat=repeat, workload=wl_name, concurrency=conc,
-                    requests=conc, warmup=0, start=level_start, end=max(ends), latency_ms=[2.0, 2.0, 2.0],
-                ),  # fmt: skip
+                    experiment=cfg["experiment"],
+                    arm=arm,
+                    repeat=repeat,
+                    workload=wl_name,
+                    concurrency=conc,
+                    requests=conc,
+                    warmup=0,
+                    start=level_start,
+                    end=max(ends),
+                    latency_ms=[2.0, 2.0, 2.0],
+                ),
             )
     backend = next(a for a in cfg["arms"] if a["name"] == arm).get("backend")
     run = {
-        "schema": 1, "experiment": cfg["experiment"], "arm": arm, "repeat": repeat, "status": status,
+        "schema": 1,
+        "experiment": cfg["experiment"],
+        "arm": arm,
+        "repeat": repeat,
+        "status": status,
         "error": None if status == "ok" else "server died",
         "engine": {"runtime": "venv", "version": "0.32.0", "versions": {"vllm": "0.32.0", "torch": "2.13.0"}},
         "backend": {"requested": backend, "logged": logged or backend, "match": (logged or backend) == backend},
         "host": {"gpu_type": "cpu-x86_64", "cpu": "Synthetic CPU", "gpus": []},
-    }  # fmt: skip
+    }
     (rdir / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
     if kernels is not None:
         (rdir / "kernels.json").write_text(json.dumps(kernels), encoding="utf-8")

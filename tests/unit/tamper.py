@@ -8,11 +8,10 @@ import gzip
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from attnbench.analysis import aggregate, report
-
 from attnbench.bundles import bundle, verify
 
 
@@ -44,8 +43,11 @@ def reseal(root: Path, *, tables: bool = True, derived: bool = True) -> None:
             pass
     if derived:
         manifest.update(bundle.describe(root, cfg))
-    manifest["files"] = {p.relative_to(root).as_posix(): {"sha256": bundle.sha256_file(p), "bytes": p.stat().st_size}
-                         for p in sorted(root.rglob("*")) if p.is_file() and p != root / "manifest.json"}
+    manifest["files"] = {
+        p.relative_to(root).as_posix(): {"sha256": bundle.sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p != root / "manifest.json"
+    }
     manifest["section_sha256"] = {k: bundle.section_digest(manifest[k]) for k in bundle.SEALED_SECTIONS}
     manifest["manifest_sha256"] = bundle.manifest_digest(manifest)
     (root / "manifest.json").write_text(bundle.canonical_json(manifest))

@@ -29,11 +29,21 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
-                "experiment": "synth", "arm": a, "repeat": r, "workload": w, "concurrency": c,
-                "generation_throughput_tps": g, "prompt_throughput_tps": 10 * g, "min_ttft_s": 0.1, "max_ttft_s": 0.2,
-                "ttft_ms_median": 150.0, "tpot_ms_median": t, "latency_ms": 2.0, "flagged": f,
+                "experiment": "synth",
+                "arm": a,
+                "repeat": r,
+                "workload": w,
+                "concurrency": c,
+                "generation_throughput_tps": g,
+                "prompt_throughput_tps": 10 * g,
+                "min_ttft_s": 0.1,
+                "max_ttft_s": 0.2,
+                "ttft_ms_median": 150.0,
+                "tpot_ms_median": t,
+                "latency_ms": 2.0,
+                "flagged": f,
                 "flag_reason": "run failed" if f else "",
-            }  # fmt: skip
+            }
             for a, r, w, c, g, t, f in rows
         ]
     )
@@ -95,10 +105,15 @@ def test_verdicts():
 def test_arms_vs_baseline_row_hand_checked():
     cfg = synth_runs.config(repeats=3)
     df = frame(
-        [("base", 0, "short", 1, 100.0, 20.0, False), ("base", 1, "short", 1, 110.0, 20.0, False),
-         ("base", 2, "short", 1, 120.0, 20.0, False), ("fast", 0, "short", 1, 220.0, 10.0, False),
-         ("fast", 1, "short", 1, 220.0, 10.0, False), ("fast", 2, "short", 1, 220.0, 10.0, False)]
-    )  # fmt: skip
+        [
+            ("base", 0, "short", 1, 100.0, 20.0, False),
+            ("base", 1, "short", 1, 110.0, 20.0, False),
+            ("base", 2, "short", 1, 120.0, 20.0, False),
+            ("fast", 0, "short", 1, 220.0, 10.0, False),
+            ("fast", 1, "short", 1, 220.0, 10.0, False),
+            ("fast", 2, "short", 1, 220.0, 10.0, False),
+        ]
+    )
     comp = aggregate.comparisons_frame(df, cfg, aggregate.read_published())
     gen = comp[comp["metric"] == "generation_throughput_tps"].iloc[0]
     assert (gen["arm"], gen["baseline"], gen["arm_n"], gen["base_n"]) == ("fast", "base", 3, 3)
@@ -111,16 +126,31 @@ def test_arms_vs_baseline_row_hand_checked():
     text = aggregate.arms_vs_baseline(comp, cfg)
     row = next(line for line in text.splitlines() if "Generation throughput" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells == ["1", "Generation throughput (tok/s)", "110.00 ± 10.00 (9.1%)", "220.00 ± 0.00 (0.0%)", "3/3",
-                     "2.000", "[1.596, 2.507]", "resolved", "-"]  # fmt: skip
+    assert cells == [
+        "1",
+        "Generation throughput (tok/s)",
+        "110.00 ± 10.00 (9.1%)",
+        "220.00 ± 0.00 (0.0%)",
+        "3/3",
+        "2.000",
+        "[1.596, 2.507]",
+        "resolved",
+        "-",
+    ]
     assert "## fast vs base / short" in text
     assert "/ long" not in text  # no level of the long workload in the frame
 
 
 def test_arms_vs_baseline_two_repeats_say_na_and_marks_flags():
     cfg = synth_runs.config(repeats=2)
-    df = frame([("base", 0, "short", 2, 100.0, 20.0, False), ("base", 1, "short", 2, 104.0, 20.0, False),
-                ("fast", 0, "short", 2, 150.0, 10.0, True), ("fast", 1, "short", 2, 160.0, 10.0, False)])  # fmt: skip
+    df = frame(
+        [
+            ("base", 0, "short", 2, 100.0, 20.0, False),
+            ("base", 1, "short", 2, 104.0, 20.0, False),
+            ("fast", 0, "short", 2, 150.0, 10.0, True),
+            ("fast", 1, "short", 2, 160.0, 10.0, False),
+        ]
+    )
     text = aggregate.arms_vs_baseline(aggregate.comparisons_frame(df, cfg, aggregate.read_published()), cfg)
     row = next(line for line in text.splitlines() if "Generation throughput" in line)
     assert "n/a (2 repeats)" in row and "[" not in row.split("|")[7]
@@ -140,10 +170,13 @@ def test_extra_compare_pairs_and_unknown_arm():
 def test_vs_published_join_matches_backend_workload_concurrency():
     cfg = synth_runs.config()
     df = frame(
-        [("base", 0, "short", 1, 50.0, 20.0, False), ("base", 1, "short", 1, 70.0, 20.0, False),
-         ("base", 0, "short", 3, 70.0, 20.0, False),  # the article has no concurrency 3
-         ("fast", 0, "long", 2, 80.0, 20.0, True)]
-    )  # fmt: skip
+        [
+            ("base", 0, "short", 1, 50.0, 20.0, False),
+            ("base", 1, "short", 1, 70.0, 20.0, False),
+            ("base", 0, "short", 3, 70.0, 20.0, False),  # the article has no concurrency 3
+            ("fast", 0, "long", 2, 80.0, 20.0, True),
+        ]
+    )
     vp = aggregate.vs_published_frame(df, cfg, aggregate.read_published())
     assert list(zip(vp["arm"], vp["article_backend"], vp["workload"], vp["concurrency"])) == [
         ("base", "XFORMERS", "short", 1),
@@ -173,8 +206,13 @@ def test_decode_efficiency_hand_checked():
     cfg = synth_runs.config(analysis={"weights_gb": 15.2, "bandwidth_tb_s": 3.35})
     assert aggregate.decode_bound_ms(cfg) == pytest.approx(4.537, abs=1e-3)
     cfg = synth_runs.config(analysis={"weights_gb": 0.1, "bandwidth_tb_s": 0.05})  # 2 ms bound
-    df = frame([("base", 0, "short", 1, 1.0, 20.0, False), ("base", 1, "short", 1, 1.0, 30.0, False),
-                ("base", 0, "short", 2, 1.0, 99.0, False)])  # fmt: skip
+    df = frame(
+        [
+            ("base", 0, "short", 1, 1.0, 20.0, False),
+            ("base", 1, "short", 1, 1.0, 30.0, False),
+            ("base", 0, "short", 2, 1.0, 99.0, False),
+        ]
+    )
     text = aggregate.decode_efficiency_md(df, cfg)
     row = next(line for line in text.splitlines() if line.startswith("| base"))
     assert [c.strip() for c in row.strip("|").split("|")] == ["base", "short", "25.000", "2.000", "8.0", "2"]
@@ -183,13 +221,18 @@ def test_decode_efficiency_hand_checked():
 
 def test_kernel_summaries():
     # kernels.json entries: attention families carry attention_share, "other" (GEMMs...) has None and is left out
-    fams = {"paged_attention": {"share": 0.05, "attention_share": 0.25}, "fa2": {"share": 0.15, "attention_share": 0.75},
-            "other": {"share": 0.8, "attention_share": None}}  # fmt: skip
+    fams = {
+        "paged_attention": {"share": 0.05, "attention_share": 0.25},
+        "fa2": {"share": 0.15, "attention_share": 0.75},
+        "other": {"share": 0.8, "attention_share": None},
+    }
     assert aggregate.families_summary(fams) == "fa2 75.0%, paged_attention 25.0%"
     assert aggregate.families_summary({"b": 0.4, "a": 0.6}) == "a 60.0%, b 40.0%"  # plain shares
-    phases = {"decode": {"time_us": 1, "families": {"paged_attention": {"share": 0.1, "attention_share": 1.0}}},
-              "idle": {"time_us": 1, "families": {"other": {"share": 1.0, "attention_share": None}}},
-              "prefill": {"time_us": 1, "families": {"fa2": {"share": 0.2, "attention_share": 1.0}}}}  # fmt: skip
+    phases = {
+        "decode": {"time_us": 1, "families": {"paged_attention": {"share": 0.1, "attention_share": 1.0}}},
+        "idle": {"time_us": 1, "families": {"other": {"share": 1.0, "attention_share": None}}},
+        "prefill": {"time_us": 1, "families": {"fa2": {"share": 0.2, "attention_share": 1.0}}},
+    }
     assert aggregate.phases_summary(phases) == "prefill: fa2 100.0%; decode: paged_attention 100.0%"
     assert aggregate.families_summary(None) == "" and aggregate.phases_summary(None) == ""
     assert aggregate.attention_share_text({"attention_share": 0.0581}) == "5.8%"
@@ -217,11 +260,21 @@ def test_build_tables_names_and_rows(experiment):
     exp, cfg = experiment
     tables = aggregate.build_tables(exp, cfg)
     assert set(tables) == {
-        "tables_format.txt", "levels.csv", "arms_vs_baseline.md", "vs_published.md", "vs_published.csv", "kernels.md",
-        "comparisons.csv", "flags.md", "kernel_shares.csv",
-        "decode_efficiency.md", "article_base_short.md", "article_base_long.md", "article_fast_short.md",
+        "tables_format.txt",
+        "levels.csv",
+        "arms_vs_baseline.md",
+        "vs_published.md",
+        "vs_published.csv",
+        "kernels.md",
+        "comparisons.csv",
+        "flags.md",
+        "kernel_shares.csv",
+        "decode_efficiency.md",
+        "article_base_short.md",
+        "article_base_long.md",
+        "article_fast_short.md",
         "article_fast_long.md",
-    }  # fmt: skip
+    }
     levels = pd.read_csv(io.StringIO(tables["levels.csv"]))
     # 2 arms x 2 repeats x (2 short levels + 1 long level), in config order
     assert len(levels) == 12
@@ -259,9 +312,14 @@ def test_article_table_is_the_mean_over_repeats(experiment):
     assert row.split("|")[2].strip() == expected
     header = next(line for line in text.splitlines() if line.startswith("| Concurrency"))
     assert [h.strip() for h in header.strip("|").split("|")] == [
-        "Concurrency", "Generation Throughput (tokens/s)", "Prompt Throughput (tokens/s)", "Min TTFT (s)",
-        "Max TTFT (s)", "Repeats", "Generation CV",
-    ]  # fmt: skip
+        "Concurrency",
+        "Generation Throughput (tokens/s)",
+        "Prompt Throughput (tokens/s)",
+        "Min TTFT (s)",
+        "Max TTFT (s)",
+        "Repeats",
+        "Generation CV",
+    ]
     assert row.split("|")[6].strip() == "2"
 
 
@@ -321,10 +379,21 @@ def test_kernel_expectation_violation_is_flagged(tmp_path):
     synth_runs.write_run(exp, cfg, "base", 0, 1.0, kernels=seen)
     synth_runs.write_run(exp, cfg, "fast", 0, 2.0, kernels=seen)
     tables = aggregate.build_tables(exp, cfg)
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in tables["kernels.md"].splitlines()
-            if line.startswith("| base") or line.startswith("| fast")]  # fmt: skip
-    assert rows[0][:8] == ["base (!)", "0", "FLASH_ATTN", "FLASH_ATTN", "fa3 100.0%", "5.8%",
-                           "prefill: fa3 100.0%; decode: fa3 100.0%; mixed: fa3 100.0%", "forbid fa3: violated"]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in tables["kernels.md"].splitlines()
+        if line.startswith("| base") or line.startswith("| fast")
+    ]
+    assert rows[0][:8] == [
+        "base (!)",
+        "0",
+        "FLASH_ATTN",
+        "FLASH_ATTN",
+        "fa3 100.0%",
+        "5.8%",
+        "prefill: fa3 100.0%; decode: fa3 100.0%; mixed: fa3 100.0%",
+        "forbid fa3: violated",
+    ]
     assert rows[0][8].startswith("kernels: forbidden kernel family fa3 ran: 2738 kernels")
     assert rows[1][0] == "fast" and rows[1][7] == "require fa3: ok" and rows[1][8] == "-"
     levels = pd.read_csv(io.StringIO(tables["levels.csv"]))
@@ -363,7 +432,10 @@ def test_cli_aggregate_writes_tables(experiment, tmp_path):
 
 def test_arm_metadata_is_text_whatever_the_mix(tmp_path):
     # An int next to None would make pandas write "2.0" in a float column; metadata is written as text instead.
-    arms = [{"name": "base", "backend": "FLASH_ATTN"}, {"name": "fast", "backend": "FLASH_ATTN", "flash_attn_version": 2}]
+    arms = [
+        {"name": "base", "backend": "FLASH_ATTN"},
+        {"name": "fast", "backend": "FLASH_ATTN", "flash_attn_version": 2},
+    ]
     cfg = synth_runs.config(arms=arms, repeats=1)
     exp = tmp_path / "synth"
     synth_runs.write_run(exp, cfg, "base", 0, 1.0)

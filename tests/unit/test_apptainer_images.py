@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.engines import apptainer
 from attnbench.config import load_config
+from attnbench.engines import apptainer
 from attnbench.engines.containers import load_lock
 from attnbench.errors import ContainerError
 
@@ -28,8 +28,13 @@ def built(tmp_path):
     sif.parent.mkdir(parents=True)
     sif.write_bytes(os.urandom(3 * (1 << 20) + 12345))
     req = apptainer.requirements_path(lock["images"][KEY], KEY)
-    record = {"key": KEY, "sif_sha256": apptainer.sha256_file(sif), "sif_bytes": sif.stat().st_size,
-              "lock_sha256": apptainer.sha256_file(req), "requirements": str(req.relative_to(ROOT))}  # fmt: skip
+    record = {
+        "key": KEY,
+        "sif_sha256": apptainer.sha256_file(sif),
+        "sif_bytes": sif.stat().st_size,
+        "lock_sha256": apptainer.sha256_file(req),
+        "requirements": str(req.relative_to(ROOT)),
+    }
     apptainer.base_record_path(KEY, images).write_text(json.dumps(record))
     apptainer.base_versions_path(KEY, images).write_text(json.dumps({"vllm": "0.32.0"}))
     return lock, images, record

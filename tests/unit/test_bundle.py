@@ -13,13 +13,10 @@ import pytest
 from bundlefixture import HF_SECRET, KEY_ENV, SECRET, make_experiment, write_derived
 
 from attnbench.analysis import aggregate
-
 from attnbench.bundles import bundle, verify
 from attnbench.cli import main
 from attnbench.errors import BundleError
 from attnbench.measure.records import read_requests
-
-
 
 
 @pytest.fixture
@@ -52,8 +49,11 @@ def reseal(root: Path, rebuild_tables: bool = False) -> None:
     manifest = json.loads((root / "manifest.json").read_text())
     if rebuild_tables:
         aggregate.write_tables(root, manifest["config"])
-    manifest["files"] = {rel: {"sha256": bundle.sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
-                         for rel in manifest["files"] if (root / rel).exists()}
+    manifest["files"] = {
+        rel: {"sha256": bundle.sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+        for rel in manifest["files"]
+        if (root / rel).exists()
+    }
     manifest["manifest_sha256"] = bundle.manifest_digest(manifest)
     (root / "manifest.json").write_text(bundle.canonical_json(manifest))
 
@@ -105,8 +105,10 @@ def test_no_secret_reaches_the_bundle(built, tmp_path):
 def test_config_order_survives_the_manifest(tmp_path):
     # Tables follow the config's order of workloads; a manifest with sorted keys would put "long" before "short"
     # and every recomputed table would differ from the stored one.
-    workloads = {"short": {"prompt_tokens": 8, "output_tokens": 4, "concurrency": [1]},
-                 "long": {"prompt_tokens": 16, "output_tokens": 4, "concurrency": [1]}}
+    workloads = {
+        "short": {"prompt_tokens": 8, "output_tokens": 4, "concurrency": [1]},
+        "long": {"prompt_tokens": 16, "output_tokens": 4, "concurrency": [1]},
+    }
     exp_dir, cfg = make_experiment(tmp_path / "results", workloads=workloads)
     result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "b.tar.gz"))
     assert result.findings == []
@@ -115,16 +117,23 @@ def test_config_order_survives_the_manifest(tmp_path):
 
 def test_harmless_values_of_secret_named_variables_do_not_wreck_the_data(tmp_path):
     exp_dir, cfg = make_experiment(tmp_path / "results")
-    environ = {"TOKENIZERS_PARALLELISM": "false", "SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "MAX_TOKENS": "512",
-               "MY_SERVICE_TOKEN": "tok-9f8e7d6c5b", KEY_ENV: SECRET}
+    environ = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1",
+        "MAX_TOKENS": "512",
+        "MY_SERVICE_TOKEN": "tok-9f8e7d6c5b",
+        KEY_ENV: SECRET,
+    }
     assert bundle.secret_values(cfg, environ) == [SECRET, "tok-9f8e7d6c5b"]
     path = bundle.build_bundle(exp_dir, cfg, tmp_path / "b.tar.gz", environ=environ)
     assert verify.verify_bundle(path).ok
 
 
 def test_scrub_patterns_without_env():
-    text = ('argv ["--api-key", "abcdefgh123"] --api-key=zzzzzzzz9 Authorization: Bearer tok.en-1 '
-            '{"HF_TOKEN": "plain-value-1"} OPENAI_API_KEY=qqqqqq77 hf_0123456789abcdefXYZ')
+    text = (
+        'argv ["--api-key", "abcdefgh123"] --api-key=zzzzzzzz9 Authorization: Bearer tok.en-1 '
+        '{"HF_TOKEN": "plain-value-1"} OPENAI_API_KEY=qqqqqq77 hf_0123456789abcdefXYZ'
+    )
     out = bundle.scrub(text, [])
     for leaked in ("abcdefgh123", "zzzzzzzz9", "tok.en-1", "plain-value-1", "qqqqqq77", "hf_0123456789abcdefXYZ"):
         assert leaked not in out
@@ -139,8 +148,10 @@ def test_partial_bundle_says_what_is_missing_and_verifies(tmp_path):
     result = verify.verify_bundle(path)
     assert result.findings == []
     assert result.manifest["complete"] is False
-    assert result.manifest["missing"] == [{"arm": "slow", "repeat": 0, "reason": "not run"},
-                                          {"arm": "slow", "repeat": 1, "reason": "not run"}]
+    assert result.manifest["missing"] == [
+        {"arm": "slow", "repeat": 0, "reason": "not run"},
+        {"arm": "slow", "repeat": 1, "reason": "not run"},
+    ]
 
 
 # --- tampering ---------------------------------------------------------------------------------------------------
@@ -150,7 +161,7 @@ def _change_digit(text: str, after: str) -> str:
     i = text.index(after) + len(after)
     while not text[i].isdigit():
         i += 1
-    return text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1:]
+    return text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1 :]
 
 
 def test_changed_digit_in_raw_record_is_named(built, tmp_path):
@@ -267,14 +278,17 @@ def _member(name: str, data: bytes = b"x", **kw) -> tuple[tarfile.TarInfo, bytes
     return info, (data if "type" not in kw else None)
 
 
-@pytest.mark.parametrize("member, reason", [
-    (("../x",), "escapes"),
-    (("sub/../../x",), "escapes"),
-    (("ABSOLUTE",), "absolute path"),
-    (("plots/link.png", b"", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}), "link"),
-    (("plots/hard.png", b"", {"type": tarfile.LNKTYPE, "linkname": "manifest.json"}), "link"),
-    (("dev", b"", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}), "special file"),
-])
+@pytest.mark.parametrize(
+    "member, reason",
+    [
+        (("../x",), "escapes"),
+        (("sub/../../x",), "escapes"),
+        (("ABSOLUTE",), "absolute path"),
+        (("plots/link.png", b"", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}), "link"),
+        (("plots/hard.png", b"", {"type": tarfile.LNKTYPE, "linkname": "manifest.json"}), "link"),
+        (("dev", b"", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}), "special file"),
+    ],
+)
 def test_unsafe_members_are_named_and_nothing_is_written(built, tmp_path, member, reason):
     path, _, _ = built
     root = extract(path, tmp_path / "src")
@@ -331,8 +345,10 @@ def test_unaccounted_failure_and_missing_level_are_named(built, tmp_path):
     reseal(root, rebuild_tables=True)
     found = findings_of(pack(root, tmp_path / "t.tar.gz"))
     assert verify.Finding("runs/slow/rep0/levels.jsonl", "short c1 failed", 1, 0) in found
-    assert verify.Finding("runs/fast/rep1/levels.jsonl", "short c2", "level present (complete or failed)",
-                          "missing") in found
+    assert (
+        verify.Finding("runs/fast/rep1/levels.jsonl", "short c2", "level present (complete or failed)", "missing")
+        in found
+    )
 
 
 def test_backend_mismatch_fails_unless_allowed(tmp_path):
@@ -360,17 +376,21 @@ def test_run_json_backend_contradicting_the_log_is_named(tmp_path):
     run_json.write_text(json.dumps(run))
     write_derived(exp_dir, cfg)
     found = findings_of(bundle.build_bundle(exp_dir, cfg, tmp_path / "a.tar.gz"))
-    assert found == [verify.Finding("runs/fast/rep1/run.json", "backend.logged", "CPU_ATTN (as server.log says)",
-                                    "FLASH_ATTN")]
+    assert found == [
+        verify.Finding("runs/fast/rep1/run.json", "backend.logged", "CPU_ATTN (as server.log says)", "FLASH_ATTN")
+    ]
 
 
 def test_forbidden_kernel_family_fails(tmp_path):
     exp_dir, cfg = make_experiment(tmp_path / "results")
     cfg["arms"][0]["expect_kernels"] = {"require": ["paged_attention"], "forbid": ["fa2"]}
     for k in (0, 1):
-        kernels = {"families": {
-            "fa2": {"gpu_time_us": 5.0, "share": 0.5, "count": 3, "kernels": [{"name": "flash_fwd_splitkv"}]},
-            "paged_attention": {"gpu_time_us": 5.0, "share": 0.5, "count": 3, "kernels": [{"name": "pa_v1"}]}}}
+        kernels = {
+            "families": {
+                "fa2": {"gpu_time_us": 5.0, "share": 0.5, "count": 3, "kernels": [{"name": "flash_fwd_splitkv"}]},
+                "paged_attention": {"gpu_time_us": 5.0, "share": 0.5, "count": 3, "kernels": [{"name": "pa_v1"}]},
+            }
+        }
         (exp_dir / f"runs/fast/rep{k}/kernels.json").write_text(json.dumps(kernels))
     write_derived(exp_dir, cfg)
     result = verify.verify_bundle(bundle.build_bundle(exp_dir, cfg, tmp_path / "k.tar.gz"))
@@ -385,8 +405,21 @@ def test_bundle_cli_writes_receipt(built, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(config_mod, "load_config", lambda path: cfg, raising=False)
     receipt = tmp_path / "bundle.sha256"
-    assert main(["bundle", str(exp_dir), "--config", "unused.yaml", "--out", str(tmp_path / "cli"),
-                 "--receipt", str(receipt)]) == 0
+    assert (
+        main(
+            [
+                "bundle",
+                str(exp_dir),
+                "--config",
+                "unused.yaml",
+                "--out",
+                str(tmp_path / "cli"),
+                "--receipt",
+                str(receipt),
+            ]
+        )
+        == 0
+    )
     written = Path(capsys.readouterr().out.split()[0])
     assert written.parent == tmp_path / "cli"
     assert receipt.read_text() == f"{bundle.sha256_file(written)}  {written.name}\n"

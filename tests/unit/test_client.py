@@ -16,8 +16,17 @@ from attnbench.measure.client import Client, Sampling, StreamError, StreamState,
 sys.path.insert(0, str(Path(__file__).parent))
 from loopback import LoopbackServer, read_request  # noqa: E402
 
-IDS = dict(experiment="e", arm="a", repeat=0, workload="w", concurrency=1, phase="measure", index=0,
-           request_id="e-a-r0-w-c1-0", prompt_seed=1)
+IDS = dict(
+    experiment="e",
+    arm="a",
+    repeat=0,
+    workload="w",
+    concurrency=1,
+    phase="measure",
+    index=0,
+    request_id="e-a-r0-w-c1-0",
+    prompt_seed=1,
+)
 
 
 def chunk(content=None, usage=None, role=False):
@@ -35,7 +44,16 @@ GOOD = chunk(role=True) + chunk(" a") + chunk(" b") + chunk(" c") + chunk(usage=
 def http_head(status=200, chunked=True, extra=b""):
     reason = {200: b"OK", 400: b"Bad Request", 500: b"Internal Server Error"}[status]
     te = b"Transfer-Encoding: chunked\r\n" if chunked else b""
-    return b"HTTP/1.1 " + str(status).encode() + b" " + reason + b"\r\nContent-Type: text/event-stream\r\n" + te + extra + b"\r\n"
+    return (
+        b"HTTP/1.1 "
+        + str(status).encode()
+        + b" "
+        + reason
+        + b"\r\nContent-Type: text/event-stream\r\n"
+        + te
+        + extra
+        + b"\r\n"
+    )
 
 
 def as_chunks(*parts: bytes, last: bool = True) -> bytes:
@@ -73,9 +91,15 @@ def run(pieces, *, api="chat", timeout_s=5.0, api_key=None, sampling=None):
 
 
 def test_good_stream_gives_timings_and_usage():
-    rec, bodies = run([(http_head(), 0), (as_chunks(chunk(role=True), chunk(" a"), last=False), 0),
-                       (as_chunks(chunk(" b"), last=False), 0.05), (as_chunks(chunk(" c"), last=False), 0.05),
-                       (as_chunks(chunk(usage=USAGE), b"data: [DONE]\n\n"), 0)])  # fmt: skip
+    rec, bodies = run(
+        [
+            (http_head(), 0),
+            (as_chunks(chunk(role=True), chunk(" a"), last=False), 0),
+            (as_chunks(chunk(" b"), last=False), 0.05),
+            (as_chunks(chunk(" c"), last=False), 0.05),
+            (as_chunks(chunk(usage=USAGE), b"data: [DONE]\n\n"), 0),
+        ]
+    )
     assert rec.ok and rec.error is None and rec.http_status == 200
     assert (rec.prompt_tokens, rec.completion_tokens) == (7, 3)
     assert len(rec.itl) == 2 and all(0.03 < g < 0.5 for g in rec.itl)
@@ -89,7 +113,7 @@ def test_good_stream_gives_timings_and_usage():
 
 def test_bytes_split_anywhere_parse_the_same():
     # One byte per HTTP chunk: lines are split across reads.
-    rec, _ = run([(http_head(), 0), (as_chunks(*[GOOD[i:i + 1] for i in range(len(GOOD))]), 0)])
+    rec, _ = run([(http_head(), 0), (as_chunks(*[GOOD[i : i + 1] for i in range(len(GOOD))]), 0)])
     assert rec.ok and rec.completion_tokens == 3 and len(rec.itl) == 2
 
 
@@ -121,7 +145,8 @@ def test_connection_reset_mid_stream():
     rec, _ = run([(http_head(), 0), (b"%x\r\n" % len(chunk(" a")) + chunk(" a") + b"\r\n", 0), ("CLOSE", 0.05)])
     assert not rec.ok
     assert rec.error.startswith("connection closed by the server mid-response after 1 chunks") or rec.error.startswith(
-        "connection reset after 1 chunks")
+        "connection reset after 1 chunks"
+    )
     assert rec.ttft is not None  # what was measured before the break is kept
 
 

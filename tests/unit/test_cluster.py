@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnbench.engines.cluster import build_resources, remote_rules, run_resources, target_gpu_type
 from attnbench.config import load_config
+from attnbench.engines.cluster import build_resources, remote_rules, run_resources, target_gpu_type
 from attnbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +46,14 @@ def test_gpu_run_without_mapping_asks_for_any_gpu():
 def test_fixed_gpu_type_picks_model_and_its_partition():
     cfg = config("article.yaml", slurm=site(account="lab"), gpu={"type": H100, "count": 2})
     assert run_resources(cfg) == {
-        "slurm_partition": "gpu-h100", "slurm_account": "lab", "gpu": 2, "gpu_model": "h100",
-        "cpus_per_gpu": 8, "mem_mb": 32000, "runtime": 240,
-    }  # fmt: skip
+        "slurm_partition": "gpu-h100",
+        "slurm_account": "lab",
+        "gpu": 2,
+        "gpu_model": "h100",
+        "cpus_per_gpu": 8,
+        "mem_mb": 32000,
+        "runtime": 240,
+    }
 
 
 def test_type_without_own_partition_uses_the_default_partition():

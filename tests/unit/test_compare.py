@@ -3,7 +3,6 @@ published numbers as a reference, plots; unverifiable bundles are refused."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
 
@@ -12,7 +11,6 @@ import pytest
 from bundlefixture import make_experiment
 
 from attnbench.analysis import aggregate, compare
-
 from attnbench.bundles import bundle
 from attnbench.cli import main
 from attnbench.errors import BundleError
@@ -24,16 +22,26 @@ def bundles(tmp_path_factory):
     exp_a, cfg_a = make_experiment(root / "a", seed=1)
     exp_b, cfg_b = make_experiment(root / "b", seed=2, speedup=2.0, gpu_type="h100-sxm-sm90-80g")
     exp_c, cfg_c = make_experiment(root / "c", seed=1)  # a's twin
-    return (bundle.build_bundle(exp_a, cfg_a, root / "out_a"), bundle.build_bundle(exp_b, cfg_b, root / "out_b"),
-            bundle.build_bundle(exp_c, cfg_c, root / "out_c"))
+    return (
+        bundle.build_bundle(exp_a, cfg_a, root / "out_a"),
+        bundle.build_bundle(exp_b, cfg_b, root / "out_b"),
+        bundle.build_bundle(exp_c, cfg_c, root / "out_c"),
+    )
 
 
 def test_two_gpu_types_merge_with_ratios_and_noise_verdict(bundles, tmp_path):
     a, b, c = bundles
     written = compare.compare([a, b, c], tmp_path / "cmp")
     names = {p.relative_to(tmp_path / "cmp").as_posix() for p in written}
-    assert {"comparison.md", "sources.csv", "side_by_side.csv", "ratios.csv",
-            "plots/side_by_side_short.png", "plots/side_by_side_short.svg", "plots/ratios_short.png"} <= names
+    assert {
+        "comparison.md",
+        "sources.csv",
+        "side_by_side.csv",
+        "ratios.csv",
+        "plots/side_by_side_short.png",
+        "plots/side_by_side_short.svg",
+        "plots/ratios_short.png",
+    } <= names
     assert all(p.stat().st_size > 0 for p in written)
     sources = pd.read_csv(tmp_path / "cmp/sources.csv")
     assert list(sources["gpu_type"]) == ["cpu-x86_64", "h100-sxm-sm90-80g", "cpu-x86_64"]
@@ -52,11 +60,19 @@ def test_two_gpu_types_merge_with_ratios_and_noise_verdict(bundles, tmp_path):
     assert (same["ci_low"] <= 1.0).all() and (same["ci_high"] >= 1.0).all() and (same["exceeds_noise"] == "no").all()
     # the ratio is the ratio of the means the side-by-side table shows
     row = faster.iloc[0]
-    mean = lambda src, arm: sbs[(sbs["source"] == src) & (sbs["arm"] == arm) & (sbs["workload"] == row["workload"])
-                                & (sbs["concurrency"] == row["concurrency"])
-                                & (sbs["metric"] == "generation_throughput_tps")]["mean"].iloc[0]
-    assert row["ratio"] == pytest.approx(mean(row["source"], row["arm"]) / mean(row["base_source"], row["base_arm"]),
-                                         rel=1e-5)
+
+    def mean(src, arm):
+        return sbs[
+            (sbs["source"] == src)
+            & (sbs["arm"] == arm)
+            & (sbs["workload"] == row["workload"])
+            & (sbs["concurrency"] == row["concurrency"])
+            & (sbs["metric"] == "generation_throughput_tps")
+        ]["mean"].iloc[0]
+
+    assert row["ratio"] == pytest.approx(
+        mean(row["source"], row["arm"]) / mean(row["base_source"], row["base_arm"]), rel=1e-5
+    )
     md = (tmp_path / "cmp/comparison.md").read_text()
     assert "h100-sxm-sm90-80g fast" in md and "exceeds noise" in md and "![side_by_side_short]" in md
 
@@ -69,8 +85,12 @@ def test_bundle_against_the_article_reference(bundles, tmp_path):
     # every arm of the bundle meets both published backends at the levels both measured (short c1, c2)
     assert set(rat["base_arm"]) == {"XFORMERS", "FLASH_ATTN"} and set(rat["base_source"]) == {"article"}
     assert set(zip(rat["workload"], rat["concurrency"])) == {("short", 1), ("short", 2)}
-    row = rat[(rat["base_arm"] == "FLASH_ATTN") & (rat["concurrency"] == 2) & (rat["arm"] == "fast")
-              & (rat["metric"] == "generation_throughput_tps")].iloc[0]
+    row = rat[
+        (rat["base_arm"] == "FLASH_ATTN")
+        & (rat["concurrency"] == 2)
+        & (rat["arm"] == "fast")
+        & (rat["metric"] == "generation_throughput_tps")
+    ].iloc[0]
     published = pub[(pub["backend"] == "FLASH_ATTN") & (pub["workload"] == "short") & (pub["concurrency"] == 2)]
     assert row["base_value"] == pytest.approx(published["generation_throughput_tps"].iloc[0])
     assert row["ratio"] == pytest.approx(row["value"] / row["base_value"], rel=1e-5)

@@ -16,8 +16,20 @@ SHIPPED = sorted(p for p in (ROOT / "config").glob("*.yaml") if "arms" in yaml.s
 def dry_run(configfile: Path, workdir: Path) -> subprocess.CompletedProcess:
     if not (workdir / "config").exists():
         (workdir / "config").symlink_to(ROOT / "config")
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), "--configfile", str(configfile)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--cores",
+        "1",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+    ]
     # Configs with runtime apptainer need an apptainer on PATH even to plan (the parse-time preflight); last on PATH,
     # the dry-run stand-in (tests/fakes/apptainer: answers --version only) serves where no real one is installed.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}:{ROOT / 'tests' / 'fakes'}"}
@@ -56,9 +68,31 @@ def test_workflow_is_lint_and_snakefmt_clean():
     # Configs with runtime apptainer need an apptainer on PATH even to plan (the parse-time preflight); last on PATH,
     # the dry-run stand-in (tests/fakes/apptainer: answers --version only) serves where no real one is installed.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}:{ROOT / 'tests' / 'fakes'}"}
-    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", "config/demo.yaml"],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    lint = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--configfile", "config/demo.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert lint.returncode == 0, (lint.stdout + lint.stderr)[-3000:]
-    fmt = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", "Snakefile", "workflow/rules/"],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    fmt = subprocess.run(
+        [str(Path(sys.executable).parent / "snakefmt"), "--check", "Snakefile", "workflow/rules/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert fmt.returncode == 0, (fmt.stdout + fmt.stderr)[-3000:]
+
+
+def test_python_is_ruff_clean():
+    # pyproject.toml's [tool.ruff] is the one style for the package, the tests and the container helpers.
+    ruff = str(Path(sys.executable).parent / "ruff")
+    for args in (["check"], ["format", "--check"]):
+        proc = subprocess.run(
+            [ruff, *args, "workflow", "tests", "containers"], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, f"ruff {' '.join(args)}: " + (proc.stdout + proc.stderr)[-3000:]

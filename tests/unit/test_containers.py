@@ -12,8 +12,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from attnbench.engines import containers
 from attnbench.config import load_config
+from attnbench.engines import containers
 from attnbench.errors import CompatibilityError, ConfigError, ContainerError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,9 +156,15 @@ def test_image_paths_one_base_per_line_a_layer_per_arm_and_gpu_type():
     cfg = article(runtime="apptainer")
     assert containers.image_for(cfg, cfg["arms"][0], gpu_type=H100) == "results/images/vllm-0.7.1/base.sif"
     files = {arm["name"]: containers.image_files(cfg, arm["name"], H100, "results/article") for arm in cfg["arms"]}
-    assert files["xformers"] == [f"results/article/images/vllm-0.7.1/{H100}/xformers.layer.json",
-                                 "results/images/vllm-0.7.1/base.sif", "results/images/vllm-0.7.1/base.versions.json"]
-    assert files["flash_attn"][0].endswith(f"{H100}/flash_attn.layer.json") and files["flash_attn"][1:] == files["xformers"][1:]
+    assert files["xformers"] == [
+        f"results/article/images/vllm-0.7.1/{H100}/xformers.layer.json",
+        "results/images/vllm-0.7.1/base.sif",
+        "results/images/vllm-0.7.1/base.versions.json",
+    ]
+    assert (
+        files["flash_attn"][0].endswith(f"{H100}/flash_attn.layer.json")
+        and files["flash_attn"][1:] == files["xformers"][1:]
+    )
     docker_cfg = article(runtime="docker")
     tag = containers.image_for(docker_cfg, cfg["arms"][0], gpu_type=H100)
     assert tag == f"localhost/attnbench-article-vllm-0.7.1-xformers:{H100}"
@@ -172,10 +178,19 @@ def test_image_provenance_reads_the_build_records(tmp_path, monkeypatch):
     cfg = article(runtime="apptainer")
     base = apptainer.base_record_path("vllm-0.7.1")
     base.parent.mkdir(parents=True)
-    base.write_text(json.dumps({"sif_sha256": "1" * 64, "sif_bytes": 123, "lock_sha256": "2" * 64,
-                                "requirements": "containers/locks/vllm-0.7.1.txt"}))  # fmt: skip
-    apptainer.base_versions_path("vllm-0.7.1").write_text(json.dumps(
-        {"vllm": "0.7.1", "torch": "2.5.1", "cuda": "12.4", "xformers": "0.0.28.post3", "gpus": []}))  # fmt: skip
+    base.write_text(
+        json.dumps(
+            {
+                "sif_sha256": "1" * 64,
+                "sif_bytes": 123,
+                "lock_sha256": "2" * 64,
+                "requirements": "containers/locks/vllm-0.7.1.txt",
+            }
+        )
+    )
+    apptainer.base_versions_path("vllm-0.7.1").write_text(
+        json.dumps({"vllm": "0.7.1", "torch": "2.5.1", "cuda": "12.4", "xformers": "0.0.28.post3", "gpus": []})
+    )
     layer = Path(containers.image_files(cfg, "xformers", H100, "results/article")[0])
     layer.parent.mkdir(parents=True)
     layer.write_text(json.dumps({"digest": "sha256:" + "3" * 64, "variant": None, "variant_sha256": None}))
@@ -185,20 +200,47 @@ def test_image_provenance_reads_the_build_records(tmp_path, monkeypatch):
     assert prov["versions"] == {"vllm": "0.7.1", "torch": "2.5.1", "cuda": "12.4", "xformers": "0.0.28.post3"}
     missing = containers.image_provenance(cfg, cfg["arms"][1], gpu_type=H100, results_dir="results/article")
     assert missing["layer_digest"] is None and missing["image_sha256"] == "1" * 64
-    docker = containers.image_provenance(article(runtime="docker"), cfg["arms"][1], gpu_type=H100,
-                                         results_dir="results/article")  # fmt: skip
+    docker = containers.image_provenance(
+        article(runtime="docker"), cfg["arms"][1], gpu_type=H100, results_dir="results/article"
+    )
     assert docker["digest"] is None and docker["versions"] == {}
 
 
 def test_cli_render_prints_a_parseable_dockerfile(tmp_path, capsys):
     from attnbench.cli import main
 
-    assert main(["image", "render", "--config", str(ROOT / "config/article.yaml"), "--arm", "flash_attn",
-                 "--gpu-type", H100]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "image",
+                "render",
+                "--config",
+                str(ROOT / "config/article.yaml"),
+                "--arm",
+                "flash_attn",
+                "--gpu-type",
+                H100,
+            ]
+        )
+        == 0
+    )
     docker = parse_dockerfile(capsys.readouterr().out, tmp_path)
     assert docker.envs["VLLM_ATTENTION_BACKEND"] == "FLASH_ATTN"
-    assert main(["image", "render", "--config", str(ROOT / "config/article.yaml"), "--arm", "flash_attn",
-                 "--gpu-type", "t4-sm75-15g"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "image",
+                "render",
+                "--config",
+                str(ROOT / "config/article.yaml"),
+                "--arm",
+                "flash_attn",
+                "--gpu-type",
+                "t4-sm75-15g",
+            ]
+        )
+        == 2
+    )
     assert "FLASH_ATTN needs sm_80+" in capsys.readouterr().err
 
 
@@ -222,10 +264,15 @@ def test_version_probe_refuses_to_describe_the_host_as_the_engine(tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNBENCH_")}
-    proc = subprocess.run([sys.executable, str(ROOT / "containers/probe_versions.py")], capture_output=True,
-                          text=True, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "containers/probe_versions.py")], capture_output=True, text=True, env=env
+    )
     assert proc.returncode != 0 and "--use-singularity" in proc.stderr
-    inside = subprocess.run([sys.executable, str(ROOT / "containers/probe_versions.py")], capture_output=True,
-                            text=True, env={**env, "ATTNBENCH_ENGINE": "vllm-0.7.1"})  # fmt: skip
+    inside = subprocess.run(
+        [sys.executable, str(ROOT / "containers/probe_versions.py")],
+        capture_output=True,
+        text=True,
+        env={**env, "ATTNBENCH_ENGINE": "vllm-0.7.1"},
+    )
     assert inside.returncode == 0
     assert set(json.loads(inside.stdout)) >= {"vllm", "torch", "cuda", "xformers", "python"}

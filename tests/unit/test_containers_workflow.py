@@ -9,7 +9,6 @@ Apptainer are in tests/integration/test_apptainer.py.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -30,8 +29,14 @@ def snakemake(*args, log: Path | None = None, timeout=300) -> subprocess.Complet
     env = {**os.environ, "PATH": f"{FAKES}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     if log:
         env["FAKE_APPTAINER_LOG"] = str(log)
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def job_counts(text: str) -> dict[str, int]:
@@ -85,12 +90,29 @@ def test_missing_apptainer_and_gpu_problem_reported_together_at_parse_time(artic
     bare = tmp_path / "bin"
     bare.mkdir()
     env = {**os.environ, "PATH": f"{bare}{os.pathsep}/usr/bin{os.pathsep}/bin"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", "--use-singularity", "--configfile",
-                           str(path), "--config", "gpu={type: rtx5090-sm120-32g}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "1",
+            "-n",
+            "--use-singularity",
+            "--configfile",
+            str(path),
+            "--config",
+            "gpu={type: rtx5090-sm120-32g}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
-    (line,) = [l for l in err.splitlines() if "apptainer is not on PATH" in l]
+    (line,) = [e for e in err.splitlines() if "apptainer is not on PATH" in e]
     assert "rtx5090-sm120-32g" in line and "tests/apptainer/setup.sh" in line
     assert "Job stats" not in err
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnbench.engines import engine
 from attnbench.config import load_config
+from attnbench.engines import engine
 from attnbench.engines.engine import backend_selection, build_venv, launch_spec
 from attnbench.errors import ConfigError
 

@@ -20,8 +20,16 @@ def test_secret_named_env_values_are_blanked():
 
 def test_secret_flags_in_argv():
     argv = ["python", "-m", "vllm", "--api-key", "abc12345", "--port", "8000", "--hf-token=xyz98765"]
-    assert redact_argv(argv) == ["python", "-m", "vllm", "--api-key", REDACTED, "--port", "8000",
-                                 f"--hf-token={REDACTED}"]  # fmt: skip
+    assert redact_argv(argv) == [
+        "python",
+        "-m",
+        "vllm",
+        "--api-key",
+        REDACTED,
+        "--port",
+        "8000",
+        f"--hf-token={REDACTED}",
+    ]
 
 
 def test_known_values_and_token_shapes_in_text():

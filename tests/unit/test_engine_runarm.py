@@ -62,8 +62,8 @@ def test_missing_api_key_fails_with_run_json(tmp_path, monkeypatch):
     import yaml
 
     from attnbench.config import load_config
-    from attnbench.errors import AttnbenchError
     from attnbench.engines.runarm import run_arm
+    from attnbench.errors import AttnbenchError
 
     root = Path(__file__).resolve().parents[2]
     cfg = yaml.safe_load((root / "config" / "demo.yaml").read_text())

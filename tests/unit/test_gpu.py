@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.engines import gpu
 from attnbench.config import load_config
+from attnbench.engines import gpu
 from attnbench.engines.containers import load_lock
 from attnbench.errors import CompatibilityError
 
@@ -116,8 +116,9 @@ def test_vllm_071_on_blackwell_names_both_and_the_alternative(lock):
 
 
 def test_flash_attn_needs_ampere(lock):
-    problems = gpu.compatibility_problems(article(), {"name": "flash_attn", "backend": "FLASH_ATTN"},
-                                          "t4-sm75-15g", lock)  # fmt: skip
+    problems = gpu.compatibility_problems(
+        article(), {"name": "flash_attn", "backend": "FLASH_ATTN"}, "t4-sm75-15g", lock
+    )
     assert len(problems) == 1
     assert "FLASH_ATTN needs sm_80+" in problems[0] and "t4-sm75-15g" in problems[0]
     assert gpu.compatibility_problems(article(), {"name": "x", "backend": "XFORMERS"}, "t4-sm75-15g", lock) == []
@@ -148,21 +149,41 @@ def test_gpu_check_cli_fails_before_building_with_one_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     data = (ROOT / "config" / "article.yaml").read_text().replace("type: auto", "type: rtx5090-sm120-32g")
     cfg.write_text(data)
-    proc = subprocess.run([sys.executable, "-m", "attnbench.cli", "gpu", "check", "--config", str(cfg)],
-                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "gpu", "check", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "vllm-0.7.1" in proc.stderr and "rtx5090-sm120-32g" in proc.stderr
-    ok = subprocess.run([sys.executable, "-m", "attnbench.cli", "gpu", "check", "--config", str(cfg), "--gpu-type",
-                         "h100-80gb-hbm3-sm90-80g", "--stamp", str(tmp_path / "ok")],
-                        capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attnbench.cli",
+            "gpu",
+            "check",
+            "--config",
+            str(cfg),
+            "--gpu-type",
+            "h100-80gb-hbm3-sm90-80g",
+            "--stamp",
+            str(tmp_path / "ok"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "ok").read_text().strip() == "h100-80gb-hbm3-sm90-80g"
 
 
 def test_gpu_detect_cli_prints_cpu_key_here_or_a_gpu_key():
-    proc = subprocess.run([sys.executable, "-m", "attnbench.cli", "gpu", "detect", "--json"], capture_output=True,
-                          text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "gpu", "detect", "--json"], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     gpu.parse_gpu_type(out["gpu_type"])

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from attnbench import cli
-
 from attnbench.engines import kernels
 from attnbench.errors import AttnbenchError, ConfigError
 
@@ -88,9 +87,15 @@ def test_fa2_and_fa3_names_come_from_their_own_libraries():
 
 @pytest.mark.parametrize(
     "name",
-    ["_C::onednn_mm", "triton_poi_fused_mul_silu_slice_1", "nvjet_sm90_hsh_192x8_64x8_4x1_v_bz_TNT", "my_fwd_kernel",
-     "aten::_fwd_kernel_helper", "flash::flash_fwd_kernel_host_helper_fn_not_a_kernel_x"],
-)  # fmt: skip
+    [
+        "_C::onednn_mm",
+        "triton_poi_fused_mul_silu_slice_1",
+        "nvjet_sm90_hsh_192x8_64x8_4x1_v_bz_TNT",
+        "my_fwd_kernel",
+        "aten::_fwd_kernel_helper",
+        "flash::flash_fwd_kernel_host_helper_fn_not_a_kernel_x",
+    ],
+)
 def test_look_alike_names_are_other(name):
     # Substring patterns must not swallow names that only resemble an attention kernel.
     expected = "other" if "flash::flash_fwd_kernel" not in name else "fa2"
@@ -211,9 +216,15 @@ def test_kernel_outside_gpu_ranges_takes_the_step_of_its_launch(tmp_path):
     events = [
         {"ph": "X", "cat": "user_annotation", "name": "execute_context_0(0)_generation_4(4)", "ts": 0, "dur": 100},
         {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 10, "dur": 5, "args": {"correlation": 7}},
-        {"ph": "X", "cat": "kernel", "name": _real("fa2", "splitkv_kernel<"), "ts": 500, "dur": 20,
-         "args": {"correlation": 7}},
-    ]  # fmt: skip
+        {
+            "ph": "X",
+            "cat": "kernel",
+            "name": _real("fa2", "splitkv_kernel<"),
+            "ts": 500,
+            "dur": 20,
+            "args": {"correlation": 7},
+        },
+    ]
     write_trace(tmp_path / "trace" / "r.json", events)
     att = kernels.attribute(tmp_path / "trace")
     assert att["phases"]["decode"]["families"]["fa2"]["count"] == 1
@@ -221,11 +232,15 @@ def test_kernel_outside_gpu_ranges_takes_the_step_of_its_launch(tmp_path):
 
 @pytest.mark.parametrize(
     "annotation, phase",
-    [("execute_context_1(40)_generation_0(0)", "prefill"), ("execute_context_0(0)_generation_3(3)", "decode"),
-     ("execute_context_1(512)_generation_2(2)", "mixed"), ("execute_context_0(0)_generation_0(0)", "idle"),
-     ("execute_514_context_1(sq512sk512sqsq262144sqsk262144)_generation_2(sq2sk90sqsq2sqsk90)", "mixed"),
-     ("execute_model", None)],
-)  # fmt: skip
+    [
+        ("execute_context_1(40)_generation_0(0)", "prefill"),
+        ("execute_context_0(0)_generation_3(3)", "decode"),
+        ("execute_context_1(512)_generation_2(2)", "mixed"),
+        ("execute_context_0(0)_generation_0(0)", "idle"),
+        ("execute_514_context_1(sq512sk512sqsq262144sqsk262144)_generation_2(sq2sk90sqsq2sqsk90)", "mixed"),
+        ("execute_model", None),
+    ],
+)
 def test_step_annotation_phases(annotation, phase):
     assert kernels.step_phase(annotation) == phase
 

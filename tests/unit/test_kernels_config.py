@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from attnbench.engines import kernels
 from attnbench.config import arm_by_name, load_config, load_schema
+from attnbench.engines import kernels
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "traces"
@@ -43,8 +43,11 @@ def test_errata_expectations_reject_the_articles_xformers_kernels():
     expect = arm_by_name(load_config(ROOT / "config" / "errata.yaml"), "xformers_cutlass")["expect_kernels"]
 
     def attribution(*kernel_names):
-        return {"families": {kernels.classify(n): {"count": 1, "share": 0.1, "kernels": [{"name": n}]}
-                             for n in kernel_names}}  # fmt: skip
+        return {
+            "families": {
+                kernels.classify(n): {"count": 1, "share": 0.1, "kernels": [{"name": n}]} for n in kernel_names
+            }
+        }
 
     assert kernels.check_expectations(attribution(flash, paged), expect) == [
         f"forbidden kernel family pytorch_flash ran: 1 kernels, 10.0% of time ({flash[:80]})",

@@ -32,8 +32,9 @@ STARTUP_TIMEOUT_S, engine_launch_spec = _conftest.STARTUP_TIMEOUT_S, _conftest.e
 
 
 def test_profiler_config_keys_are_accepted_by_the_engines_vllm(engine_python, tmp_path):
-    version = subprocess.run([engine_python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
+    version = subprocess.run(
+        [engine_python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     args, env = kernels.profiler_settings(version, tmp_path / "trace")
     assert args and not env, f"vLLM {version} takes --profiler-config"
     # The engine's own ProfilerConfig parses the JSON we pass (an unknown key or bad value raises there).
@@ -46,8 +47,9 @@ def test_profiler_config_keys_are_accepted_by_the_engines_vllm(engine_python, tm
 
 
 def test_probe_on_the_cpu_engine_attributes_cpu_attention(engine_python, tiny_model, tmp_path):
-    version = subprocess.run([engine_python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
+    version = subprocess.run(
+        [engine_python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     trace_dir = tmp_path / "trace"
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"

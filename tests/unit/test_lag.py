@@ -44,8 +44,24 @@ def _level(client):
 
 
 def _req(i, scheduled, start):
-    return RequestRecord("e", "a", 0, "w", 1, "measure", i, f"r{i}", start=start, end=start + 1, ttft=0.1,
-                         completion_tokens=4, prompt_tokens=4, ok=True, http_status=200, scheduled=scheduled)
+    return RequestRecord(
+        "e",
+        "a",
+        0,
+        "w",
+        1,
+        "measure",
+        i,
+        f"r{i}",
+        start=start,
+        end=start + 1,
+        ttft=0.1,
+        completion_tokens=4,
+        prompt_tokens=4,
+        ok=True,
+        http_status=200,
+        scheduled=scheduled,
+    )
 
 
 def test_send_lag_from_raw_records_flags_the_level():
@@ -68,8 +84,13 @@ def test_lagged_level_is_flagged_in_aggregate_tables(tmp_path):
         (rdir / "levels.jsonl").unlink()
         for lv in levels:
             bad = arm == "fast" and lv.workload == "short" and lv.concurrency == 2
-            lv.client = {"loop_lag_ms_p50": 1.0, "loop_lag_ms_p99": 25.0 if bad else 1.0, "loop_lag_ms_max": 30.0,
-                         "cpu_pct": 97.0, "limit_ms": 10}  # fmt: skip
+            lv.client = {
+                "loop_lag_ms_p50": 1.0,
+                "loop_lag_ms_p99": 25.0 if bad else 1.0,
+                "loop_lag_ms_max": 30.0,
+                "cpu_pct": 97.0,
+                "limit_ms": 10,
+            }
             append_jsonl(rdir / "levels.jsonl", lv)
         assert read_requests(rdir / "records.jsonl")
     frame = aggregate.levels_frame(tmp_path, cfg)

@@ -28,8 +28,9 @@ print(json.dumps({"with_stack": prof.with_stack, "subclass": isinstance(prof, tp
 
 def _run(engine_python: str, pythonpath: list[Path], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
-    return subprocess.run([engine_python, "-c", PROBE, str(tmp_path / "trace")], capture_output=True, text=True,
-                          env=env, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [engine_python, "-c", PROBE, str(tmp_path / "trace")], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.engine

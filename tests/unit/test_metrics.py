@@ -19,9 +19,21 @@ BASE = dict(experiment="e", arm="a", repeat=0, workload="short", concurrency=2)
 
 
 def req(index, start, end, ttft, itl, prompt, completion, ok=True, phase="measure"):
-    return RequestRecord(**BASE, phase=phase, index=index, request_id=f"r{index}{phase}", start=start, end=end,
-                         ttft=ttft, itl=itl, prompt_tokens=prompt, completion_tokens=completion,
-                         http_status=200 if ok else 500, ok=ok, error=None if ok else "HTTP 500: boom")  # fmt: skip
+    return RequestRecord(
+        **BASE,
+        phase=phase,
+        index=index,
+        request_id=f"r{index}{phase}",
+        start=start,
+        end=end,
+        ttft=ttft,
+        itl=itl,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        http_status=200 if ok else 500,
+        ok=ok,
+        error=None if ok else "HTTP 500: boom",
+    )
 
 
 RECORDS = [
@@ -31,8 +43,9 @@ RECORDS = [
     req(3, 106.0, 106.5, None, [], None, None, ok=False),
     req(0, 90.0, 99.0, 9.0, [5.0], 45, 10, phase="warmup"),  # excluded everywhere
 ]
-LEVEL = LevelRecord(**BASE, requests=4, warmup=1, start=100.0, end=110.0, latency_ms=[2.0, 1.0, 3.0, 2.0, 2.0],
-                    failed=1)  # fmt: skip
+LEVEL = LevelRecord(
+    **BASE, requests=4, warmup=1, start=100.0, end=110.0, latency_ms=[2.0, 1.0, 3.0, 2.0, 2.0], failed=1
+)
 
 
 def test_hand_computed_values():
@@ -80,7 +93,9 @@ def test_columns_and_dtypes_are_fixed():
 def test_goodput_only_with_limits():
     assert "goodput_rps" not in level_table(RECORDS, [LEVEL]).columns
     assert level_table(RECORDS, [LEVEL], ttft_limit_ms=600).iloc[0]["goodput_rps"] == pytest.approx(0.2)
-    assert level_table(RECORDS, [LEVEL], ttft_limit_ms=600, tpot_limit_ms=350).iloc[0]["goodput_rps"] == pytest.approx(0.1)
+    assert level_table(RECORDS, [LEVEL], ttft_limit_ms=600, tpot_limit_ms=350).iloc[0]["goodput_rps"] == pytest.approx(
+        0.1
+    )
 
 
 def test_all_failed_level_gives_nan_not_an_error():
@@ -92,8 +107,20 @@ def test_all_failed_level_gives_nan_not_an_error():
 
 def test_rows_sorted_and_recomputation_from_files_is_identical(tmp_path):
     other = LevelRecord(**{**BASE, "concurrency": 1}, requests=1, warmup=0, start=50.0, end=51.0, latency_ms=[1.0])
-    one = RequestRecord(**{**BASE, "concurrency": 1}, phase="measure", index=0, request_id="x", start=50.0, end=51.0,
-                        ttft=0.1, itl=[0.2], prompt_tokens=45, completion_tokens=3, http_status=200, ok=True)  # fmt: skip
+    one = RequestRecord(
+        **{**BASE, "concurrency": 1},
+        phase="measure",
+        index=0,
+        request_id="x",
+        start=50.0,
+        end=51.0,
+        ttft=0.1,
+        itl=[0.2],
+        prompt_tokens=45,
+        completion_tokens=3,
+        http_status=200,
+        ok=True,
+    )
     for r in RECORDS + [one]:
         append_jsonl(tmp_path / "records.jsonl", r)
     for lv in (LEVEL, other):
@@ -119,8 +146,9 @@ def test_real_burst_pattern_of_the_cpu_demo_is_flagged():
     # As recorded by the CPU demo (cpu_attn, short, c=1): 64 tokens, first content after 100.26 ms, the other 63
     # chunks in the same read (gaps 0.249 ms then 0): median TPOT 0.004 ms, which no engine decodes at.
     level = LevelRecord(**BASE, requests=2, warmup=0, start=100.0, end=100.2, latency_ms=[1.08])
-    recs = [req(i, 100.0 + 0.1 * i, 100.0 + 0.1 * i + 0.100557, 0.10026, [0.000249] + [0.0] * 62, 45, 64)
-            for i in range(2)]  # fmt: skip
+    recs = [
+        req(i, 100.0 + 0.1 * i, 100.0 + 0.1 * i + 0.100557, 0.10026, [0.000249] + [0.0] * 62, 45, 64) for i in range(2)
+    ]
     row = level_table(recs, [level]).iloc[0]
     assert row["tpot_ms_median"] < 0.01
     assert row["single_chunk_streams"] == 2
@@ -150,8 +178,9 @@ def test_single_chunk_streams_collapse_tpot_and_are_counted():
 
 
 def test_incomplete_level_is_flagged():
-    level = LevelRecord(**BASE, requests=4, warmup=0, start=100.0, end=101.0, latency_ms=[1.0], failed=2,
-                        complete=False)  # fmt: skip
+    level = LevelRecord(
+        **BASE, requests=4, warmup=0, start=100.0, end=101.0, latency_ms=[1.0], failed=2, complete=False
+    )
     recs = [req(i, 100.0, 101.0, 0.1, [0.1] * 9, 45, 10) for i in range(2)]
     recs += [req(i, 101.0, 101.0, None, [], None, None, ok=False) for i in (2, 3)]
     row = level_table(recs, [level]).iloc[0]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.errors import ConfigError
 from attnbench.engines.models import SPECIAL_TOKENS, synthetic_word, word_vocab, write_synthetic_model
+from attnbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "config" / "models" / "tiny-qwen2.json"

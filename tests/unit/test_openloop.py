@@ -23,8 +23,9 @@ def test_schedules_end_at_n_over_rate_and_keep_their_shape():
     assert np.std(gaps) / np.mean(gaps) == pytest.approx(1.0, abs=0.08)
     bursty = np.diff([0.0] + schedule(2000, 4.0, "gamma", 0.25, np.random.default_rng(1)))
     assert np.std(bursty) / np.mean(bursty) == pytest.approx(2.0, abs=0.2)
-    assert schedule(5, 1.0, "poisson", 1.0, np.random.default_rng(7)) == schedule(5, 1.0, "poisson", 1.0,
-                                                                                  np.random.default_rng(7))  # fmt: skip
+    assert schedule(5, 1.0, "poisson", 1.0, np.random.default_rng(7)) == schedule(
+        5, 1.0, "poisson", 1.0, np.random.default_rng(7)
+    )
 
 
 def test_bad_schedule_input_is_a_clear_error():
@@ -45,13 +46,48 @@ def test_level_table_achieved_rate_goodput_and_send_lag_from_records():
         sched = origin + 0.5 * (i + 1)
         start = sched + (0.04 if i == 3 else 0.001)
         ttft = 0.5 if i == 2 else 0.1
-        recs.append(RequestRecord("e", "a", 0, "w", 0, "measure", i, f"x{i}", start=start, end=start + 1.0,
-                                  ttft=ttft, itl=[0.1] * 8, prompt_tokens=10, completion_tokens=10, http_status=200,
-                                  ok=True, scheduled=sched, rate=2.0))  # fmt: skip
-    level = LevelRecord("e", "a", 0, "w", 0, requests=4, warmup=0, start=recs[0].start, end=recs[-1].end, rate=2.0,
-                        client={"loop_lag_ms_p99": 0.3, "limit_ms": 10, "cpu_pct": 5.0},
-                        open_loop={"arrival": "poisson", "burstiness": 1.0, "origin": origin,
-                                   "ttft_limit_ms": 200, "tpot_limit_ms": None})  # fmt: skip
+        recs.append(
+            RequestRecord(
+                "e",
+                "a",
+                0,
+                "w",
+                0,
+                "measure",
+                i,
+                f"x{i}",
+                start=start,
+                end=start + 1.0,
+                ttft=ttft,
+                itl=[0.1] * 8,
+                prompt_tokens=10,
+                completion_tokens=10,
+                http_status=200,
+                ok=True,
+                scheduled=sched,
+                rate=2.0,
+            )
+        )
+    level = LevelRecord(
+        "e",
+        "a",
+        0,
+        "w",
+        0,
+        requests=4,
+        warmup=0,
+        start=recs[0].start,
+        end=recs[-1].end,
+        rate=2.0,
+        client={"loop_lag_ms_p99": 0.3, "limit_ms": 10, "cpu_pct": 5.0},
+        open_loop={
+            "arrival": "poisson",
+            "burstiness": 1.0,
+            "origin": origin,
+            "ttft_limit_ms": 200,
+            "tpot_limit_ms": None,
+        },
+    )
     other = LevelRecord("e", "a", 0, "w", 0, requests=0, warmup=0, start=0, end=0, rate=4.0, open_loop={})
     table = level_table(recs, [other, level])
     assert list(table["rate"]) == [2.0, 4.0]  # sorted by rate
@@ -66,11 +102,41 @@ def _level_of(rate, ttfts, late_s=0.0, ok=True, limit=200):
     for i, ttft in enumerate(ttfts):
         sched = origin + (i + 1) / rate
         start = sched + (late_s if i == len(ttfts) - 1 else 0.0)
-        recs.append(RequestRecord("e", "a", 0, "w", 0, "measure", i, f"x{i}", start=start, end=start + 1.0, ttft=ttft,
-                                  prompt_tokens=10, completion_tokens=10, http_status=200, ok=ok, scheduled=sched,
-                                  rate=rate, error=None if ok else "HTTP 500: x"))  # fmt: skip
-    level = LevelRecord("e", "a", 0, "w", 0, requests=len(recs), warmup=0, start=recs[0].start, end=recs[-1].end,
-                        rate=rate, open_loop={"origin": origin, "ttft_limit_ms": limit})  # fmt: skip
+        recs.append(
+            RequestRecord(
+                "e",
+                "a",
+                0,
+                "w",
+                0,
+                "measure",
+                i,
+                f"x{i}",
+                start=start,
+                end=start + 1.0,
+                ttft=ttft,
+                prompt_tokens=10,
+                completion_tokens=10,
+                http_status=200,
+                ok=ok,
+                scheduled=sched,
+                rate=rate,
+                error=None if ok else "HTTP 500: x",
+            )
+        )
+    level = LevelRecord(
+        "e",
+        "a",
+        0,
+        "w",
+        0,
+        requests=len(recs),
+        warmup=0,
+        start=recs[0].start,
+        end=recs[-1].end,
+        rate=rate,
+        open_loop={"origin": origin, "ttft_limit_ms": limit},
+    )
     return level, recs
 
 

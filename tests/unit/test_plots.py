@@ -36,7 +36,7 @@ def test_writes_every_named_plot(experiment):
     assert len(paths) == (2 * 4 + 2) * 2  # (workloads x kinds + experiment figures) x formats
     for p in paths:
         data = p.read_bytes()
-        assert (data.startswith(PNG_MAGIC) if p.suffix == ".png" else b"<svg" in data[:500]), p
+        assert data.startswith(PNG_MAGIC) if p.suffix == ".png" else b"<svg" in data[:500], p
 
 
 def test_svg_is_byte_deterministic(experiment):
@@ -65,34 +65,55 @@ def test_plots_need_the_tables_first(tmp_path):
 
 def kernels_json(phases: dict[str, dict[str, float]]) -> dict:
     """kernels.json in kernels.attribute's shape: per phase, attention families with their share of attention time."""
+
     def fams(shares: dict[str, float]) -> dict:
-        return {f: {"time_us": 1000.0 * v, "count": 10, "share": v / 2, "attention_share": v, "kernels": []}
-                for f, v in shares.items()} | {"other": {"time_us": 5000.0, "count": 50, "share": 0.5,
-                                                          "attention_share": None, "kernels": []}}  # fmt: skip
+        return {
+            f: {"time_us": 1000.0 * v, "count": 10, "share": v / 2, "attention_share": v, "kernels": []}
+            for f, v in shares.items()
+        } | {"other": {"time_us": 5000.0, "count": 50, "share": 0.5, "attention_share": None, "kernels": []}}
+
     everything: dict[str, float] = {}
     for shares in phases.values():
         for f, v in shares.items():
             everything[f] = everything.get(f, 0.0) + v / len(phases)
-    return {"schema": 1, "device": "cuda", "time_basis": "gpu_kernel_time", "attention_share": 0.5,
-            "families_seen": sorted(everything), "families": fams(everything), "phase_source": "kernel_name",
-            "phases": {p: {"time_us": 1.0, "families": fams(v)} for p, v in phases.items()}}  # fmt: skip
+    return {
+        "schema": 1,
+        "device": "cuda",
+        "time_basis": "gpu_kernel_time",
+        "attention_share": 0.5,
+        "families_seen": sorted(everything),
+        "families": fams(everything),
+        "phase_source": "kernel_name",
+        "phases": {p: {"time_us": 1.0, "families": fams(v)} for p, v in phases.items()},
+    }
 
 
 ERRATA_KERNELS = {
     "xformers": {"prefill": {"pytorch_flash": 1.0}, "decode": {"paged_attention": 1.0}},
     "flash_attn": {"prefill": {"fa2": 1.0}, "decode": {"fa2": 1.0}},
-    "xformers_cutlass": {"prefill": {"xformers_cutlass": 0.97, "paged_attention": 0.03},
-                         "decode": {"paged_attention": 1.0}},
+    "xformers_cutlass": {
+        "prefill": {"xformers_cutlass": 0.97, "paged_attention": 0.03},
+        "decode": {"paged_attention": 1.0},
+    },
 }
 
 
 def errata_experiment(exp: Path) -> dict:
     """The errata experiment's shape: three arms, three repeats, the article's arm backends, kernel probes."""
-    arms = [{"name": "xformers", "backend": "XFORMERS", "article_backend": "XFORMERS"},
-            {"name": "flash_attn", "backend": "FLASH_ATTN", "article_backend": "FLASH_ATTN"},
-            {"name": "xformers_cutlass", "backend": "XFORMERS", "variant": "xformers-cutlass"}]  # fmt: skip
-    cfg = synth_runs.config(arms=arms, repeats=3, analysis={"compare": [{"arm": "flash_attn", "baseline": "xformers"}],
-                                                            "weights_gb": 0.01, "bandwidth_tb_s": 1.0})  # fmt: skip
+    arms = [
+        {"name": "xformers", "backend": "XFORMERS", "article_backend": "XFORMERS"},
+        {"name": "flash_attn", "backend": "FLASH_ATTN", "article_backend": "FLASH_ATTN"},
+        {"name": "xformers_cutlass", "backend": "XFORMERS", "variant": "xformers-cutlass"},
+    ]
+    cfg = synth_runs.config(
+        arms=arms,
+        repeats=3,
+        analysis={
+            "compare": [{"arm": "flash_attn", "baseline": "xformers"}],
+            "weights_gb": 0.01,
+            "bandwidth_tb_s": 1.0,
+        },
+    )
     cfg["baseline"] = "xformers_cutlass"
     speeds = {"xformers": [1.0, 1.03, 0.98], "flash_attn": [1.02, 1.0, 1.05], "xformers_cutlass": [0.8, 0.82, 0.79]}
     for arm, per_repeat in speeds.items():
@@ -108,8 +129,12 @@ def test_kernel_evidence_figure_shows_each_arms_families_per_phase(tmp_path):
     shares = pd.read_csv(exp / "tables" / "kernel_shares.csv")
     # per run: the whole probe, prefill and decode; 'other' (not attention) never appears
     xf = shares[(shares["arm"] == "xformers") & (shares["repeat"] == 0)]
-    assert set(zip(xf["phase"], xf["family"])) == {("all", "pytorch_flash"), ("all", "paged_attention"),
-                                                   ("prefill", "pytorch_flash"), ("decode", "paged_attention")}
+    assert set(zip(xf["phase"], xf["family"])) == {
+        ("all", "pytorch_flash"),
+        ("all", "paged_attention"),
+        ("prefill", "pytorch_flash"),
+        ("decode", "paged_attention"),
+    }
     assert "other" not in set(shares["family"])
     plots.write_plots(exp, cfg)
     svg = (exp / "plots" / "kernels.svg").read_text(encoding="utf-8")

@@ -41,17 +41,29 @@ def test_errata_bundle_ran_the_article_engine_through_apptainer_with_its_kernels
     manifest = verify.verify_bundle(path).manifest
     ran = {(a["name"], r["repeat"]) for a in manifest["arms"] for r in a["runs"] if r["status"] == "ok"}
     assert ran == {(arm, k) for arm in ("xformers", "flash_attn") for k in range(3)} | {
-        ("xformers_cutlass", 0), ("xformers_cutlass", 1)}
+        ("xformers_cutlass", 0),
+        ("xformers_cutlass", 1),
+    }
     with tarfile.open(path) as tar:
         runs = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith("/run.json")}
     assert len(runs) == 8
     for name, run in runs.items():
         assert run["server"]["argv"][:4] == ["apptainer", "exec", "--cleanenv", "--nv"], name
         assert run["engine"]["image_sha256"] == "0506d99f42e7c4b5e50955a5a05aba2fecd6a8ae891c4201499340e64b3f838d"
-        assert run["engine"]["versions"] == {"cuda": "12.4", "torch": "2.5.1+cu124", "vllm": "0.7.1",
-                                             "xformers": "0.0.28.post3"}  # fmt: skip
+        assert run["engine"]["versions"] == {
+            "cuda": "12.4",
+            "torch": "2.5.1+cu124",
+            "vllm": "0.7.1",
+            "xformers": "0.0.28.post3",
+        }
         assert run["quantization"]["logged"] == "awq_marlin" and run["quantization"]["match"], name
         families = {k for k, v in run["kernels"]["families"].items() if v and k != "other"}
         arm = run["arm"]
-        assert families == {"xformers": {"pytorch_flash", "paged_attention"}, "flash_attn": {"fa2"},
-                            "xformers_cutlass": {"xformers_cutlass", "paged_attention"}}[arm], (name, families)  # fmt: skip
+        assert (
+            families
+            == {
+                "xformers": {"pytorch_flash", "paged_attention"},
+                "flash_attn": {"fa2"},
+                "xformers_cutlass": {"xformers_cutlass", "paged_attention"},
+            }[arm]
+        ), (name, families)

@@ -7,13 +7,20 @@ from __future__ import annotations
 import json
 
 from attnbench.bundles import bundle
-
 from attnbench.engines import provenance
 from attnbench.engines.provenance import REDACTED
 
-ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_TOKEN": "hf_Zz9Yy8Xx7Ww6Vv5Uu4", "VLLM_API_KEY": "k-0a1b2c3d4e5f",
-       "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMIK7MDENG", "SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "MAX_TOKENS": "512",
-       "MY_PASSWORD": "hunter22", "SHORT_TOKEN": "ab12", "SERVICE_TOKEN": "true"}
+ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_TOKEN": "hf_Zz9Yy8Xx7Ww6Vv5Uu4",
+    "VLLM_API_KEY": "k-0a1b2c3d4e5f",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMIK7MDENG",
+    "SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1",
+    "MAX_TOKENS": "512",
+    "MY_PASSWORD": "hunter22",
+    "SHORT_TOKEN": "ab12",
+    "SERVICE_TOKEN": "true",
+}
 SECRETS = ["hf_Zz9Yy8Xx7Ww6Vv5Uu4", "k-0a1b2c3d4e5f", "wJalrXUtnFEMIK7MDENG", "hunter22"]
 
 
@@ -30,8 +37,12 @@ def test_names_by_their_last_part():
 
 def test_run_json_log_and_bundle_apply_the_same_policy(tmp_path):
     secrets = provenance.secret_values(ENV)
-    cfg = {"model": {"tokenizer": "models/tok", "name": "m"}, "sweep": {"api_key_env": "VLLM_API_KEY"},
-           "flags": [True, False], "ignore_eos": False}
+    cfg = {
+        "model": {"tokenizer": "models/tok", "name": "m"},
+        "sweep": {"api_key_env": "VLLM_API_KEY"},
+        "flags": [True, False],
+        "ignore_eos": False,
+    }
     run = {"config": cfg, "server": {"env": dict(ENV), "argv": ["vllm", "--api-key", "k-0a1b2c3d4e5f"]}}
     red = provenance.redact(run, secrets)
     assert red["config"] == cfg  # non-secret keys and every false survive
@@ -41,14 +52,19 @@ def test_run_json_log_and_bundle_apply_the_same_policy(tmp_path):
     assert all(env[k] == REDACTED for k in ("HF_TOKEN", "VLLM_API_KEY", "AWS_SECRET_ACCESS_KEY", "MY_PASSWORD"))
     assert red["server"]["argv"][-1] == REDACTED
 
-    log = ("INFO args: --api-key k-0a1b2c3d4e5f TOKENIZERS_PARALLELISM=false ignore_eos=False\n"
-           "DEBUG header Authorization: Bearer abc.def-123\nDEBUG X-Api-Key: zzzzzzzz99\n"
-           'DEBUG {"HF_TOKEN": "hf_Zz9Yy8Xx7Ww6Vv5Uu4", "ok": false, "tokenizer": "models/tok"}\n')
+    log = (
+        "INFO args: --api-key k-0a1b2c3d4e5f TOKENIZERS_PARALLELISM=false ignore_eos=False\n"
+        "DEBUG header Authorization: Bearer abc.def-123\nDEBUG X-Api-Key: zzzzzzzz99\n"
+        'DEBUG {"HF_TOKEN": "hf_Zz9Yy8Xx7Ww6Vv5Uu4", "ok": false, "tokenizer": "models/tok"}\n'
+    )
     path = tmp_path / "server.log"
     path.write_text(log)
     provenance.redact_file(path, secrets)
-    by_writer = {"log": path.read_text(), "bundle": bundle.scrub(log, bundle.secret_values({}, ENV)),
-                 "text": provenance.redact_text(log, secrets)}
+    by_writer = {
+        "log": path.read_text(),
+        "bundle": bundle.scrub(log, bundle.secret_values({}, ENV)),
+        "text": provenance.redact_text(log, secrets),
+    }
     assert len(set(by_writer.values())) == 1, by_writer  # one policy: every writer gives the same text
     clean = by_writer["log"]
     for leaked in SECRETS + ["abc.def-123", "zzzzzzzz99"]:

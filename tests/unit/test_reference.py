@@ -26,18 +26,40 @@ def experiment(tmp_path):
     cfg = synth_runs.config(repeats=3)
     exp = tmp_path / "synth"
     synth_runs.write_experiment(exp, cfg, {"base": [1.0, 1.05, 1.1], "fast": [2.0, 2.0, 2.0]})
-    gpu = {"gpu": "aaaaaaaaaaaa", "sm_clock_mhz_median": 1980.0, "sm_clock_max_mhz": 1980.0, "power_w_median": 460.0,
-           "power_limit_w": 700.0, "temperature_c_max": 70.0, "clock_event_reasons": "0x4", "samples": 9,
-           "busy_samples": 8, "mem_clock_mhz_median": 2619.0}  # fmt: skip
+    gpu = {
+        "gpu": "aaaaaaaaaaaa",
+        "sm_clock_mhz_median": 1980.0,
+        "sm_clock_max_mhz": 1980.0,
+        "power_w_median": 460.0,
+        "power_limit_w": 700.0,
+        "temperature_c_max": 70.0,
+        "clock_event_reasons": "0x4",
+        "samples": 9,
+        "busy_samples": 8,
+        "mem_clock_mhz_median": 2619.0,
+    }
     _patch_run(exp / "runs/base/rep0", gpu=gpu)
-    _patch_run(exp / "runs/base/rep1", gpu={**gpu, "gpu": "bbbbbbbbbbbb"},
-               crosscheck=[{"point": "short-c1", "prompt_tokens": {"vllm": 50.0, "ours": 50.0},
-                            "output_throughput_ratio": 124 / 123, "ttft_ms_median_diff": -1.0,
-                            "tpot_ms_median_diff": -0.1, "noise_ours_throughput_rel": 0.01,
-                            "noise_vllm_throughput_rel": 0.01, "repeats": 2,
-                            "workload": {"num_prompts": 8}, "means": {
-                   "vllm": {"output_throughput_tps": 123.0, "tpot_ms_median": 7.0, "ttft_ms_median": 50.0},
-                   "ours": {"output_throughput_tps": 124.0, "tpot_ms_median": 6.9, "ttft_ms_median": 49.0}}}])  # fmt: skip
+    _patch_run(
+        exp / "runs/base/rep1",
+        gpu={**gpu, "gpu": "bbbbbbbbbbbb"},
+        crosscheck=[
+            {
+                "point": "short-c1",
+                "prompt_tokens": {"vllm": 50.0, "ours": 50.0},
+                "output_throughput_ratio": 124 / 123,
+                "ttft_ms_median_diff": -1.0,
+                "tpot_ms_median_diff": -0.1,
+                "noise_ours_throughput_rel": 0.01,
+                "noise_vllm_throughput_rel": 0.01,
+                "repeats": 2,
+                "workload": {"num_prompts": 8},
+                "means": {
+                    "vllm": {"output_throughput_tps": 123.0, "tpot_ms_median": 7.0, "ttft_ms_median": 50.0},
+                    "ours": {"output_throughput_tps": 124.0, "tpot_ms_median": 6.9, "ttft_ms_median": 49.0},
+                },
+            }
+        ],
+    )
     aggregate.write_tables(exp, cfg)
     return exp, cfg
 
@@ -53,9 +75,14 @@ def test_range_verdict_gpus_and_same_server_client(experiment, tmp_path):
     base = levels[(levels.arm == "base") & (levels.workload == "short") & (levels.concurrency == 1)]
     lo, hi = base.output_throughput_tps.min(), base.output_throughput_tps.max()
     assert hi > lo * 1.05  # the repeats do differ (speeds 1.0 .. 1.1)
-    ref = write_ref(tmp_path / "ref.csv", [f"base,short,1,output_throughput_tps,{(lo + hi) / 2},inside",
-                                           f"base,short,1,output_throughput_tps,{hi * 1.1},above",
-                                           "fast,long,1,tpot_ms_median,1.0,"])  # fmt: skip
+    ref = write_ref(
+        tmp_path / "ref.csv",
+        [
+            f"base,short,1,output_throughput_tps,{(lo + hi) / 2},inside",
+            f"base,short,1,output_throughput_tps,{hi * 1.1},above",
+            "fast,long,1,tpot_ms_median,1.0,",
+        ],
+    )
     rows = reference.compare(levels, aggregate.load_runs(exp, cfg), reference.read_reference(ref))
     inside, above, fast = rows
     assert inside.within and inside.outside_by == 0
@@ -64,12 +91,14 @@ def test_range_verdict_gpus_and_same_server_client(experiment, tmp_path):
     assert inside.vllm_same_server == 123.0  # from rep1's crosscheck at short-c1
     assert not above.within and above.outside_by == pytest.approx(0.1)
     assert fast.vllm_same_server is None and fast.ours_mean == pytest.approx(
-        levels[(levels.arm == "fast") & (levels.workload == "long")].tpot_ms_median.mean())
+        levels[(levels.arm == "fast") & (levels.workload == "long")].tpot_ms_median.mean()
+    )
     md = reference.section(rows, "test ref", str(ref))
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| base")]
-    assert [c[:4] + c[9:11] for c in cells] == [["base", "short", "1", "output_throughput_tps", "inside", "123.0"],
-                                                ["base", "short", "1", "output_throughput_tps", "outside by +10.0%",
-                                                 "123.0"]]  # fmt: skip
+    assert [c[:4] + c[9:11] for c in cells] == [
+        ["base", "short", "1", "output_throughput_tps", "inside", "123.0"],
+        ["base", "short", "1", "output_throughput_tps", "outside by +10.0%", "123.0"],
+    ]
     assert "outside by +10.0%" in md and "inside" in md and "3 / 2 (+1 not sampled)" in md
 
 
@@ -80,15 +109,25 @@ def test_report_carries_the_section_and_gpu_telemetry(experiment, tmp_path):
     md = report.build_report_md(exp, cfg)
     assert "## Against the reference: colleague" in md
     assert "| aaaaaaaaaaaa | 1980 / 1980" in md and "460 / 700" in md and "not sampled" in md
-    xc = [[c.strip() for c in line.strip("|").split("|")] for line in md.split("## Cross-check")[1].splitlines()
-          if line.startswith("| base")]  # fmt: skip
+    xc = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in md.split("## Cross-check")[1].splitlines()
+        if line.startswith("| base")
+    ]
     assert xc[0][-3:] == ["8 x 2", "123.0 / 124.0", "7.000 / 6.900"]
 
 
-@pytest.mark.parametrize("rows,header,message", [
-    (["base,short,1,output_throughput_tps,1.0,x"], "arm,workload,concurrency,value", r"missing column\(s\) metric, note"),
-    (["base,short,1,tok_per_s,1.0,x"], None, r"'tok_per_s' is not a column of tables/levels.csv"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rows,header,message",
+    [
+        (
+            ["base,short,1,output_throughput_tps,1.0,x"],
+            "arm,workload,concurrency,value",
+            r"missing column\(s\) metric, note",
+        ),
+        (["base,short,1,tok_per_s,1.0,x"], None, r"'tok_per_s' is not a column of tables/levels.csv"),
+    ],
+)
 def test_bad_reference_is_named(experiment, tmp_path, rows, header, message):
     exp, cfg = experiment
     ref = write_ref(tmp_path / "ref.csv", rows, **({"header": header} if header else {}))

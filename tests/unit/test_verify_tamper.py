@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from bundlefixture import KEY_ENV, SECRET, make_experiment
@@ -43,6 +43,7 @@ class Case:
 def _rec(i: int, **changes) -> Callable[[Path], None]:
     def edit(root: Path) -> None:
         edit_jsonl(root / REC, lambda lines: lines[i].update(changes))
+
     return edit
 
 
@@ -63,6 +64,7 @@ def _raw_line(rel: str, i: int, text: str) -> Callable[[Path], None]:
         lines = (root / rel).read_text().splitlines(keepends=True)
         lines[i] = text + "\n"
         (root / rel).write_text("".join(lines))
+
     return edit
 
 
@@ -74,10 +76,12 @@ def _shift(rec: dict, by: float) -> None:
 def _faster(root: Path) -> None:
     """Decode at 1 ms per token, 4x faster than an H100 can read 7B fp16 weights: every record of every run."""
     for path in root.glob("runs/*/rep*/records.jsonl"):
+
         def edit(lines: list[dict]) -> None:
             for rec in lines:
                 rec["itl"] = [0.001] * (rec["completion_tokens"] - 1)
                 rec["end"] = round(rec["start"] + rec["ttft"] + 0.001 * (rec["completion_tokens"] - 1), 6)
+
         edit_jsonl(path, edit)
     for path in root.glob("runs/*/rep*/levels.jsonl"):
         recs = [json.loads(x) for x in (path.parent / "records.jsonl").read_text().splitlines()]
@@ -86,6 +90,7 @@ def _faster(root: Path) -> None:
             for lv in levels:
                 mine = [r for r in recs if r["phase"] == "measure" and r["concurrency"] == lv["concurrency"]]
                 lv["start"], lv["end"] = min(r["start"] for r in mine), max(r["end"] for r in mine)
+
         edit_jsonl(path, fix)
 
 
@@ -110,7 +115,7 @@ def _report_number(root: Path) -> None:
     text = (root / "report.md").read_text()
     i = text.index("| fast")
     j = next(k for k in range(i, len(text)) if text[k].isdigit())
-    (root / "report.md").write_text(text[:j] + str((int(text[j]) + 1) % 10) + text[j + 1:])
+    (root / "report.md").write_text(text[:j] + str((int(text[j]) + 1) % 10) + text[j + 1 :])
 
 
 def _partial_made_complete(root: Path) -> None:
@@ -148,64 +153,139 @@ CASES = [
     Case("unknown field", _rec(1, injected=1), REC, "line 2 injected"),
     Case("record line is an array", _raw_line(REC, 1, "[1, 2, 3]"), REC, "line 2"),
     Case("deeply nested record", _raw_line(REC, 1, _deep(5000)), REC, "nested", code=2, reseal=False),
-    Case("5000-digit integer", _raw_line(REC, 1, '{"index": ' + "9" * 5000 + "}"), REC, "digits", code=2,
-         reseal=False),
-    Case("number overflowing to infinity", _raw_line(REC, 1, '{"end": 1e999}'), REC, "infinity", code=2,
-         reseal=False),
-    Case("record not UTF-8", lambda root: append_bytes(root / REC, b"\xff\xfe\n"), REC, "UTF-8", code=2,
-         reseal=False),
+    Case("5000-digit integer", _raw_line(REC, 1, '{"index": ' + "9" * 5000 + "}"), REC, "digits", code=2, reseal=False),
+    Case("number overflowing to infinity", _raw_line(REC, 1, '{"end": 1e999}'), REC, "infinity", code=2, reseal=False),
+    Case("record not UTF-8", lambda root: append_bytes(root / REC, b"\xff\xfe\n"), REC, "UTF-8", code=2, reseal=False),
     # levels
     Case("level of another arm", _lev(0, arm="slow"), LEV, "arm"),
     Case("level asks for other request count", _lev(0, requests=3), LEV, "requests"),
     Case("level with other warmup", _lev(0, warmup=0), LEV, "warmup"),
     Case("level ends after its run", _lev(1, end=1764082000.0), LEV, "end"),
-    Case("levels overlap", lambda root: edit_jsonl(root / LEV, lambda ls: ls[1].update(start=ls[0]["start"])),
-         LEV, "start"),
+    Case(
+        "levels overlap",
+        lambda root: edit_jsonl(root / LEV, lambda ls: ls[1].update(start=ls[0]["start"])),
+        LEV,
+        "start",
+    ),
     Case("level end before start", _lev(0, end=1000.0), LEV, "end"),
     # run.json
     Case("run status as a list", _run(lambda r: r.update(status=["ok"])), RUN, "status", tables=False, derived=False),
-    Case("host gpus as a string", _run(lambda r: r["host"].update(gpus="many")), RUN, "host.gpus", tables=False,
-         derived=False),
+    Case(
+        "host gpus as a string",
+        _run(lambda r: r["host"].update(gpus="many")),
+        RUN,
+        "host.gpus",
+        tables=False,
+        derived=False,
+    ),
     Case("run.json of another arm", _run(lambda r: r.update(arm="slow")), RUN, "arm"),
-    Case("run finished before it started", _run(lambda r: r.update(finished="2025-01-01T00:00:00+00:00")), RUN,
-         "finished"),
+    Case(
+        "run finished before it started",
+        _run(lambda r: r.update(finished="2025-01-01T00:00:00+00:00")),
+        RUN,
+        "finished",
+    ),
     Case("run.json nested deep", lambda root: (root / RUN).write_text(_deep(100)), RUN, "nested", code=2, reseal=False),
-    Case("kernels.json families as a list", lambda root: (root / FAST0 / "kernels.json").write_text(
-        '{"families": ["fa3"]}'), "kernels.json", "families", tables=False),
-    Case("kernel count as a string", lambda root: (root / FAST0 / "kernels.json").write_text(
-        '{"families": {"cpu_attention": {"count": "many", "share": 1.0, "kernels": []}}}'), "kernels.json",
-         "families{}.count", tables=False),
+    Case(
+        "kernels.json families as a list",
+        lambda root: (root / FAST0 / "kernels.json").write_text('{"families": ["fa3"]}'),
+        "kernels.json",
+        "families",
+        tables=False,
+    ),
+    Case(
+        "kernel count as a string",
+        lambda root: (root / FAST0 / "kernels.json").write_text(
+            '{"families": {"cpu_attention": {"count": "many", "share": 1.0, "kernels": []}}}'
+        ),
+        "kernels.json",
+        "families{}.count",
+        tables=False,
+    ),
     # config (the sealed section recomputed by the forger)
-    Case("config asks for other request counts", lambda root: edit_config(
-        root, lambda c: c["sweep"].update(requests_per_level=3)), LEV, "requests"),
-    Case("config workload with other prompt length", lambda root: edit_config(
-        root, lambda c: c["workloads"]["short"].update(prompt_tokens=16)), REC, "prompt_tokens"),
-    Case("config arm expects another backend", lambda root: edit_config(
-        root, lambda c: c["arms"][0].update(backend="FLASH_ATTN", expect_backend="FLASH_ATTN")),
-         f"{FAST0}/server.log", "backend"),
-    Case("config not a valid config", lambda root: edit_config(root, lambda c: c.update(workloads=[1])),
-         "manifest.json", "config.workloads"),
+    Case(
+        "config asks for other request counts",
+        lambda root: edit_config(root, lambda c: c["sweep"].update(requests_per_level=3)),
+        LEV,
+        "requests",
+    ),
+    Case(
+        "config workload with other prompt length",
+        lambda root: edit_config(root, lambda c: c["workloads"]["short"].update(prompt_tokens=16)),
+        REC,
+        "prompt_tokens",
+    ),
+    Case(
+        "config arm expects another backend",
+        lambda root: edit_config(
+            root, lambda c: c["arms"][0].update(backend="FLASH_ATTN", expect_backend="FLASH_ATTN")
+        ),
+        f"{FAST0}/server.log",
+        "backend",
+    ),
+    Case(
+        "config not a valid config",
+        lambda root: edit_config(root, lambda c: c.update(workloads=[1])),
+        "manifest.json",
+        "config.workloads",
+    ),
     # manifest, report, name
     Case("partial bundle made complete", _partial_made_complete, "manifest.json", "complete", reseal=False),
     Case("report number edited", _report_number, "report.md", "line", tables=False),
-    Case("bundle renamed to another GPU", lambda root: None, "bundle-h200", "file name",
-         archive=_rename("bundle-h200-sm90-141g-20251125.tar.gz")),
-    Case("manifest nested deep", lambda root: (root / "manifest.json").write_text(_deep(3000)), "manifest.json",
-         "nested", code=2, reseal=False),
-    Case("manifest 5000-digit number", lambda root: (root / "manifest.json").write_text(
-        '{"bundle_schema": ' + "1" * 5000 + "}"), "manifest.json", "digits", code=2, reseal=False),
+    Case(
+        "bundle renamed to another GPU",
+        lambda root: None,
+        "bundle-h200",
+        "file name",
+        archive=_rename("bundle-h200-sm90-141g-20251125.tar.gz"),
+    ),
+    Case(
+        "manifest nested deep",
+        lambda root: (root / "manifest.json").write_text(_deep(3000)),
+        "manifest.json",
+        "nested",
+        code=2,
+        reseal=False,
+    ),
+    Case(
+        "manifest 5000-digit number",
+        lambda root: (root / "manifest.json").write_text('{"bundle_schema": ' + "1" * 5000 + "}"),
+        "manifest.json",
+        "digits",
+        code=2,
+        reseal=False,
+    ),
     # archive
-    Case("data after the gzip stream", lambda root: None, "", "after the end of the gzip stream", code=2,
-         archive=lambda p: append_bytes(p, b"hidden payload")),
-    Case("second gzip stream appended", lambda root: None, "", "after the end of the gzip stream", code=2,
-         archive=lambda p: append_bytes(p, gzip_bytes(b"x" * 1000))),
-    Case("extra member with a terminal escape", lambda root: (root / "plots" / "\x1b[2Jx.png").write_bytes(b"x"),
-         "plots/\\x1b[2Jx.png", "file", reseal=False),
+    Case(
+        "data after the gzip stream",
+        lambda root: None,
+        "",
+        "after the end of the gzip stream",
+        code=2,
+        archive=lambda p: append_bytes(p, b"hidden payload"),
+    ),
+    Case(
+        "second gzip stream appended",
+        lambda root: None,
+        "",
+        "after the end of the gzip stream",
+        code=2,
+        archive=lambda p: append_bytes(p, gzip_bytes(b"x" * 1000)),
+    ),
+    Case(
+        "extra member with a terminal escape",
+        lambda root: (root / "plots" / "\x1b[2Jx.png").write_bytes(b"x"),
+        "plots/\\x1b[2Jx.png",
+        "file",
+        reseal=False,
+    ),
     # GPU identity and physics (on the bundle relabelled as a consistent H100 run)
-    Case("one run relabelled to another GPU", _relabel_one_run_gpu, "runs/slow/rep1/run.json", "gpus[0].name",
-         base="gpu"),
-    Case("GPU type key not from its name", _gpu_type_without_name, "runs/slow/rep1/run.json", "host.gpu_type",
-         base="gpu"),
+    Case(
+        "one run relabelled to another GPU", _relabel_one_run_gpu, "runs/slow/rep1/run.json", "gpus[0].name", base="gpu"
+    ),
+    Case(
+        "GPU type key not from its name", _gpu_type_without_name, "runs/slow/rep1/run.json", "host.gpu_type", base="gpu"
+    ),
     Case("decode faster than memory bandwidth allows", _faster, REC, "end", base="gpu"),
     Case("gpu.jsonl from another GPU", _foreign_gpu_sample, f"{FAST0}/gpu.jsonl", "line 1 gpu", base="gpu"),
 ]
@@ -216,8 +296,13 @@ def _to_gpu(root: Path) -> None:
     """Relabel the CPU fixture as a consistent H100 run: what every GPU case starts from (and must pass)."""
     for path in root.glob("runs/*/rep*/run.json"):
         edit_json(path, lambda r: r["host"].update(gpus=[dict(H100)], gpu_type=H100_TYPE))
-    edit_config(root, lambda c: (c["engine"].update(device="cuda"),
-                                 c["model"].update(architecture="config/models/qwen2.5-7b-instruct.json")))
+    edit_config(
+        root,
+        lambda c: (
+            c["engine"].update(device="cuda"),
+            c["model"].update(architecture="config/models/qwen2.5-7b-instruct.json"),
+        ),
+    )
     reseal(root)
 
 

@@ -48,8 +48,13 @@ STUBS = {
     """),
 }
 # Op classes with the real NAME strings (xformers 0.0.28.post3 with PyTorch's FA2: flash NAME is fa2F@v<ver>-pt).
-OP_NAMES = {"flash": "fa2F@v2.5.7-pt", "flash3": "fa3F@0.0.0", "cutlass": "cutlassF-pt", "ck": "ckF",
-            "triton_splitk": "triton_splitKF"}  # fmt: skip
+OP_NAMES = {
+    "flash": "fa2F@v2.5.7-pt",
+    "flash3": "fa3F@0.0.0",
+    "cutlass": "cutlassF-pt",
+    "ck": "ckF",
+    "triton_splitk": "triton_splitKF",
+}
 OP_TEMPLATE = textwrap.dedent("""
     import os
     UNSUPPORTED = os.environ.get("STUB_UNSUPPORTED", "").split(",")
@@ -136,8 +141,13 @@ def run_case(stub_root: Path, mode: str, shape: str = "prefill", unsupported: st
     if mode not in ("unpatched", "after-import"):
         # As in the image: the variant folder first on PYTHONPATH (containers.py), so sitecustomize.py runs.
         env["PYTHONPATH"] = os.pathsep.join([str(VARIANT), *(pythonpath or [])])
-    proc = subprocess.run([sys.executable, "-c", CASE, str(stub_root), str(VARIANT), mode, shape],
-                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", CASE, str(stub_root), str(VARIANT), mode, shape],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 

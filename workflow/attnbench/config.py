@@ -89,13 +89,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
         allowed = error.validator_value
         near = _near(error.instance, allowed)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        return f"{where}: {_short_repr(error.instance)} is not allowed{hint}; allowed values: {', '.join(map(repr, allowed))}"
+        allowed_list = ", ".join(map(repr, allowed))
+        return f"{where}: {_short_repr(error.instance)} is not allowed{hint}; allowed values: {allowed_list}"
     if error.validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed), key=str) if isinstance(error.instance, dict) else []
         if allowed:
-            parts = [f"{k!r}" + (f" (did you mean {near[0]!r}?)" if (near := _near(k, allowed)) else "")
-                     for k in extra]
+            parts = [f"{k!r}" + (f" (did you mean {near[0]!r}?)" if (near := _near(k, allowed)) else "") for k in extra]
             return f"{where}: unknown field {', '.join(parts)}; allowed fields: {', '.join(allowed)}"
         return f"{where}: unknown field(s) {', '.join(map(repr, extra))}"
     if error.validator == "required":
@@ -141,8 +141,10 @@ def _construct_unique(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bo
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise ConfigError(f"{loader.name}:{key_node.start_mark.line + 1}: field {key!r} is given twice in one "
-                              f"mapping (first on line {seen[key] + 1}); keep one")
+            raise ConfigError(
+                f"{loader.name}:{key_node.start_mark.line + 1}: field {key!r} is given twice in one "
+                f"mapping (first on line {seen[key] + 1}); keep one"
+            )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
 
@@ -263,7 +265,9 @@ def check_model_files(cfg: dict) -> None:
     else:
         arch_file, field = Path(model["architecture"]), "model.architecture"
         if not arch_file.is_file():
-            raise ConfigError(f"model.architecture: {arch_file} does not exist (an HF config.json, as in config/models/)")
+            raise ConfigError(
+                f"model.architecture: {arch_file} does not exist (an HF config.json, as in config/models/)"
+            )
     if not arch_file.is_file():
         return
     try:
@@ -273,11 +277,15 @@ def check_model_files(cfg: dict) -> None:
     limit = arch.get("max_position_embeddings") if isinstance(arch, dict) else None
     if isinstance(limit, int) and not isinstance(limit, bool):
         if model["max_model_len"] > limit:
-            raise ConfigError(f"model.max_model_len: {model['max_model_len']} exceeds the model's own maximum "
-                              f"{limit} (max_position_embeddings in {arch_file})")
+            raise ConfigError(
+                f"model.max_model_len: {model['max_model_len']} exceeds the model's own maximum "
+                f"{limit} (max_position_embeddings in {arch_file})"
+            )
         if longest > limit:
-            raise ConfigError(f"workloads: prompt + output = {longest} tokens exceeds the model's own maximum "
-                              f"{limit} (max_position_embeddings in {arch_file})")
+            raise ConfigError(
+                f"workloads: prompt + output = {longest} tokens exceeds the model's own maximum "
+                f"{limit} (max_position_embeddings in {arch_file})"
+            )
 
 
 def preflight(configfiles: list, cfg: dict) -> None:
@@ -291,16 +299,21 @@ def preflight(configfiles: list, cfg: dict) -> None:
     check_model_files(trial)
 
 
-def check_cli_inputs(*, base_url: str | None = None, minimum: dict[str, tuple[float | None, float]] | None = None,
-                     output: str | None = None) -> None:
+def check_cli_inputs(
+    *,
+    base_url: str | None = None,
+    minimum: dict[str, tuple[float | None, float]] | None = None,
+    output: str | None = None,
+) -> None:
     """Options of commands that talk to a server, checked before any connection is made: the URL's scheme and
     host, numbers against their least allowed value ({"--requests": (value, 1)}), and an output folder that is not
     an existing file. ConfigError naming the option."""
     if base_url is not None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"--base-url {base_url!r}: expected http:// or https:// and a host, "
-                              f"e.g. http://127.0.0.1:8000")
+            raise ConfigError(
+                f"--base-url {base_url!r}: expected http:// or https:// and a host, e.g. http://127.0.0.1:8000"
+            )
         try:
             parts.port  # noqa: B018  (raises for a port that is not a number in range)
         except ValueError:
@@ -313,7 +326,6 @@ def check_cli_inputs(*, base_url: str | None = None, minimum: dict[str, tuple[fl
 
 
 def load_config(path_or_dict: str | Path | dict) -> dict:
-
     """Validated config with schema defaults filled in (a copy when given a dict)."""
     if isinstance(path_or_dict, dict):
         cfg = copy.deepcopy(path_or_dict)
@@ -348,7 +360,11 @@ def workloads_of(cfg: dict) -> list[Any]:
     from attnbench.measure.sweep import Workload
 
     return [
-        Workload(name=name, prompt_tokens=w["prompt_tokens"], output_tokens=w["output_tokens"],
-                 concurrency=list(w["concurrency"]))
+        Workload(
+            name=name,
+            prompt_tokens=w["prompt_tokens"],
+            output_tokens=w["output_tokens"],
+            concurrency=list(w["concurrency"]),
+        )
         for name, w in cfg["workloads"].items()
     ]

@@ -12,8 +12,9 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from attnbench.errors import UnsafeInputError
 
@@ -55,7 +56,7 @@ def _depth(value: Any) -> int:
 
 # Numbers that need the checking float hook: a long run of digits or a 3-digit exponent (1e999 overflows to inf).
 # Text without them (nearly all) parses with the fast built-in float conversion.
-_SUSPECT_NUMBER = re.compile(r"\d{%d,}|[eE][+-]?\d{3,}" % (MAX_NUMBER_CHARS - 5))
+_SUSPECT_NUMBER = re.compile(rf"\d{{{MAX_NUMBER_CHARS - 5},}}|[eE][+-]?\d{{3,}}")
 
 
 def loads(text: str, where: str) -> Any:
@@ -67,8 +68,9 @@ def loads(text: str, where: str) -> Any:
     except RecursionError:
         raise UnsafeInputError(f"{printable(where)}: JSON nested deeper than {MAX_DEPTH}") from None
     except json.JSONDecodeError as exc:
-        raise UnsafeInputError(f"{printable(where)}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-                               ) from None
+        raise UnsafeInputError(
+            f"{printable(where)}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
     except ValueError as exc:  # raised by the hooks above
         raise UnsafeInputError(f"{printable(where)}: {exc}") from None
     if _depth(value) > MAX_DEPTH:
@@ -94,7 +96,7 @@ def iter_jsonl(path: Path, where: str) -> Iterator[tuple[int, Any]]:
         while True:
             try:
                 line = fh.readline(MAX_LINE_CHARS + 1)
-            except UnicodeDecodeError as exc:
+            except UnicodeDecodeError:
                 raise UnsafeInputError(f"{printable(where)}: not UTF-8 text (after line {lineno})") from None
             if not line:
                 return

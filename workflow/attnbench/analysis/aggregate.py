@@ -20,15 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 from attnbench.engines import kernels as kernels_mod
-from attnbench.measure import metrics
 from attnbench.errors import AttnbenchError
+from attnbench.measure import metrics
 from attnbench.measure.lag import lag_reason
 from attnbench.measure.records import RecordError
 from attnbench.paths import PACKAGE_DIR, REPO_ROOT
@@ -232,7 +233,8 @@ def levels_frame(exp_dir: Path, cfg: dict) -> pd.DataFrame:
             lagged = df["client_lagged"].astype(bool)
             df.loc[lagged, "flag_reason"] = [
                 "; ".join(x for x in (reason, lag_reason(row)) if x)
-                for reason, row in zip(df.loc[lagged, "flag_reason"], df.loc[lagged].to_dict("records"))]
+                for reason, row in zip(df.loc[lagged, "flag_reason"], df.loc[lagged].to_dict("records"))
+            ]
             df["flagged"] = df["flagged"] | lagged
         frames.append(df)
     if not frames:
@@ -288,9 +290,18 @@ def order_frame(df: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     df = df.sort_values(["_a", "repeat", "_w", "workload", "concurrency"], kind="mergesort")
     df = df.drop(columns=["_a", "_w"]).reset_index(drop=True)
     meta = [
-        "requested_backend", "flash_attn_version", "article_backend", "logged_backend", "backend_match",
-        "run_status", "kernel_families", "kernel_phases", "expectation", "flagged", "flag_reason",
-    ]  # fmt: skip
+        "requested_backend",
+        "flash_attn_version",
+        "article_backend",
+        "logged_backend",
+        "backend_match",
+        "run_status",
+        "kernel_families",
+        "kernel_phases",
+        "expectation",
+        "flagged",
+        "flag_reason",
+    ]
     first = [c for c in KEYS + meta if c in df]
     return df[first + [c for c in df.columns if c not in first]]
 
@@ -313,8 +324,38 @@ MIN_REPEATS_FOR_INTERVAL = 3  # below this a t interval is so wide (t = 12.7 at 
 NOISY_CV = 0.10  # a side whose repeats spread more than this does not resolve a ratio, whatever its interval says
 # Student's t, two-sided 95% (0.975 quantile), by degrees of freedom; beyond 30 the 1.96 + 2.4/df approximation is
 # within 0.002 of the exact value, and Welch's fractional df are rounded down (the wider, safer interval).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 INTERVAL_METHOD = (
     "95% Welch t interval of the log ratio over repeats (delta method: the variance of log(mean) is CV^2/n per "
     f"side; repeats of two arms are separate runs, not pairs); n/a below {MIN_REPEATS_FOR_INTERVAL} repeats on "
@@ -350,7 +391,7 @@ class Spread:
     n: int
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> "Spread":
+    def of(cls, values: Iterable[float]) -> Spread:
         vals = [float(v) for v in values if pd.notna(v)]
         if not vals:
             return cls(float("nan"), float("nan"), float("nan"), 0)
@@ -431,10 +472,27 @@ def comparison_pairs(cfg: dict) -> list[tuple[str, str]]:
 
 
 COMPARISON_COLUMNS = [
-    "arm", "baseline", "workload", "concurrency", "metric", "arm_mean", "arm_sd", "arm_cv", "arm_n", "base_mean",
-    "base_sd", "base_cv", "base_n", "ratio", "ci_low", "ci_high", "verdict", "flags", "published_pair",
+    "arm",
+    "baseline",
+    "workload",
+    "concurrency",
+    "metric",
+    "arm_mean",
+    "arm_sd",
+    "arm_cv",
+    "arm_n",
+    "base_mean",
+    "base_sd",
+    "base_cv",
+    "base_n",
+    "ratio",
+    "ci_low",
+    "ci_high",
+    "verdict",
+    "flags",
+    "published_pair",
     "published_ratio",
-]  # fmt: skip
+]
 
 
 # The article's claim: FLASH_ATTN (FA2) over XFORMERS, which it took for "without FA2" (article_published.csv).
@@ -457,8 +515,9 @@ def published_pair(cfg: dict, arm: str, base: str) -> tuple[str, str] | None:
 def _published_value(published: pd.DataFrame, backend: str, workload: str, conc: int, metric: str) -> float:
     if metric not in published:
         return float("nan")
-    hit = published[(published["backend"] == backend) & (published["workload"] == workload)
-                    & (published["concurrency"] == conc)]  # fmt: skip
+    hit = published[
+        (published["backend"] == backend) & (published["workload"] == workload) & (published["concurrency"] == conc)
+    ]
     return float(hit.iloc[0][metric]) if not hit.empty else float("nan")
 
 
@@ -483,14 +542,32 @@ def comparisons_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> p
                     pub_ratio = float("nan")
                     if pub:
                         pub_ratio = _published_value(published, pub[0], workload, conc, metric) / _published_value(
-                            published, pub[1], workload, conc, metric)  # fmt: skip
-                    rows.append([
-                        arm, base, workload, int(conc), metric, a.mean, a.sd, a.cv, a.n, b.mean, b.sd, b.cv, b.n,
-                        ratio, interval[0] if interval else float("nan"), interval[1] if interval else float("nan"),
-                        verdict(a, b, interval), "+".join(sorted(set(level_flags(a_rows, metric))
-                                                                 | set(level_flags(b_rows, metric)))),
-                        f"{pub[0]}/{pub[1]}" if pub else "", pub_ratio,
-                    ])  # fmt: skip
+                            published, pub[1], workload, conc, metric
+                        )
+                    rows.append(
+                        [
+                            arm,
+                            base,
+                            workload,
+                            int(conc),
+                            metric,
+                            a.mean,
+                            a.sd,
+                            a.cv,
+                            a.n,
+                            b.mean,
+                            b.sd,
+                            b.cv,
+                            b.n,
+                            ratio,
+                            interval[0] if interval else float("nan"),
+                            interval[1] if interval else float("nan"),
+                            verdict(a, b, interval),
+                            "+".join(sorted(set(level_flags(a_rows, metric)) | set(level_flags(b_rows, metric)))),
+                            f"{pub[0]}/{pub[1]}" if pub else "",
+                            pub_ratio,
+                        ]
+                    )
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
@@ -502,8 +579,15 @@ def summary_frame(df: pd.DataFrame, metrics_: list[str]) -> pd.DataFrame:
         row = {"arm": arm, "workload": workload, "concurrency": int(conc), "flagged": bool(g["flagged"].any())}
         for m in metrics_:
             s = Spread.of(g[m]) if m in g else Spread.of([])
-            row.update({f"{m}_mean": s.mean, f"{m}_std": s.sd, f"{m}_cv": s.cv, f"{m}_n": s.n,
-                        f"{m}_flags": "+".join(level_flags(g, m))})  # fmt: skip
+            row.update(
+                {
+                    f"{m}_mean": s.mean,
+                    f"{m}_std": s.sd,
+                    f"{m}_cv": s.cv,
+                    f"{m}_n": s.n,
+                    f"{m}_flags": "+".join(level_flags(g, m)),
+                }
+            )
         rows.append(row)
     columns = ["arm", "workload", "concurrency", "flagged"] + [
         f"{m}_{s}" for m in metrics_ for s in ("mean", "std", "cv", "n", "flags")
@@ -563,8 +647,10 @@ def arm_label(arm: str, flagged: bool) -> str:
     return f"{arm} {FLAG_MARK}" if flagged else arm
 
 
-FLAG_WORDS = {"run": "a run of the level is flagged (did not finish, or its kernels contradict its arm)",
-              **metrics.ARTIFACTS}  # fmt: skip
+FLAG_WORDS = {
+    "run": "a run of the level is flagged (did not finish, or its kernels contradict its arm)",
+    **metrics.ARTIFACTS,
+}
 
 
 def flag_legend(codes: Iterable[str]) -> str:
@@ -601,11 +687,15 @@ def article_table(df: pd.DataFrame, cfg: dict, arm: dict, workload: str) -> str 
         return None
     cols = [c for c, _, _ in ARTICLE_COLUMNS]
     summ = summary_frame(sub, cols)
-    head = article_head(sub, cfg, arm, workload) + [
-        f"Repeats: {len(set(sub['repeat']))}. Each cell is the mean over the repeats where it is defined ('(n=k)' "
-        "when fewer than the level's runs); CV is the generation throughput's sd / mean over repeats; TTFT in "
-        "seconds, as in the article.",
-    ] + flagged_line(sub)
+    head = (
+        article_head(sub, cfg, arm, workload)
+        + [
+            f"Repeats: {len(set(sub['repeat']))}. Each cell is the mean over the repeats where it is defined ('(n=k)' "
+            "when fewer than the level's runs); CV is the generation throughput's sd / mean over repeats; TTFT in "
+            "seconds, as in the article.",
+        ]
+        + flagged_line(sub)
+    )
     headers = ["Concurrency"] + [h for _, h, _ in ARTICLE_COLUMNS] + ["Repeats", "Generation CV"]
     rows, codes = [], []
     for (_, r), runs in zip(summ.iterrows(), sub.groupby("concurrency", sort=False).size()):
@@ -644,10 +734,19 @@ def arms_vs_baseline(comp: pd.DataFrame, cfg: dict) -> str:
             rows = []
             for c in sub.itertuples(index=False):
                 label, d = labels[c.metric]
-                rows.append([arm_label(str(c.concurrency), "run" in c.flags.split("+")), label, fmt_spread(c.base_mean, c.base_sd, c.base_cv, d),
-                             fmt_spread(c.arm_mean, c.arm_sd, c.arm_cv, d), f"{c.arm_n}/{c.base_n}",
-                             fmt(c.ratio, 3), fmt_interval(c.ci_low, c.ci_high, c.arm_n, c.base_n), c.verdict,
-                             c.flags.replace("+", ", ") or "-"])  # fmt: skip
+                rows.append(
+                    [
+                        arm_label(str(c.concurrency), "run" in c.flags.split("+")),
+                        label,
+                        fmt_spread(c.base_mean, c.base_sd, c.base_cv, d),
+                        fmt_spread(c.arm_mean, c.arm_sd, c.arm_cv, d),
+                        f"{c.arm_n}/{c.base_n}",
+                        fmt(c.ratio, 3),
+                        fmt_interval(c.ci_low, c.ci_high, c.arm_n, c.base_n),
+                        c.verdict,
+                        c.flags.replace("+", ", ") or "-",
+                    ]
+                )
             parts.append(f"## {arm} vs {base} / {workload}\n")
             headers = ["Concurrency", "Metric", base, arm, "n (arm/base)", "ratio", "95% CI", "verdict", "flags"]
             parts.append(md_table(headers, rows, right={0, 2, 3, 4, 5, 6}) + flag_legend(sub["flags"]))
@@ -657,8 +756,15 @@ def arms_vs_baseline(comp: pd.DataFrame, cfg: dict) -> str:
 def read_published(path: Path | None = None) -> pd.DataFrame:
     """The article's numbers: from the checkout this package lives in, else from the working directory (a
     non-editable install run from a checkout)."""
-    candidates = [path] if path else [PUBLISHED_CSV, Path.cwd() / "config" / "reference" / PUBLISHED_CSV.name,
-                                      PACKAGE_DIR / "reference" / PUBLISHED_CSV.name]  # package data
+    candidates = (
+        [path]
+        if path
+        else [
+            PUBLISHED_CSV,
+            Path.cwd() / "config" / "reference" / PUBLISHED_CSV.name,
+            PACKAGE_DIR / "reference" / PUBLISHED_CSV.name,
+        ]
+    )  # package data
     for candidate in candidates:
         if candidate.exists():
             return pd.read_csv(candidate)
@@ -685,10 +791,21 @@ def vs_published_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> 
             if all(math.isnan(v) for v in theirs.values()):
                 continue
             flags = sorted({c for m in cols for c in str(s[f"{m}_flags"]).split("+") if c})
-            row = [arm["name"], backend, s["workload"], int(s["concurrency"]),
-                   int(df[(df["arm"] == arm["name"]) & (df["workload"] == s["workload"])
-                          & (df["concurrency"] == s["concurrency"])]["repeat"].nunique()),
-                   bool(s["flagged"]), "+".join(flags)]  # fmt: skip
+            row = [
+                arm["name"],
+                backend,
+                s["workload"],
+                int(s["concurrency"]),
+                int(
+                    df[
+                        (df["arm"] == arm["name"])
+                        & (df["workload"] == s["workload"])
+                        & (df["concurrency"] == s["concurrency"])
+                    ]["repeat"].nunique()
+                ),
+                bool(s["flagged"]),
+                "+".join(flags),
+            ]
             for m in cols:
                 row += [s[f"{m}_mean"], theirs[m], s[f"{m}_mean"] / theirs[m] if theirs[m] else float("nan")]
             rows.append(row)
@@ -703,20 +820,27 @@ def vs_published_md(vp: pd.DataFrame) -> str:
     )
     if vp.empty:
         return head + "\nNo arm names an `article_backend` with matching workload and concurrency.\n"
-    short = {"generation_throughput_tps": "Gen tok/s", "prompt_throughput_tps": "Prompt tok/s",
-             "min_ttft_s": "Min TTFT s", "max_ttft_s": "Max TTFT s"}  # fmt: skip
+    short = {
+        "generation_throughput_tps": "Gen tok/s",
+        "prompt_throughput_tps": "Prompt tok/s",
+        "min_ttft_s": "Min TTFT s",
+        "max_ttft_s": "Max TTFT s",
+    }
     parts = [head]
     for (arm, workload), g in vp.groupby(["arm", "workload"], sort=False):
         parts.append(f"## {arm} ({g['article_backend'].iloc[0]}) / {workload}\n")
         headers = ["Concurrency", "Repeats"]
-        for m, label in short.items():
+        for label in short.values():
             headers += [f"{label} ours", f"{label} article", "ratio"]
         rows = []
         for _, r in g.iterrows():
             row = [arm_label(str(r["concurrency"]), r["flagged"]), str(r["repeats"])]
             for m, _, d in ARTICLE_COLUMNS:
-                row += [fmt_cell(r[f"{m}_ours"], d, r["flags"] if m == "prompt_throughput_tps" else ""),
-                        fmt(r[f"{m}_published"], d), fmt(r[f"{m}_ratio"], 3)]  # fmt: skip
+                row += [
+                    fmt_cell(r[f"{m}_ours"], d, r["flags"] if m == "prompt_throughput_tps" else ""),
+                    fmt(r[f"{m}_published"], d),
+                    fmt(r[f"{m}_ratio"], 3),
+                ]
             rows.append(row)
         parts.append(md_table(headers, rows) + flag_legend(g["flags"]))
     return "\n".join(parts)
@@ -727,12 +851,15 @@ def flags_md(df: pd.DataFrame, runs: list[RunInfo]) -> str:
     (metrics.ARTIFACTS), with a count per class. Nothing is dropped: the flagged numbers stay in every table."""
     parts = ["# Flags\n"]
     run_rows = [[r.arm, str(r.repeat), "; ".join(r.flags)] for r in runs if r.flags]
-    parts.append(md_table(["Arm", "Repeat", "Why the run is flagged"], run_rows, right={1}) if run_rows
-                 else "No run is flagged: every run finished and no kernel expectation was contradicted.\n")  # fmt: skip
+    parts.append(
+        md_table(["Arm", "Repeat", "Why the run is flagged"], run_rows, right={1})
+        if run_rows
+        else "No run is flagged: every run finished and no kernel expectation was contradicted.\n"
+    )
     level_rows, counts = [], {}
     for r in df.itertuples(index=False):
         text = getattr(r, "artifacts", "")
-        for part in (text.split("; ") if isinstance(text, str) and text else []):
+        for part in text.split("; ") if isinstance(text, str) and text else []:
             code, _, detail = part.partition(": ")
             counts[code] = counts.get(code, 0) + 1
             level_rows.append([r.arm, str(r.repeat), r.workload, str(r.concurrency), code, detail])
@@ -741,10 +868,13 @@ def flags_md(df: pd.DataFrame, runs: list[RunInfo]) -> str:
         return "\n".join(parts)
     parts.append(
         "Levels where a metric's definition breaks (the numbers stay in every table, marked with the code): "
-        + ", ".join(f"{code} {n}" for code, n in sorted(counts.items())) + ".\n"
+        + ", ".join(f"{code} {n}" for code, n in sorted(counts.items()))
+        + ".\n"
     )
-    parts.append(md_table(["Arm", "Repeat", "Workload", "Concurrency", "Flag", "Detail"], level_rows, right={1, 3})
-                 + flag_legend(counts))  # fmt: skip
+    parts.append(
+        md_table(["Arm", "Repeat", "Workload", "Concurrency", "Flag", "Detail"], level_rows, right={1, 3})
+        + flag_legend(counts)
+    )
     return "\n".join(parts)
 
 
@@ -763,8 +893,16 @@ def kernel_shares_frame(runs: list[RunInfo]) -> pd.DataFrame:
         for phase, families in sources:
             for family, v in sorted((families or {}).items()):
                 if isinstance(v, dict) and v.get("attention_share") is not None:
-                    rows.append([info.arm, info.repeat, phase, family, float(v["attention_share"]),
-                                 float(v.get("time_us") or 0.0)])  # fmt: skip
+                    rows.append(
+                        [
+                            info.arm,
+                            info.repeat,
+                            phase,
+                            family,
+                            float(v["attention_share"]),
+                            float(v.get("time_us") or 0.0),
+                        ]
+                    )
     return pd.DataFrame(rows, columns=KERNEL_SHARE_COLUMNS)
 
 
@@ -773,20 +911,28 @@ def kernels_md(runs: list[RunInfo], cfg: dict) -> str:
     parts = [
         "# Attention kernels per run\n",
         "Requested backend (config), the backend the server log named, and the kernel families the profiler probe "
-        "saw with their share of attention time (GPU kernel time, or CPU op time on the CPU engine), the attention share "
+        "saw with their share of attention time (GPU kernel time, or CPU op time on the CPU engine), "
+        "the attention share "
         "of all time, and the split into prefill and decode where the trace allowed one. "
         f"{FLAG_MARK} marks a run whose kernels contradict its arm's expectation or that did not finish.\n",
     ]
-    headers = ["Arm", "Repeat", "Requested backend", "Logged backend", "Kernel families (share)",
-               "Attention share of time", "Prefill / decode", "Expectation", "Flags"]  # fmt: skip
+    headers = [
+        "Arm",
+        "Repeat",
+        "Requested backend",
+        "Logged backend",
+        "Kernel families (share)",
+        "Attention share of time",
+        "Prefill / decode",
+        "Expectation",
+        "Flags",
+    ]
     rows = []
     for info in runs:
         arm = arms[info.arm]
         kern = info.kernels or {}
         expect = arm.get("expect_kernels") or {}
-        exp_text = ", ".join(
-            f"{word} {'+'.join(expect[word])}" for word in ("require", "forbid") if expect.get(word)
-        )
+        exp_text = ", ".join(f"{word} {'+'.join(expect[word])}" for word in ("require", "forbid") if expect.get(word))
         rows.append(
             [
                 arm_label(info.arm, bool(info.flags)),
@@ -824,11 +970,18 @@ def decode_efficiency_md(df: pd.DataFrame, cfg: dict) -> str:
         tpot = s["tpot_ms_median_mean"]
         eff = 100.0 * bound / tpot if tpot and not math.isnan(tpot) else float("nan")
         rows.append(
-            [arm_label(s["arm"], s["flagged"]), s["workload"], fmt(tpot, 3), fmt(bound, 3), fmt(eff, 1),
-             str(s["tpot_ms_median_n"])]  # fmt: skip
+            [
+                arm_label(s["arm"], s["flagged"]),
+                s["workload"],
+                fmt(tpot, 3),
+                fmt(bound, 3),
+                fmt(eff, 1),
+                str(s["tpot_ms_median_n"]),
+            ]
         )
-    return head + md_table(["Arm", "Workload", "Median TPOT (ms)", "bound_ms", "efficiency %", "repeats"], rows,
-                           right={2, 3, 4, 5})  # fmt: skip
+    return head + md_table(
+        ["Arm", "Workload", "Median TPOT (ms)", "bound_ms", "efficiency %", "repeats"], rows, right={2, 3, 4, 5}
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -927,8 +1080,19 @@ def read_levels_csv(exp_dir: Path) -> pd.DataFrame:
     path = tables_dir(exp_dir) / "levels.csv"
     if not path.exists():
         raise AggregateError(f"{path} is missing: run `attnbench aggregate {exp_dir} --config CFG` first")
-    text_cols = ["artifacts", "flag_reason", "kernel_families", "kernel_phases", "logged_backend", "requested_backend",
-                 "article_backend", "expectation", "run_status", "flash_attn_version", "backend_match"]  # fmt: skip
+    text_cols = [
+        "artifacts",
+        "flag_reason",
+        "kernel_families",
+        "kernel_phases",
+        "logged_backend",
+        "requested_backend",
+        "article_backend",
+        "expectation",
+        "run_status",
+        "flash_attn_version",
+        "backend_match",
+    ]
     df = pd.read_csv(path, dtype={c: str for c in text_cols})
     for col in text_cols:
         if col in df:

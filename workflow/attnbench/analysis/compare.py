@@ -24,8 +24,16 @@ from attnbench.analysis import aggregate
 from attnbench.errors import BundleError
 
 ARTICLE_METRICS = [c for c, _, _ in aggregate.ARTICLE_COLUMNS]
-MODERN_METRICS = ["output_throughput_tps", "request_throughput_rps", "ttft_ms_median", "tpot_ms_median",
-                  "itl_ms_median", "e2el_ms_median", "ttft_ms_p99", "success_rate"]  # fmt: skip
+MODERN_METRICS = [
+    "output_throughput_tps",
+    "request_throughput_rps",
+    "ttft_ms_median",
+    "tpot_ms_median",
+    "itl_ms_median",
+    "e2el_ms_median",
+    "ttft_ms_p99",
+    "success_rate",
+]
 # The article ran on one GPU; its key in the GPU-type scheme of provenance/gpu.py.
 ARTICLE_GPU_TYPE = "rtx3070-laptop-sm86-8g"
 REFERENCES = {"article": aggregate.PUBLISHED_CSV}
@@ -64,8 +72,10 @@ def load_bundle(path: Path, *, allow_unverified: bool = False, allowed_signers: 
         root = Path(tmp) / "bundle"
         result = verify_bundle(path, workdir=root, allowed_signers=allowed_signers)
         if not result.ok and not allow_unverified:
-            raise BundleError(f"{path}: does not verify ({len(result.findings)} problem(s), first: "
-                              f"{result.findings[0]}); run `attnbench verify {path}` or pass --allow-unverified")
+            raise BundleError(
+                f"{path}: does not verify ({len(result.findings)} problem(s), first: "
+                f"{result.findings[0]}); run `attnbench verify {path}` or pass --allow-unverified"
+            )
         if result.manifest is None:
             raise BundleError(f"{path}: unsafe archive, nothing extracted ({result.findings[0]})")
         levels = aggregate.read_levels_csv(root)
@@ -74,14 +84,17 @@ def load_bundle(path: Path, *, allow_unverified: bool = False, allowed_signers: 
     versions = (m.get("engine") or {}).get("versions") or {}
     return Source(
         label=Path(path).name.removesuffix(".tar.gz"),
-        gpu_type=m["gpu_type"], experiment=m["experiment"], origin=str(path), levels=levels,
+        gpu_type=m["gpu_type"],
+        experiment=m["experiment"],
+        origin=str(path),
+        levels=levels,
         status="PASS" if result.ok else f"FAIL ({len(result.findings)} problems)",
         engine=f"vLLM {versions.get('vllm') or m['config'].get('engine', {}).get('version', '?')}",
         backends={a["name"]: a.get("backend") or "default" for a in cfg_arms},
         article_backends={a["name"]: a["article_backend"] for a in cfg_arms if a.get("article_backend")},
         complete=bool(m.get("complete")),
         signed=_signed_label(result.signature),
-    )  # fmt: skip
+    )
 
 
 def _signed_label(sig) -> str:
@@ -100,11 +113,17 @@ def load_reference(name_or_path: str) -> Source:
         raise BundleError(f"{path}: reference table needs columns {sorted(needed)}, has {list(pub.columns)}")
     levels = pub.rename(columns={"backend": "arm"}).assign(repeat=0)
     backends = {b: b for b in levels["arm"].unique()}
-    return Source(label=name_or_path if name_or_path in REFERENCES else Path(path).stem,
-                  gpu_type=ARTICLE_GPU_TYPE if name_or_path == "article" else "reference",
-                  experiment="published", origin=str(path), levels=levels, status="reference",
-                  engine="vLLM 0.7.1" if name_or_path == "article" else "", backends=backends,
-                  article_backends=backends)  # fmt: skip
+    return Source(
+        label=name_or_path if name_or_path in REFERENCES else Path(path).stem,
+        gpu_type=ARTICLE_GPU_TYPE if name_or_path == "article" else "reference",
+        experiment="published",
+        origin=str(path),
+        levels=levels,
+        status="reference",
+        engine="vLLM 0.7.1" if name_or_path == "article" else "",
+        backends=backends,
+        article_backends=backends,
+    )
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:
@@ -153,9 +172,21 @@ def side_by_side(sources: list[Source], metrics: list[str]) -> pd.DataFrame:
                     continue
                 mean = math.fsum(vals) / len(vals)
                 std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-                rows.append({"gpu_type": s.gpu_type, "source": s.label, "arm": arm, "backend": s.backends.get(arm, ""),
-                             "workload": workload, "concurrency": int(conc), "metric": m, "mean": mean, "std": std,
-                             "n": len(vals), "values": vals})  # fmt: skip
+                rows.append(
+                    {
+                        "gpu_type": s.gpu_type,
+                        "source": s.label,
+                        "arm": arm,
+                        "backend": s.backends.get(arm, ""),
+                        "workload": workload,
+                        "concurrency": int(conc),
+                        "metric": m,
+                        "mean": mean,
+                        "std": std,
+                        "n": len(vals),
+                        "values": vals,
+                    }
+                )
     return pd.DataFrame(rows, columns=KEY[:3] + ["backend"] + KEY[3:] + ["metric", "mean", "std", "n", "values"])
 
 
@@ -199,14 +230,27 @@ def ratio_rows(sbs: pd.DataFrame, base: Source, other: Source, metrics: list[str
                     verdict = "n/a (needs 2+ repeats)"
                 else:
                     verdict = "yes" if interval[0] > 1.0 or interval[1] < 1.0 else "no"
-                rows.append({
-                    "gpu_type": other.gpu_type, "source": other.label, "arm": o_arm,
-                    "base_gpu_type": base.gpu_type, "base_source": base.label, "base_arm": b_arm,
-                    "workload": workload, "concurrency": int(conc), "metric": m,
-                    "value": o.mean, "base_value": b.mean, "n": o.n, "base_n": b.n, "ratio": ratio,
-                    "ci_low": interval[0] if interval else None, "ci_high": interval[1] if interval else None,
-                    "exceeds_noise": verdict,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "gpu_type": other.gpu_type,
+                        "source": other.label,
+                        "arm": o_arm,
+                        "base_gpu_type": base.gpu_type,
+                        "base_source": base.label,
+                        "base_arm": b_arm,
+                        "workload": workload,
+                        "concurrency": int(conc),
+                        "metric": m,
+                        "value": o.mean,
+                        "base_value": b.mean,
+                        "n": o.n,
+                        "base_n": b.n,
+                        "ratio": ratio,
+                        "ci_low": interval[0] if interval else None,
+                        "ci_high": interval[1] if interval else None,
+                        "exceeds_noise": verdict,
+                    }
+                )
     return rows
 
 
@@ -219,8 +263,25 @@ def ratios(sources: list[Source], sbs: pd.DataFrame, metrics: list[str]) -> pd.D
                 rows += ratio_rows(sbs, other, s, metrics)
         else:
             rows += ratio_rows(sbs, base, other, metrics)
-    columns = ["gpu_type", "source", "arm", "base_gpu_type", "base_source", "base_arm", "workload", "concurrency",
-               "metric", "value", "base_value", "n", "base_n", "ratio", "ci_low", "ci_high", "exceeds_noise"]
+    columns = [
+        "gpu_type",
+        "source",
+        "arm",
+        "base_gpu_type",
+        "base_source",
+        "base_arm",
+        "workload",
+        "concurrency",
+        "metric",
+        "value",
+        "base_value",
+        "n",
+        "base_n",
+        "ratio",
+        "ci_low",
+        "ci_high",
+        "exceeds_noise",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -232,20 +293,34 @@ def _num(v, d: int = 2) -> str:
 
 
 def sources_table(sources: list[Source]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "source": s.label, "gpu_type": s.gpu_type, "experiment": s.experiment, "engine": s.engine,
-        "arms": " ".join(f"{a}={b}" for a, b in s.backends.items()), "repeats": int(s.levels["repeat"].nunique()),
-        "complete": s.complete, "verify": s.status, "signed": s.signed, "origin": s.origin,
-    } for s in sources])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "source": s.label,
+                "gpu_type": s.gpu_type,
+                "experiment": s.experiment,
+                "engine": s.engine,
+                "arms": " ".join(f"{a}={b}" for a, b in s.backends.items()),
+                "repeats": int(s.levels["repeat"].nunique()),
+                "complete": s.complete,
+                "verify": s.status,
+                "signed": s.signed,
+                "origin": s.origin,
+            }
+            for s in sources
+        ]
+    )
 
 
 def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots: list[Path]) -> str:
     st = sources_table(sources)
-    parts = ["# Comparison of result bundles\n\n",
-             "Sources (the first bundle is the base of every ratio; verify: PASS means checksums, recomputed tables "
-             "and consistency checks all passed; signed: the signer's principal or key fingerprint, UNSIGNED when "
-             "anyone could have written the bundle):\n",
-             aggregate.md_table(list(st.columns), [[str(v) for v in r] for r in st.itertuples(index=False)], set())]
+    parts = [
+        "# Comparison of result bundles\n\n",
+        "Sources (the first bundle is the base of every ratio; verify: PASS means checksums, recomputed tables "
+        "and consistency checks all passed; signed: the signer's principal or key fingerprint, UNSIGNED when "
+        "anyone could have written the bundle):\n",
+        aggregate.md_table(list(st.columns), [[str(v) for v in r] for r in st.itertuples(index=False)], set()),
+    ]
     column = {(s.label, a): f"{s.gpu_type} {a}" for s in sources for a in s.levels["arm"].unique()}
     if len(set(column.values())) < len(column):  # two sources of one GPU type: say which is which
         column = {k: f"{v} [{k[0]}]" for k, v in column.items()}
@@ -274,12 +349,26 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
         parts.append("\nNo level (workload, concurrency) was measured by both a source and the base.\n")
     for (src, arm, bsrc, barm), g in rat.groupby(["source", "arm", "base_source", "base_arm"], sort=False):
         parts.append(f"\n### {src} {arm} vs {bsrc} {barm}\n")
-        rows = [[r.workload, str(r.concurrency), r.metric, _num(r.value), _num(r.base_value), _num(r.ratio, 3),
-                 "" if pd.isna(r.ci_low) else f"[{_num(r.ci_low, 3)}, {_num(r.ci_high, 3)}]", r.exceeds_noise]
-                for r in g.itertuples(index=False)]  # fmt: skip
-        parts.append(aggregate.md_table(
-            ["Workload", "Concurrency", "Metric", src, bsrc, "ratio", "95% CI", "exceeds noise"], rows,
-            right={1, 3, 4, 5, 6}))  # fmt: skip
+        rows = [
+            [
+                r.workload,
+                str(r.concurrency),
+                r.metric,
+                _num(r.value),
+                _num(r.base_value),
+                _num(r.ratio, 3),
+                "" if pd.isna(r.ci_low) else f"[{_num(r.ci_low, 3)}, {_num(r.ci_high, 3)}]",
+                r.exceeds_noise,
+            ]
+            for r in g.itertuples(index=False)
+        ]
+        parts.append(
+            aggregate.md_table(
+                ["Workload", "Concurrency", "Metric", src, bsrc, "ratio", "95% CI", "exceeds noise"],
+                rows,
+                right={1, 3, 4, 5, 6},
+            )
+        )
     if plots:
         parts.append("\n## Plots\n")
         parts += [f"\n![{p.stem}](plots/{p.name})\n" for p in plots if p.suffix == ".png"]
@@ -328,11 +417,18 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
     with plt.rc_context(plots_mod.RC):
         for workload, fig, axes, panels in _workload_panels(sbs, plt):
             for ax, metric, msub in panels:
-                for (gpu, src, arm), g in msub.groupby(["gpu_type", "source", "arm"], sort=False):
+                for (_gpu, src, arm), g in msub.groupby(["gpu_type", "source", "arm"], sort=False):
                     g = g.sort_values("concurrency")
                     style = "--" if src in REFERENCES else "-"
-                    ax.errorbar(g["concurrency"], g["mean"], yerr=g["std"].fillna(0), linestyle=style, marker="o",
-                                capsize=2, label=f"{name[src]} {arm}")
+                    ax.errorbar(
+                        g["concurrency"],
+                        g["mean"],
+                        yerr=g["std"].fillna(0),
+                        linestyle=style,
+                        marker="o",
+                        capsize=2,
+                        label=f"{name[src]} {arm}",
+                    )
                 plots_mod.setup_concurrency_axis(ax, sorted(msub["concurrency"].unique()))
                 ax.set_title(metric)
             _legend_below(fig, axes)
@@ -344,8 +440,14 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
                     g = g.sort_values("concurrency")
                     low = (g["ratio"] - g["ci_low"]).fillna(0).clip(lower=0)
                     high = (g["ci_high"] - g["ratio"]).fillna(0).clip(lower=0)
-                    ax.errorbar(g["concurrency"], g["ratio"], yerr=[low, high], marker="o", capsize=2,
-                                label=f"{name[src]} {arm} / {name[bsrc]} {barm}")
+                    ax.errorbar(
+                        g["concurrency"],
+                        g["ratio"],
+                        yerr=[low, high],
+                        marker="o",
+                        capsize=2,
+                        label=f"{name[src]} {arm} / {name[bsrc]} {barm}",
+                    )
                 ax.axhline(1.0, color="grey", linewidth=0.8)
                 plots_mod.setup_concurrency_axis(ax, sorted(msub["concurrency"].unique()))
                 ax.set_title(f"{metric} ratio")
@@ -358,8 +460,14 @@ def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Pat
 # --- entry points -----------------------------------------------------------------------------------------------
 
 
-def compare(bundles: list[Path], out_dir: Path, *, reference: str | None = None,
-            allow_unverified: bool = False, allowed_signers: Path | None = None) -> list[Path]:
+def compare(
+    bundles: list[Path],
+    out_dir: Path,
+    *,
+    reference: str | None = None,
+    allow_unverified: bool = False,
+    allowed_signers: Path | None = None,
+) -> list[Path]:
     """Write the comparison of `bundles` (and the reference) into out_dir; returns the files written."""
     if not bundles and not reference:
         raise BundleError("compare needs at least one bundle")
@@ -375,8 +483,11 @@ def compare(bundles: list[Path], out_dir: Path, *, reference: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = write_plots(sbs, rat, out_dir / "plots")
     written = []
-    for name, frame in (("sources.csv", sources_table(sources)), ("side_by_side.csv", sbs.drop(columns="values")),
-                        ("ratios.csv", rat)):
+    for name, frame in (
+        ("sources.csv", sources_table(sources)),
+        ("side_by_side.csv", sbs.drop(columns="values")),
+        ("ratios.csv", rat),
+    ):
         path = out_dir / name
         frame.to_csv(path, index=False, float_format=aggregate.FLOAT_FORMAT, lineterminator="\n")
         written.append(path)
@@ -386,9 +497,13 @@ def compare(bundles: list[Path], out_dir: Path, *, reference: str | None = None,
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    written = compare(expand_inputs(args.bundles), Path(args.out), reference=args.reference,
-                      allow_unverified=args.allow_unverified,
-                      allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None)
+    written = compare(
+        expand_inputs(args.bundles),
+        Path(args.out),
+        reference=args.reference,
+        allow_unverified=args.allow_unverified,
+        allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None,
+    )
     print(f"wrote {written[0]} and {len(written) - 1} more file(s) in {Path(args.out)}")
     return 0
 
@@ -398,8 +513,14 @@ def register(subparsers) -> None:
     p.add_argument("bundles", nargs="*", help="bundle files, or folders of received bundles; the first is the base")
     p.add_argument("--reference", help="'article' (config/reference/article_published.csv) or a CSV in that format")
     p.add_argument("--out", required=True, help="output folder for comparison.md, CSVs and plots")
-    p.add_argument("--allow-unverified", action="store_true",
-                   help="include bundles that fail verification (marked FAIL in the report)")
-    p.add_argument("--allowed-signers", help="ssh-keygen allowed-signers file; unsigned bundles and bundles signed by other keys fail "
-                   "verification (without it, unsigned ones are marked UNSIGNED)")
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="include bundles that fail verification (marked FAIL in the report)",
+    )
+    p.add_argument(
+        "--allowed-signers",
+        help="ssh-keygen allowed-signers file; unsigned bundles and bundles signed by other keys fail "
+        "verification (without it, unsigned ones are marked UNSIGNED)",
+    )
     p.set_defaults(func=_cmd)

@@ -17,8 +17,10 @@ class Finding:
     found: object
 
     def __str__(self) -> str:
-        return (f"{printable(self.file)}: {printable(self.field)}: expected {short(self.expected)}, "
-                f"found {short(self.found)}")
+        return (
+            f"{printable(self.file)}: {printable(self.field)}: expected {short(self.expected)}, "
+            f"found {short(self.found)}"
+        )
 
 
 def short(value: object, limit: int = 160) -> str:

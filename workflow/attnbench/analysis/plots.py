@@ -38,8 +38,15 @@ FIGURES = ("kernels", "vs_published")  # one figure per experiment
 FORMATS = ("png", "svg")
 RC = {"svg.hashsalt": "attnbench", "svg.fonttype": "none", "font.size": 9, "figure.dpi": 100}
 FLAG_STYLE = dict(marker="x", color="red", markersize=11, markeredgewidth=2, linestyle="none", zorder=5)
-ARTIFACT_STYLE = dict(marker="o", markerfacecolor="none", markeredgecolor="darkorange", markersize=13,
-                      markeredgewidth=1.5, linestyle="none", zorder=4)  # fmt: skip
+ARTIFACT_STYLE = dict(
+    marker="o",
+    markerfacecolor="none",
+    markeredgecolor="darkorange",
+    markersize=13,
+    markeredgewidth=1.5,
+    linestyle="none",
+    zorder=4,
+)
 SD_NOTE = "error bars: ± 1 sample sd over repeats (none with one repeat)"
 
 
@@ -133,8 +140,15 @@ def _legend_below(fig, axes) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=min(len(seen), 3), fontsize=8, frameon=False)  # fmt: skip
+        fig.legend(
+            list(seen.values()),
+            list(seen),
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=min(len(seen), 3),
+            fontsize=8,
+            frameon=False,
+        )
 
 
 def _arm_series(summ: pd.DataFrame, arm: str) -> pd.DataFrame:
@@ -142,14 +156,15 @@ def _arm_series(summ: pd.DataFrame, arm: str) -> pd.DataFrame:
 
 
 def _errorbar_sd(ax, s: pd.DataFrame, metric: str, **kw) -> None:
-    ax.errorbar(s["concurrency"], s[f"{metric}_mean"], yerr=s[f"{metric}_std"].fillna(0), marker="o", capsize=3,
-                **kw)  # fmt: skip
+    ax.errorbar(s["concurrency"], s[f"{metric}_mean"], yerr=s[f"{metric}_std"].fillna(0), marker="o", capsize=3, **kw)
 
 
 def plot_throughput(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> list[Path]:
     sub = df[df["workload"] == workload]
-    panels = [("generation_throughput_tps", "generation throughput (tokens/s)"),
-              ("prompt_throughput_tps", "prompt throughput (tokens/s)")]  # fmt: skip
+    panels = [
+        ("generation_throughput_tps", "generation throughput (tokens/s)"),
+        ("prompt_throughput_tps", "prompt throughput (tokens/s)"),
+    ]
     summ = aggregate.summary_frame(sub, [m for m, _ in panels])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"wspace": 0.3})
     marks = Marks()
@@ -183,21 +198,32 @@ def plot_ttft(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> list
         color = arm_color(i)
         name = aggregate.arm_label(arm["name"], bool(s["flagged"].any()))
         _errorbar_sd(ax, s, "ttft_ms_median", color=color, label=f"{name}: median")
-        ax.fill_between(s["concurrency"], s["min_ttft_ms_mean"], s["max_ttft_ms_mean"], color=color, alpha=0.15,
-                        label=f"{name}: min to max")  # fmt: skip
+        ax.fill_between(
+            s["concurrency"],
+            s["min_ttft_ms_mean"],
+            s["max_ttft_ms_mean"],
+            color=color,
+            alpha=0.15,
+            label=f"{name}: min to max",
+        )
         marks.levels(ax, s, "ttft_ms_median", "ttft_ms_median_mean")
     setup_concurrency_axis(ax, cfg["workloads"][workload]["concurrency"])
     log_y(ax, pd.concat([summ["min_ttft_ms_mean"], summ["max_ttft_ms_mean"]]))
     ax.set_ylabel("TTFT (ms)")
     _legend_below(fig, [ax])
-    ax.set_title(f"{cfg['experiment']} / {workload}: TTFT, mean over repeats of each level's median\n"
-                 f"(band: mean min to mean max; {SD_NOTE})", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{cfg['experiment']} / {workload}: TTFT, mean over repeats of each level's median\n"
+        f"(band: mean min to mean max; {SD_NOTE})",
+        fontsize=9,
+    )
     return save_figure(fig, out_dir, f"ttft_{workload}")
 
 
 def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> list[Path]:
-    panels = [("generation_throughput_tps", "generation throughput ratio"),
-              ("prompt_throughput_tps", "prompt throughput ratio")]  # fmt: skip
+    panels = [
+        ("generation_throughput_tps", "generation throughput ratio"),
+        ("prompt_throughput_tps", "prompt throughput ratio"),
+    ]
     pairs = aggregate.comparison_pairs(cfg)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"wspace": 0.3})
     marks = Marks()
@@ -218,13 +244,32 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
             x = c["concurrency"] * shift
             color = f"C{i % 10}"
             flagged = c["flags"].fillna("").str.split("+").map(lambda f: "run" in f)
-            ax.plot(x, c["ratio"], color=color, linewidth=1,
-                    label=aggregate.arm_label(f"{arm} / {base}", bool(flagged.any())))  # fmt: skip
+            ax.plot(
+                x,
+                c["ratio"],
+                color=color,
+                linewidth=1,
+                label=aggregate.arm_label(f"{arm} / {base}", bool(flagged.any())),
+            )
             has = c["ci_low"].notna()
-            ax.errorbar(x[has], c["ratio"][has], yerr=[c["ratio"][has] - c["ci_low"][has],
-                        c["ci_high"][has] - c["ratio"][has]], color=color, marker="o", capsize=3, linestyle="none")  # fmt: skip
-            ax.plot(x[~has], c["ratio"][~has], color=color, marker="o", markerfacecolor="white", linestyle="none",
-                    label="ratio without interval (< 3 repeats)" if (~has).any() else None)  # fmt: skip
+            ax.errorbar(
+                x[has],
+                c["ratio"][has],
+                yerr=[c["ratio"][has] - c["ci_low"][has], c["ci_high"][has] - c["ratio"][has]],
+                color=color,
+                marker="o",
+                capsize=3,
+                linestyle="none",
+            )
+            ax.plot(
+                x[~has],
+                c["ratio"][~has],
+                color=color,
+                marker="o",
+                markerfacecolor="white",
+                linestyle="none",
+                label="ratio without interval (< 3 repeats)" if (~has).any() else None,
+            )
             marks.flagged(ax, x[flagged], c["ratio"][flagged])
             broken = c["flags"].fillna("").map(lambda f: bool(set(f.split("+")) - {"run", ""}))
             marks.artifact(ax, x[broken], c["ratio"][broken])
@@ -232,8 +277,16 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
             pair = pub["published_pair"].iloc[0] if not pub.empty else ""
             if pair and pair not in published_drawn:  # one line per published claim, whichever pairs share it
                 published_drawn.add(pair)
-                ax.plot(pub["concurrency"], pub["published_ratio"], color="black", marker="D", markersize=4,
-                        linestyle="--", linewidth=1, label=f"article: {pair}")  # fmt: skip
+                ax.plot(
+                    pub["concurrency"],
+                    pub["published_ratio"],
+                    color="black",
+                    marker="D",
+                    markersize=4,
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"article: {pair}",
+                )
         setup_concurrency_axis(ax, concurrency)
         sel = comp[(comp["workload"] == workload) & (comp["metric"] == m)]
         log_y(ax, pd.concat([sel["ratio"], sel["ci_low"], sel["ci_high"], sel["published_ratio"]]))
@@ -244,9 +297,12 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
         why = "one arm only" if not pairs else "no level measured\nby both arms of a pair"
         for ax in axes:
             _no_data(ax, f"{why}:\nno ratio to show")
-    fig.suptitle(f"{cfg['experiment']} / {workload}: mean(arm) / mean(baseline); error bars: "
-                 f"{aggregate.INTERVAL_METHOD.split(' (')[0]}, only from {aggregate.MIN_REPEATS_FOR_INTERVAL} "
-                 "repeats on", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"{cfg['experiment']} / {workload}: mean(arm) / mean(baseline); error bars: "
+        f"{aggregate.INTERVAL_METHOD.split(' (')[0]}, only from {aggregate.MIN_REPEATS_FOR_INTERVAL} "
+        "repeats on",
+        fontsize=9,
+    )
     return save_figure(fig, out_dir, f"speedup_{workload}")
 
 
@@ -258,8 +314,9 @@ def plot_decode(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> li
     summ = aggregate.summary_frame(sub, ["decode_tps"])
     summ["decode_tps_flags"] = aggregate.summary_frame(sub, ["tpot_ms_median"])["tpot_ms_median_flags"]
     bound = aggregate.decode_bound_ms(cfg)
-    fig, axes = plt.subplots(1, 2 if bound else 1, figsize=(10 if bound else 6.5, 4.2), squeeze=False,
-                             gridspec_kw={"wspace": 0.3})  # fmt: skip
+    fig, axes = plt.subplots(
+        1, 2 if bound else 1, figsize=(10 if bound else 6.5, 4.2), squeeze=False, gridspec_kw={"wspace": 0.3}
+    )
     ax = axes[0][0]
     marks = Marks()
     concurrency = cfg["workloads"][workload]["concurrency"]
@@ -271,12 +328,19 @@ def plot_decode(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> li
         _errorbar_sd(ax, s, "decode_tps", color=arm_color(i), label=label)
         marks.levels(ax, s, "decode_tps", "decode_tps_mean")
         if bound:  # the same points as a share of the bound, where arms a few percent apart separate
-            pct = s.assign(pct_mean=s["decode_tps_mean"] * bound / s["concurrency"] / 10.0,
-                           pct_std=s["decode_tps_std"] * bound / s["concurrency"] / 10.0)  # fmt: skip
+            pct = s.assign(
+                pct_mean=s["decode_tps_mean"] * bound / s["concurrency"] / 10.0,
+                pct_std=s["decode_tps_std"] * bound / s["concurrency"] / 10.0,
+            )
             _errorbar_sd(axes[0][1], pct, "pct", color=arm_color(i), label=label)
     if bound is not None:
-        ax.plot(concurrency, [c * 1000.0 / bound for c in concurrency], color="black", linestyle="--",
-                label=f"memory-bandwidth bound ({bound:.2f} ms per step)")  # fmt: skip
+        ax.plot(
+            concurrency,
+            [c * 1000.0 / bound for c in concurrency],
+            color="black",
+            linestyle="--",
+            label=f"memory-bandwidth bound ({bound:.2f} ms per step)",
+        )
         note = "dashed: weights / bandwidth per decode step"
         right = axes[0][1]
         setup_concurrency_axis(right, concurrency)
@@ -288,8 +352,7 @@ def plot_decode(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> li
     log_y(ax, summ["decode_tps_mean"])
     ax.set_ylabel("concurrency x 1000 / median TPOT (tokens/s)")
     _legend_below(fig, axes[0])
-    fig.suptitle(f"{cfg['experiment']} / {workload}: decode speed, mean over repeats ({note};\n{SD_NOTE})",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(f"{cfg['experiment']} / {workload}: decode speed, mean over repeats ({note};\n{SD_NOTE})", fontsize=9)
     return save_figure(fig, out_dir, f"decode_{workload}")
 
 
@@ -323,8 +386,15 @@ def plot_kernels(shares: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
                 w = float(mean[family])
                 ax.barh(y, w, left=left, color=colors[family], label=family, edgecolor="white")
                 if w >= 0.08:
-                    ax.text(left + w / 2, y, f"{family}\n{100 * w:.0f}%", ha="center", va="center", fontsize=7,
-                            color="white")  # fmt: skip
+                    ax.text(
+                        left + w / 2,
+                        y,
+                        f"{family}\n{100 * w:.0f}%",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white",
+                    )
                 left += w
             ax.text(1.01, y, f"{n_runs} run{'s' if n_runs != 1 else ''}", va="center", fontsize=7)
         ax.set_yticks(range(len(arms)))
@@ -356,21 +426,31 @@ def plot_vs_published(vp: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
         at = vp[vp["workload"] == workload]
         for arm, g in at.groupby("arm", sort=False):
             g = g.sort_values("concurrency")
-            for metric, style, word in (("generation_throughput_tps", "-", "generation"),
-                                        ("prompt_throughput_tps", "--", "prompt")):  # fmt: skip
+            for metric, style, word in (
+                ("generation_throughput_tps", "-", "generation"),
+                ("prompt_throughput_tps", "--", "prompt"),
+            ):
                 ratio = g[f"{metric}_ratio"]
                 ok = ratio.notna() & (ratio > 0)
-                ax.plot(g["concurrency"][ok], ratio[ok], linestyle=style, marker="o", color=arm_color(arms[arm]),
-                        label=f"{aggregate.arm_label(arm, bool(g['flagged'].any()))} ({g['article_backend'].iloc[0]}):"
-                              f" {word}")  # fmt: skip
+                ax.plot(
+                    g["concurrency"][ok],
+                    ratio[ok],
+                    linestyle=style,
+                    marker="o",
+                    color=arm_color(arms[arm]),
+                    label=f"{aggregate.arm_label(arm, bool(g['flagged'].any()))} ({g['article_backend'].iloc[0]}):"
+                    f" {word}",
+                )
         if not at.empty:
             setup_concurrency_axis(ax, sorted(set(at["concurrency"])))
             log_y(ax, pd.concat([at["generation_throughput_tps_ratio"], at["prompt_throughput_tps_ratio"]]))
         ax.set_ylabel("ours / published" + (" (log scale)" if ax.get_yscale() == "log" else ""))
         ax.set_title(workload)
     _legend_below(fig, axes)
-    fig.suptitle(f"{cfg['experiment']} vs the article (vLLM 0.7.1, RTX 3070 Laptop): our mean over repeats / "
-                 "published, 1 = reproduced")  # fmt: skip
+    fig.suptitle(
+        f"{cfg['experiment']} vs the article (vLLM 0.7.1, RTX 3070 Laptop): our mean over repeats / "
+        "published, 1 = reproduced"
+    )
     return save_figure(fig, out_dir, "vs_published")
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.analysis import aggregate
-from attnbench.measure.crosscheck import MEAN_KEYS
 from attnbench.errors import AttnbenchError
+from attnbench.measure.crosscheck import MEAN_KEYS
 
 COLUMNS = ["arm", "workload", "concurrency", "metric", "value", "note"]
 
@@ -74,26 +74,46 @@ def compare(levels: pd.DataFrame, runs: list[aggregate.RunInfo], ref: pd.DataFra
     for item in ref.itertuples(index=False):
         if item.metric not in levels.columns:
             raise ReferenceError(f"reference metric {item.metric!r} is not a column of tables/levels.csv")
-        sel = levels[(levels["arm"] == item.arm) & (levels["workload"] == item.workload)
-                     & (levels["concurrency"] == int(item.concurrency)) & (levels["run_status"] == "ok")]  # fmt: skip
+        sel = levels[
+            (levels["arm"] == item.arm)
+            & (levels["workload"] == item.workload)
+            & (levels["concurrency"] == int(item.concurrency))
+            & (levels["run_status"] == "ok")
+        ]
         values = sel[item.metric].dropna()
         gpu_ids = [gpu_of.get((item.arm, int(rep))) for rep in sel["repeat"]]
-        rows.append(Row(
-            arm=item.arm, workload=item.workload, concurrency=int(item.concurrency), metric=item.metric,
-            reference=float(item.value), ours_mean=float(values.mean()) if len(values) else None,
-            ours_min=float(values.min()) if len(values) else None, ours_max=float(values.max()) if len(values) else None,
-            repeats=len(values), gpus=len(set(gpu_ids) - {None}), unsampled=gpu_ids.count(None),
-            vllm_same_server=_crosscheck_vllm(runs, item.arm, f"{item.workload}-c{int(item.concurrency)}", item.metric),
-            note="" if pd.isna(item.note) else str(item.note),
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                arm=item.arm,
+                workload=item.workload,
+                concurrency=int(item.concurrency),
+                metric=item.metric,
+                reference=float(item.value),
+                ours_mean=float(values.mean()) if len(values) else None,
+                ours_min=float(values.min()) if len(values) else None,
+                ours_max=float(values.max()) if len(values) else None,
+                repeats=len(values),
+                gpus=len(set(gpu_ids) - {None}),
+                unsampled=gpu_ids.count(None),
+                vllm_same_server=_crosscheck_vllm(
+                    runs, item.arm, f"{item.workload}-c{int(item.concurrency)}", item.metric
+                ),
+                note="" if pd.isna(item.note) else str(item.note),
+            )
+        )
     return rows
 
 
 def _crosscheck_vllm(runs: list[aggregate.RunInfo], arm: str, point: str, metric: str) -> float | None:
     if metric not in MEAN_KEYS:  # the crosscheck keeps these figures, under the same names as levels.csv
         return None
-    values = [xc["means"]["vllm"][metric] for r in runs if r.arm == arm
-              for xc in r.run.get("crosscheck") or [] if xc.get("point") == point and "means" in xc]  # fmt: skip
+    values = [
+        xc["means"]["vllm"][metric]
+        for r in runs
+        if r.arm == arm
+        for xc in r.run.get("crosscheck") or []
+        if xc.get("point") == point and "means" in xc
+    ]
     return sum(values) / len(values) if values else None
 
 
@@ -104,24 +124,47 @@ def section(rows: list[Row], label: str, source: str) -> str:
     table = []
     for r in rows:
         digits = 3 if r.metric.startswith("tpot") else 1
-        verdict = ("n/a" if r.within is None else "inside" if r.within
-                   else f"outside by {r.outside_by * 100:+.1f}%")  # fmt: skip
-        table.append([
-            r.arm, r.workload, str(r.concurrency), r.metric, f(r.reference, digits), f(r.ours_mean, digits),
-            f"{f(r.ours_min, digits)} - {f(r.ours_max, digits)}",
-            f"{r.repeats} / {r.gpus}" + (f" (+{r.unsampled} not sampled)" if r.unsampled else ""),
-            "n/a" if r.ours_mean is None else f"{r.ours_mean / r.reference:.3f}", verdict,
-            f(r.vllm_same_server, digits), r.note,
-        ])  # fmt: skip
+        verdict = "n/a" if r.within is None else "inside" if r.within else f"outside by {r.outside_by * 100:+.1f}%"
+        table.append(
+            [
+                r.arm,
+                r.workload,
+                str(r.concurrency),
+                r.metric,
+                f(r.reference, digits),
+                f(r.ours_mean, digits),
+                f"{f(r.ours_min, digits)} - {f(r.ours_max, digits)}",
+                f"{r.repeats} / {r.gpus}" + (f" (+{r.unsampled} not sampled)" if r.unsampled else ""),
+                "n/a" if r.ours_mean is None else f"{r.ours_mean / r.reference:.3f}",
+                verdict,
+                f(r.vllm_same_server, digits),
+                r.note,
+            ]
+        )
     return (
         f"## Against the reference: {label}\n\nReference: `{source}`. Ours = mean over repeats; the range is what "
         "our repeats span (the noise this run measures; repeats on different GPUs include the machine-to-machine "
         "spread). 'vLLM client, our server' is vLLM's own benchmark on this arm's server in the crosscheck (mean "
         "over its repetitions and runs): when it agrees with ours and both differ from the reference, the "
         "difference is the machine, not the client.\n\n"
-        + aggregate.md_table(["Arm", "Workload", "Concurrency", "Metric", "Reference", "Ours", "Our range",
-                              "Repeats / GPUs", "Ours / reference", "Reference vs our range",
-                              "vLLM client, our server", "Note"], table, right={2, 4, 5, 8, 10})  # fmt: skip
+        + aggregate.md_table(
+            [
+                "Arm",
+                "Workload",
+                "Concurrency",
+                "Metric",
+                "Reference",
+                "Ours",
+                "Our range",
+                "Repeats / GPUs",
+                "Ours / reference",
+                "Reference vs our range",
+                "vLLM client, our server",
+                "Note",
+            ],
+            table,
+            right={2, 4, 5, 8, 10},
+        )
     )
 
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.analysis import aggregate, plots
-
-from attnbench.measure import openloop, servermetrics
 from attnbench.analysis.reference import reference_section
+from attnbench.measure import openloop, servermetrics
 
 PLOT_CAPTIONS = {
     "throughput": "Generation and prompt throughput (tokens/s) vs concurrency per arm: mean over repeats, error bars "
@@ -42,12 +41,15 @@ def _level_size(sweep: dict) -> str:
     """The default level size as the sweep computes it (sweep.requests_for), in words."""
     return f"max({sweep.get('waves_per_level', 4)}N, {sweep.get('min_requests_per_level', 16)})"
 
+
 def _shift_headings(md: str, by: int) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + by) + " ", md, flags=re.M)
+
 
 def _read_table(exp_dir: Path, name: str) -> str | None:
     path = aggregate.tables_dir(exp_dir) / name
     return path.read_text(encoding="utf-8") if path.exists() else None
+
 
 def what_ran(cfg: dict) -> str:
     eng, model, sweep = cfg["engine"], cfg["model"], cfg.get("sweep", {})
@@ -61,7 +63,8 @@ def what_ran(cfg: dict) -> str:
         + f", dtype {model.get('dtype', 'auto')}, max_model_len {model.get('max_model_len', 'n/a')}"
         + (f", quantization {model['quantization']}" if model.get("quantization") else ""),
         f"- Sweep: api `{sweep.get('api', 'chat')}`, {sweep.get('repeats', 1)} repeat(s), "
-        f"warm-up of at least {sweep.get('warmup_requests', 'n/a')} request(s) and {sweep.get('warmup_seconds', 0):g} s "
+        f"warm-up of at least {sweep.get('warmup_requests', 'n/a')} request(s) and "
+        f"{sweep.get('warmup_seconds', 0):g} s "
         f"per level, then at least {sweep.get('requests_per_level') or _level_size(sweep)} requests and "
         f"{sweep.get('min_level_seconds', 0):g} s measured per level, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
         f"temperature {sweep.get('temperature', 'n/a')}",
@@ -73,8 +76,9 @@ def what_ran(cfg: dict) -> str:
         [name, str(w["prompt_tokens"]), str(w["output_tokens"]), ", ".join(str(c) for c in w["concurrency"])]
         for name, w in cfg["workloads"].items()
     ]
-    lines.append(aggregate.md_table(["Workload", "Prompt tokens", "Output tokens", "Concurrency"], wl_rows,
-                                    right={1, 2}))  # fmt: skip
+    lines.append(
+        aggregate.md_table(["Workload", "Prompt tokens", "Output tokens", "Concurrency"], wl_rows, right={1, 2})
+    )
     lines.append("Arms:\n")
     arm_rows = []
     for arm in aggregate.arms_of(cfg):
@@ -90,18 +94,31 @@ def what_ran(cfg: dict) -> str:
                 " ".join((arm.get("description") or "-").split()),
             ]
         )
-    lines.append(aggregate.md_table(["Arm", "Backend", "FA version", "Variant", "Article backend", "Expect kernels",
-                                     "Description"], arm_rows, right=set()))  # fmt: skip
+    lines.append(
+        aggregate.md_table(
+            ["Arm", "Backend", "FA version", "Variant", "Article backend", "Expect kernels", "Description"],
+            arm_rows,
+            right=set(),
+        )
+    )
     return "\n".join(lines)
+
 
 def _gpu_telemetry(gpu: dict | None) -> list[str]:
     """run.json's `gpu` (gpumon.summarize) as report cells; runs without samples (CPU, older runs) say so."""
     if not gpu:
         return ["not sampled"] + ["-"] * 4
+
     def v(key: str) -> str:
         return "n/a" if gpu.get(key) is None else f"{gpu[key]:g}"
-    return [gpu["gpu"], f"{v('sm_clock_mhz_median')} / {v('sm_clock_max_mhz')}",
-            f"{v('power_w_median')} / {v('power_limit_w')}", v("temperature_c_max"), gpu["clock_event_reasons"]]
+
+    return [
+        gpu["gpu"],
+        f"{v('sm_clock_mhz_median')} / {v('sm_clock_max_mhz')}",
+        f"{v('power_w_median')} / {v('power_limit_w')}",
+        v("temperature_c_max"),
+        gpu["clock_event_reasons"],
+    ]
 
 
 def provenance(runs: list[aggregate.RunInfo]) -> str:
@@ -114,20 +131,46 @@ def provenance(runs: list[aggregate.RunInfo]) -> str:
         gpu = ", ".join(g.get("name", str(g)) if isinstance(g, dict) else str(g) for g in gpus) or "none"
         rows.append(
             [
-                aggregate.arm_label(info.arm, bool(info.flags)), str(info.repeat), info.status,
+                aggregate.arm_label(info.arm, bool(info.flags)),
+                str(info.repeat),
+                info.status,
                 " ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v) or "n/a",
-                host.get("gpu_type") or "n/a", gpu, str(host.get("driver") or "n/a"), str(host.get("cpu") or "n/a"),
-                str((run.get("server") or {}).get("ready_s", "n/a")), *_gpu_telemetry(run.get("gpu")),
-            ]  # fmt: skip
+                host.get("gpu_type") or "n/a",
+                gpu,
+                str(host.get("driver") or "n/a"),
+                str(host.get("cpu") or "n/a"),
+                str((run.get("server") or {}).get("ready_s", "n/a")),
+                *_gpu_telemetry(run.get("gpu")),
+            ]
         )
-    commits = sorted({f"{(r.run.get('git') or {}).get('commit') or 'unknown'}"
-                      + (" (dirty)" if (r.run.get("git") or {}).get("dirty") else "") for r in runs})  # fmt: skip
+    commits = sorted(
+        {
+            f"{(r.run.get('git') or {}).get('commit') or 'unknown'}"
+            + (" (dirty)" if (r.run.get("git") or {}).get("dirty") else "")
+            for r in runs
+        }
+    )
     return f"## Runs and hosts\n\nCode: git {', '.join(commits) or 'unknown'}\n\n" + aggregate.md_table(
-        ["Arm", "Repeat", "Status", "Engine versions", "GPU type", "GPUs", "Driver", "CPU", "Server ready (s)",
-         "GPU id", "SM clock MHz (busy median / max)", "Power W (busy median / limit)", "Max temp C",
-         "Clock event reasons"],
-        rows, right={1},
-    )  # fmt: skip
+        [
+            "Arm",
+            "Repeat",
+            "Status",
+            "Engine versions",
+            "GPU type",
+            "GPUs",
+            "Driver",
+            "CPU",
+            "Server ready (s)",
+            "GPU id",
+            "SM clock MHz (busy median / max)",
+            "Power W (busy median / limit)",
+            "Max temp C",
+            "Clock event reasons",
+        ],
+        rows,
+        right={1},
+    )
+
 
 def _crosscheck_absolute(xc: dict) -> list[str]:
     """Each tool's own figures (crosscheck means), so a point can be read against numbers from elsewhere; crosschecks
@@ -137,29 +180,53 @@ def _crosscheck_absolute(xc: dict) -> list[str]:
     if not means:
         return [size, "n/a", "n/a"]
     v, o = means["vllm"], means["ours"]
-    return [size, f"{v['output_throughput_tps']:.1f} / {o['output_throughput_tps']:.1f}",
-            f"{v['tpot_ms_median']:.3f} / {o['tpot_ms_median']:.3f}"]
+    return [
+        size,
+        f"{v['output_throughput_tps']:.1f} / {o['output_throughput_tps']:.1f}",
+        f"{v['tpot_ms_median']:.3f} / {o['tpot_ms_median']:.3f}",
+    ]
 
 
 def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
     """vLLM's own benchmark client against ours on the same server (run-arm's crosscheck points), if any ran."""
     rows = [
-        [info.arm, str(info.repeat), xc["point"], f"{xc['prompt_tokens']['vllm']:.0f} / {xc['prompt_tokens']['ours']:.0f}",
-         f"{xc['output_throughput_ratio']:.4f}", f"{xc['ttft_ms_median_diff']:+.2f}", f"{xc['tpot_ms_median_diff']:+.3f}",
-         f"{xc['noise_ours_throughput_rel'] * 100:.2f}% / {xc['noise_vllm_throughput_rel'] * 100:.2f}%",
-         *_crosscheck_absolute(xc)]
-        for info in runs for xc in info.run.get("crosscheck") or []
-    ]  # fmt: skip
+        [
+            info.arm,
+            str(info.repeat),
+            xc["point"],
+            f"{xc['prompt_tokens']['vllm']:.0f} / {xc['prompt_tokens']['ours']:.0f}",
+            f"{xc['output_throughput_ratio']:.4f}",
+            f"{xc['ttft_ms_median_diff']:+.2f}",
+            f"{xc['tpot_ms_median_diff']:+.3f}",
+            f"{xc['noise_ours_throughput_rel'] * 100:.2f}% / {xc['noise_vllm_throughput_rel'] * 100:.2f}%",
+            *_crosscheck_absolute(xc),
+        ]
+        for info in runs
+        for xc in info.run.get("crosscheck") or []
+    ]
     if not rows:
         return ""
     return (
         "## Cross-check with vLLM's own benchmark client\n\nBoth clients back to back on the arm's own server after "
         "its sweep (run folder crosscheck/). Ratio > 1: ours measured more output tokens/s; differences are ours - "
         "vLLM's. Noise is each tool's spread between its own repetitions (0 with one repetition: not measured).\n\n"
-        + aggregate.md_table(["Arm", "Repeat", "Point", "Prompt tokens vLLM / ours", "Output tok/s ours/vLLM",
-                              "Median TTFT diff (ms)", "Median TPOT diff (ms)", "Noise ours / vLLM",
-                              "Requests x repetitions", "Output tok/s vLLM / ours", "Median TPOT ms vLLM / ours"],
-                             rows, right={1, 4, 5, 6})  # fmt: skip
+        + aggregate.md_table(
+            [
+                "Arm",
+                "Repeat",
+                "Point",
+                "Prompt tokens vLLM / ours",
+                "Output tok/s ours/vLLM",
+                "Median TTFT diff (ms)",
+                "Median TPOT diff (ms)",
+                "Noise ours / vLLM",
+                "Requests x repetitions",
+                "Output tok/s vLLM / ours",
+                "Median TPOT ms vLLM / ours",
+            ],
+            rows,
+            right={1, 4, 5, 6},
+        )
     )
 
 
@@ -196,13 +263,17 @@ def _pair_summary(gen: pd.DataFrame) -> str:
         text += f"With fewer than {aggregate.MIN_REPEATS_FOR_INTERVAL} repeats no level has an interval: not resolved. "
     else:
         up, down = int((resolved["ratio"] > 1).sum()), int((resolved["ratio"] < 1).sum())
-        text += (f"Resolved at {len(resolved)} of {len(gen)} level(s) ({up} higher, {down} lower); the others are "
-                 "not resolved (interval spans 1, too few repeats, or a spread above "
-                 f"{100 * aggregate.NOISY_CV:.0f}%). ")  # fmt: skip
+        text += (
+            f"Resolved at {len(resolved)} of {len(gen)} level(s) ({up} higher, {down} lower); the others are "
+            "not resolved (interval spans 1, too few repeats, or a spread above "
+            f"{100 * aggregate.NOISY_CV:.0f}%). "
+        )
     pub = gen["published_ratio"].dropna()
     if not pub.empty:
-        text += (f"The article published {gen['published_pair'].iloc[0]} = {pub.min():.3f} to {pub.max():.3f} at "
-                 "the same levels (one run each, no spread).")  # fmt: skip
+        text += (
+            f"The article published {gen['published_pair'].iloc[0]} = {pub.min():.3f} to {pub.max():.3f} at "
+            "the same levels (one run each, no spread)."
+        )
     return text + "\n"
 
 
@@ -241,7 +312,9 @@ def answer_block(exp_dir: Path, cfg: dict) -> str:
                         row += ["n/a", "-"] + (["n/a"] if has_pub else [])
                         continue
                     n = n if n != "n/a" else f"{c.arm_n}/{c.base_n}"
-                    row += [_ratio_cell(c), _verdict_word(c)] + ([aggregate.fmt(c.published_ratio, 3)] if has_pub else [])
+                    row += [_ratio_cell(c), _verdict_word(c)] + (
+                        [aggregate.fmt(c.published_ratio, 3)] if has_pub else []
+                    )
                     flags[word] = {f for f in c.flags.split("+") if f}
                 row.insert(2, n)
                 row[1] = aggregate.arm_label(row[1], any("run" in f for f in flags.values()))
@@ -249,8 +322,9 @@ def answer_block(exp_dir: Path, cfg: dict) -> str:
         headers = ["Workload", "Concurrency", "n"]
         for _, word in ANSWER_METRICS:
             headers += [f"{word} ratio [95% CI]", f"{word} verdict"] + ([f"{word}: article"] if has_pub else [])
-        parts.append(aggregate.md_table(headers + ["flags"], rows, right={1, 2, 3, 5, 6, 8} if has_pub
-                                        else {1, 2, 3, 5}))  # fmt: skip
+        parts.append(
+            aggregate.md_table(headers + ["flags"], rows, right={1, 2, 3, 5, 6, 8} if has_pub else {1, 2, 3, 5})
+        )
     return "\n".join(parts)
 
 
@@ -268,8 +342,12 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     if missing:
         parts.append("Runs the config names that hold no records yet: " + ", ".join(missing.split()) + "\n")
     parts.append(answer_block(exp_dir, cfg))
-    for section in (crosscheck_section(runs), reference_section(exp_dir, cfg, runs), openloop.report_section(exp_dir),
-                    servermetrics.report_section(exp_dir)):
+    for section in (
+        crosscheck_section(runs),
+        reference_section(exp_dir, cfg, runs),
+        openloop.report_section(exp_dir),
+        servermetrics.report_section(exp_dir),
+    ):
         if section:
             parts.append(section)
     for name in ("decode_efficiency.md", "kernels.md"):
@@ -302,6 +380,7 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     )
     return "\n".join(parts)
 
+
 # --------------------------------------------------------------------------------------------------------------
 # Markdown -> HTML for the subset the report uses (headings, paragraphs, lists, pipe tables, images, code spans).
 
@@ -311,10 +390,12 @@ CSS = (
     "th{background:#eee}td.r{text-align:right}img{max-width:100%}code{background:#f4f4f4}"
 )
 
+
 def _inline(text: str) -> str:
     text = html.escape(text, quote=False)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+
 
 def _table_html(lines: list[str]) -> str:
     def cells(line: str) -> list[str]:
@@ -325,17 +406,17 @@ def _table_html(lines: list[str]) -> str:
     out = ["<table>", "<tr>" + "".join(f"<th>{_inline(h)}</th>" for h in head) + "</tr>"]
     for row in body:
         out.append(
-            "<tr>"
-            + "".join(f"<td{' class=r' if r else ''}>{_inline(c)}</td>" for c, r in zip(row, right))
-            + "</tr>"
+            "<tr>" + "".join(f"<td{' class=r' if r else ''}>{_inline(c)}</td>" for c, r in zip(row, right)) + "</tr>"
         )
     return "\n".join(out + ["</table>"])
+
 
 def _image_html(alt: str, src: str, base: Path) -> str:
     path = base / src
     if path.exists() and path.suffix == ".png":
         src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<p><img alt="{html.escape(alt)}" src="{src}"></p>'
+
 
 def md_to_html(md: str, base: Path, title: str) -> str:
     out, lines, i = [], md.splitlines(), 0
@@ -373,6 +454,7 @@ def md_to_html(md: str, base: Path, title: str) -> str:
         f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
     )
 
+
 def write_report(exp_dir: Path, cfg: dict) -> list[Path]:
     exp_dir = Path(exp_dir)
     md = build_report_md(exp_dir, cfg)
@@ -381,15 +463,18 @@ def write_report(exp_dir: Path, cfg: dict) -> list[Path]:
     html_path.write_text(md_to_html(md, exp_dir, f"attnbench report: {cfg['experiment']}"), encoding="utf-8")
     return [md_path, html_path]
 
+
 def _cmd(args: argparse.Namespace) -> int:
     cfg = aggregate.load_cfg(args.config)
     for path in write_report(Path(args.exp_dir), cfg):
         print(path)
     return 0
 
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="write report.md and report.html of one experiment (after aggregate, plots)")
+    p = subparsers.add_parser(
+        "report", help="write report.md and report.html of one experiment (after aggregate, plots)"
+    )
     p.add_argument("exp_dir", metavar="EXP_DIR", help="results/<experiment>")
     p.add_argument("--config", required=True, help="the experiment's config YAML")
     p.set_defaults(func=_cmd)
-

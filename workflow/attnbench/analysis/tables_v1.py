@@ -20,8 +20,6 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.analysis.aggregate import (
-    article_head,
-    flagged_line,
     ARTICLE_COLUMNS,
     COMPARED_METRICS,
     FLAG_MARK,
@@ -30,8 +28,10 @@ from attnbench.analysis.aggregate import (
     _std,
     arm_label,
     arms_of,
+    article_head,
     comparison_pairs,
     decode_efficiency_md,
+    flagged_line,
     fmt,
     kernels_md,
     levels_csv,
@@ -83,9 +83,13 @@ def build_tables(exp_dir: Path, cfg: dict) -> dict[str, str]:
 
 
 def ratio_interval(
-    arm_values: list[float], base_values: list[float], *, key: str, resamples: int = BOOTSTRAP_RESAMPLES,
+    arm_values: list[float],
+    base_values: list[float],
+    *,
+    key: str,
+    resamples: int = BOOTSTRAP_RESAMPLES,
     level: float = 0.95,
-) -> tuple[float, float] | None:  # fmt: skip
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of mean(arm)/mean(baseline), resampling the repeats of each side on its own.
 
     Repeats of two arms are independent runs (not paired), hence separate resampling. The generator is seeded from
@@ -151,10 +155,19 @@ def compare_arms(
             key = f"{seed}|{arm}|{baseline}|{workload}|{conc}|{metric}"
             out.append(
                 Comparison(
-                    arm, baseline, workload, int(conc), metric, am, bm, len(av), len(bv),
-                    am / bm if bm else float("nan"), ratio_interval(av, bv, key=key),
+                    arm,
+                    baseline,
+                    workload,
+                    int(conc),
+                    metric,
+                    am,
+                    bm,
+                    len(av),
+                    len(bv),
+                    am / bm if bm else float("nan"),
+                    ratio_interval(av, bv, key=key),
                     bool(a["flagged"].any() or b["flagged"].any()),
-                )  # fmt: skip
+                )
             )
     return out
 
@@ -170,7 +183,9 @@ def summary_frame(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
             row[f"{m}_std"] = _std(vals)
             row[f"{m}_n"] = len(vals)
         rows.append(row)
-    columns = ["arm", "workload", "concurrency", "flagged"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")]
+    columns = ["arm", "workload", "concurrency", "flagged"] + [
+        f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -212,8 +227,14 @@ def arms_vs_baseline(df: pd.DataFrame, cfg: dict) -> str:
             for metric, label, d in COMPARED_METRICS:
                 for c in compare_arms(df, cfg, arm, base, metric, workload):
                     rows.append(
-                        [arm_label(str(c.concurrency), c.flagged), label, fmt(c.base_mean, d), fmt(c.arm_mean, d),
-                         fmt_ratio(c.ratio, c.interval), f"{c.n_arm}/{c.n_base}"]  # fmt: skip
+                        [
+                            arm_label(str(c.concurrency), c.flagged),
+                            label,
+                            fmt(c.base_mean, d),
+                            fmt(c.arm_mean, d),
+                            fmt_ratio(c.ratio, c.interval),
+                            f"{c.n_arm}/{c.n_base}",
+                        ]
                     )
             if not rows:
                 continue
@@ -244,10 +265,13 @@ def vs_published_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> 
                 continue
             p = pub.iloc[0]
             row = {
-                "arm": arm["name"], "article_backend": backend, "workload": s["workload"],
-                "concurrency": int(s["concurrency"]), "repeats": int(s[f"{metrics[0]}_n"]),
+                "arm": arm["name"],
+                "article_backend": backend,
+                "workload": s["workload"],
+                "concurrency": int(s["concurrency"]),
+                "repeats": int(s[f"{metrics[0]}_n"]),
                 "flagged": bool(s["flagged"]),
-            }  # fmt: skip
+            }
             for m in metrics:
                 ours, theirs = s[f"{m}_mean"], float(p[m])
                 row[f"{m}_ours"] = ours
@@ -285,5 +309,3 @@ def vs_published_md(vp: pd.DataFrame) -> str:
             rows.append(row)
         parts.append(md_table(headers, rows))
     return "\n".join(parts)
-
-

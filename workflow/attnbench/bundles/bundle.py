@@ -36,8 +36,17 @@ MANIFEST = "manifest.json"
 # Files kept from each run folder (runs/<arm>/rep<k>/); profiler traces in subfolders stay out (large, not needed
 # to recompute anything: kernels.json holds their attribution).
 # openloop*.jsonl and servermetrics.jsonl exist where a run had open-loop rates or scraped the server's /metrics.
-RUN_FILES = ("records.jsonl", "levels.jsonl", "server.log", "run.json", "kernels.json", "gpu.jsonl", "openloop.jsonl",
-             "openloop_levels.jsonl", "servermetrics.jsonl")
+RUN_FILES = (
+    "records.jsonl",
+    "levels.jsonl",
+    "server.log",
+    "run.json",
+    "kernels.json",
+    "gpu.jsonl",
+    "openloop.jsonl",
+    "openloop_levels.jsonl",
+    "servermetrics.jsonl",
+)
 # Derived outputs copied whole, relative to the experiment folder.
 DERIVED_DIRS = ("tables", "plots")
 DERIVED_FILES = ("report.md", "report.html")
@@ -152,8 +161,13 @@ def describe(exp_dir: Path, cfg: dict) -> dict:
             run = _load_json(rdir / "run.json")
             has_records = (rdir / "records.jsonl").exists()
             if run is None:
-                missing.append({"arm": arm["name"], "repeat": k,
-                                "reason": "incomplete: records without run.json" if has_records else "not run"})
+                missing.append(
+                    {
+                        "arm": arm["name"],
+                        "repeat": k,
+                        "reason": "incomplete: records without run.json" if has_records else "not run",
+                    }
+                )
                 if has_records:
                     runs.append({"repeat": k, "status": "incomplete", "path": rdir.relative_to(exp_dir).as_posix()})
                 continue
@@ -176,15 +190,17 @@ def describe(exp_dir: Path, cfg: dict) -> dict:
             runs_seen.append(run)
             if run.get("status") != "ok":
                 missing.append({"arm": arm["name"], "repeat": k, "reason": f"failed: {run.get('error')}"})
-        arms_out.append({
-            "name": arm["name"],
-            "requested_backend": arm.get("backend"),
-            "expect_backend": _expected_backend(arm),
-            "allow_backend_mismatch": bool(arm.get("allow_backend_mismatch", False)),
-            "logged_backends": sorted({r["logged_backend"] for r in runs if r.get("logged_backend")}),
-            "kernel_families": sorted({f for r in runs for f in r.get("kernel_families", [])}),
-            "runs": runs,
-        })
+        arms_out.append(
+            {
+                "name": arm["name"],
+                "requested_backend": arm.get("backend"),
+                "expect_backend": _expected_backend(arm),
+                "allow_backend_mismatch": bool(arm.get("allow_backend_mismatch", False)),
+                "logged_backends": sorted({r["logged_backend"] for r in runs if r.get("logged_backend")}),
+                "kernel_families": sorted({f for r in runs for f in r.get("kernel_families", [])}),
+                "runs": runs,
+            }
+        )
     ok_runs = [r for r in runs_seen if r.get("status") == "ok"] or runs_seen
     first = ok_runs[0] if ok_runs else {}
     host = first.get("host") or {}
@@ -242,8 +258,9 @@ def collect_files(exp_dir: Path, cfg: dict) -> list[str]:
     for sub in DERIVED_DIRS:
         base = exp_dir / sub
         if base.is_dir():
-            found.update(p.relative_to(exp_dir).as_posix() for p in base.rglob("*")
-                         if p.is_file() and not p.is_symlink())
+            found.update(
+                p.relative_to(exp_dir).as_posix() for p in base.rglob("*") if p.is_file() and not p.is_symlink()
+            )
     found.update(n for n in DERIVED_FILES if (exp_dir / n).is_file())
     # The engine's pinned lock (pip freeze) is its identity when it runs from a venv.
     found.update(p.relative_to(exp_dir).as_posix() for p in exp_dir.glob("engine/*/engine-lock.txt") if p.is_file())
@@ -272,8 +289,7 @@ def build_manifest(staged: Path, cfg: dict, paths: list[str], secrets: list[str]
         # The config names env vars, not keys; scrubbed anyway in case a key was pasted into engine.env.
         "config": json.loads(scrub(json.dumps(cfg), list(secrets))),
         **describe(staged, cfg),
-        "files": {rel: {"sha256": sha256_file(staged / rel), "bytes": (staged / rel).stat().st_size}
-                  for rel in paths},
+        "files": {rel: {"sha256": sha256_file(staged / rel), "bytes": (staged / rel).stat().st_size} for rel in paths},
     }
     # Fields nothing in the bundle can recompute get their own digest, so that an edit is named by section.
     manifest["section_sha256"] = {k: section_digest(manifest[k]) for k in SEALED_SECTIONS}
@@ -306,8 +322,11 @@ def write_archive(staged: Path, manifest: dict, out: Path) -> None:
     Written to a temporary name and renamed, so a crash never leaves a half bundle under the final name."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    with tmp.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with (
+        tmp.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         data = canonical_json(manifest).encode()
         tar.addfile(_tarinfo(MANIFEST, len(data)), io.BytesIO(data))
         for rel in sorted(manifest["files"]):
@@ -317,8 +336,7 @@ def write_archive(staged: Path, manifest: dict, out: Path) -> None:
     tmp.replace(out)
 
 
-def build_bundle(exp_dir: Path, cfg: dict, out: Path | None = None, *,
-                 environ: dict[str, str] | None = None) -> Path:
+def build_bundle(exp_dir: Path, cfg: dict, out: Path | None = None, *, environ: dict[str, str] | None = None) -> Path:
     """Write the bundle of one experiment folder; returns its path. `out` is a folder (the name is chosen:
     bundle-<gpu-type>-<yyyymmdd>.tar.gz) or a file name ending in .tar.gz; default: the experiment folder.
     A partial experiment (arms missing or failed) still bundles, and its manifest says what is missing."""

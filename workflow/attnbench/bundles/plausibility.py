@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -29,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from attnbench.engines import gpu as gpu_mod
 from attnbench import safejson
-from attnbench.errors import AttnbenchError, UnsafeInputError
 from attnbench.analysis.finding import Finding
+from attnbench.engines import gpu as gpu_mod
+from attnbench.errors import AttnbenchError, UnsafeInputError
 from attnbench.measure.records import LevelRecord, RequestRecord
 from attnbench.measure.sweep import requests_for
 from attnbench.paths import PACKAGE_DIR
@@ -109,20 +108,44 @@ def typed_record(cls: type, data: Any, rel: str, lineno: int) -> tuple[Any, list
 
 # What verify reads from run.json, with the types it needs (None allowed where the pipeline writes null).
 _RUN_SHAPE: dict[str, tuple[type, ...]] = {
-    "": (dict,), "status": (str,), "error": (str, type(None)), "started": (str, type(None)),
-    "finished": (str, type(None)), "experiment": (str,), "arm": (str,), "repeat": (int,),
-    "backend": (dict, type(None)), "backend.requested": (str, type(None)), "backend.logged": (str, type(None)),
-    "backend.match": (bool, type(None)), "engine": (dict, type(None)), "engine.versions": (dict, type(None)),
-    "host": (dict, type(None)), "host.gpu_type": (str, type(None)), "host.gpus": (list, type(None)),
-    "host.gpus[]": (dict,), "host.gpus[].name": (str, type(None)), "host.gpus[].memory_mib": (int, type(None)),
-    "host.gpus[].compute_cap": (str, type(None)), "kernels": (dict, type(None)),
-    "kernels.families": (dict, type(None)), "gpu": (dict, type(None)), "gpu.gpu": (str, type(None)),
+    "": (dict,),
+    "status": (str,),
+    "error": (str, type(None)),
+    "started": (str, type(None)),
+    "finished": (str, type(None)),
+    "experiment": (str,),
+    "arm": (str,),
+    "repeat": (int,),
+    "backend": (dict, type(None)),
+    "backend.requested": (str, type(None)),
+    "backend.logged": (str, type(None)),
+    "backend.match": (bool, type(None)),
+    "engine": (dict, type(None)),
+    "engine.versions": (dict, type(None)),
+    "host": (dict, type(None)),
+    "host.gpu_type": (str, type(None)),
+    "host.gpus": (list, type(None)),
+    "host.gpus[]": (dict,),
+    "host.gpus[].name": (str, type(None)),
+    "host.gpus[].memory_mib": (int, type(None)),
+    "host.gpus[].compute_cap": (str, type(None)),
+    "kernels": (dict, type(None)),
+    "kernels.families": (dict, type(None)),
+    "gpu": (dict, type(None)),
+    "gpu.gpu": (str, type(None)),
     "slurm_job_id": (str, int, type(None)),
 }
 _KERNELS_SHAPE: dict[str, tuple[type, ...]] = {
-    "": (dict,), "families": (dict, type(None)), "families{}": (dict,), "families{}.count": (int,),
-    "families{}.share": (int, float), "families{}.kernels": (list,), "families{}.kernels[]": (dict,),
-    "families{}.kernels[].name": (str,), "families_seen": (list, type(None)), "families_seen[]": (str,),
+    "": (dict,),
+    "families": (dict, type(None)),
+    "families{}": (dict,),
+    "families{}.count": (int,),
+    "families{}.share": (int, float),
+    "families{}.kernels": (list,),
+    "families{}.kernels[]": (dict,),
+    "families{}.kernels[].name": (str,),
+    "families_seen": (list, type(None)),
+    "families_seen[]": (str,),
     "time_basis": (str, type(None)),
 }
 
@@ -137,8 +160,9 @@ def check_shape(value: Any, shape: dict[str, tuple[type, ...]], rel: str) -> lis
         if allowed is not None:
             bad = not isinstance(node, allowed) or (isinstance(node, bool) and bool not in allowed)
             if bad:
-                out.append(Finding(rel, path or "(top level)", "/".join(t.__name__ for t in allowed),
-                                   type(node).__name__))
+                out.append(
+                    Finding(rel, path or "(top level)", "/".join(t.__name__ for t in allowed), type(node).__name__)
+                )
                 return
         if isinstance(node, dict) and f"{path}{{}}" in shape:  # "x{}": every value of the mapping x
             for sub in node.values():
@@ -175,8 +199,9 @@ def load_run(root: Path, rel: str, arm: str, repeat: int, status: str | None) ->
         data.run = safejson.load_file(rdir / "run.json", f"{rel}/run.json")
         out += check_shape(data.run, _RUN_SHAPE, f"{rel}/run.json")
     if (rdir / "kernels.json").is_file():
-        out += check_shape(safejson.load_file(rdir / "kernels.json", f"{rel}/kernels.json"), _KERNELS_SHAPE,
-                           f"{rel}/kernels.json")
+        out += check_shape(
+            safejson.load_file(rdir / "kernels.json", f"{rel}/kernels.json"), _KERNELS_SHAPE, f"{rel}/kernels.json"
+        )
     if (rdir / "records.jsonl").is_file():
         data.requests, problems = _load_records(rdir / "records.jsonl", f"{rel}/records.jsonl", RequestRecord)
         out += problems
@@ -212,8 +237,11 @@ def _rid(lineno: int, rec: RequestRecord | LevelRecord) -> str:
 def check_identity(run: RunData, experiment: str) -> list[Finding]:
     out = []
     if run.rel != expected_run_path(run.arm, run.repeat):
-        out.append(Finding("manifest.json", f"{run.arm} repeat {run.repeat} path",
-                           expected_run_path(run.arm, run.repeat), run.rel))
+        out.append(
+            Finding(
+                "manifest.json", f"{run.arm} repeat {run.repeat} path", expected_run_path(run.arm, run.repeat), run.rel
+            )
+        )
     want = {"experiment": experiment, "arm": run.arm, "repeat": run.repeat}
     for name, items in (("records.jsonl", run.requests), ("levels.jsonl", run.levels)):
         for lineno, rec in items:
@@ -252,8 +280,14 @@ def check_request_times(run: RunData) -> list[Finding]:
         if any(g < 0 for g in rec.itl):
             out.append(Finding(rel, f"{rid} itl", "gaps >= 0", min(rec.itl)))
         elif rec.ttft is not None and rec.ttft + sum(rec.itl) > duration + ORDER_SLACK_S + 1e-6 * len(rec.itl):
-            out.append(Finding(rel, f"{rid} itl", f"ttft + sum(itl) <= end - start = {duration:.6f}",
-                               round(rec.ttft + sum(rec.itl), 6)))
+            out.append(
+                Finding(
+                    rel,
+                    f"{rid} itl",
+                    f"ttft + sum(itl) <= end - start = {duration:.6f}",
+                    round(rec.ttft + sum(rec.itl), 6),
+                )
+            )
         if rec.ok and rec.phase == "measure" and rec.completion_tokens and rec.ttft is None:
             out.append(Finding(rel, f"{rid} ttft", "a time to first token (tokens were generated)", None))
         if rec.completion_tokens is not None and rec.completion_tokens < 0:
@@ -261,8 +295,14 @@ def check_request_times(run: RunData) -> list[Finding]:
         if rec.prompt_tokens is not None and rec.prompt_tokens < 0:
             out.append(Finding(rel, f"{rid} prompt_tokens", ">= 0", rec.prompt_tokens))
         if rec.completion_tokens is not None and len(rec.itl) > max(rec.completion_tokens, 1):
-            out.append(Finding(rel, f"{rid} itl", f"at most completion_tokens = {rec.completion_tokens} gaps",
-                               f"{len(rec.itl)} gaps"))
+            out.append(
+                Finding(
+                    rel,
+                    f"{rid} itl",
+                    f"at most completion_tokens = {rec.completion_tokens} gaps",
+                    f"{len(rec.itl)} gaps",
+                )
+            )
     return out
 
 
@@ -286,8 +326,7 @@ def check_windows(run: RunData, sweep: dict) -> list[Finding]:
     if isinstance(run.run, dict) and run.run.get("started") is not None and started is None:
         out.append(Finding(f"{run.rel}/run.json", "started", "an ISO time", run.run.get("started")))
     if started is not None and finished is not None and finished < started:
-        out.append(Finding(f"{run.rel}/run.json", "finished", f">= started {run.run['started']}",
-                           run.run["finished"]))
+        out.append(Finding(f"{run.rel}/run.json", "finished", f">= started {run.run['started']}", run.run["finished"]))
     previous_end = None
     for lineno, lv in sorted(run.levels, key=lambda item: item[1].start):
         lid = _rid(lineno, lv)
@@ -314,8 +353,14 @@ def check_windows(run: RunData, sweep: dict) -> list[Finding]:
                 continue
             end = rec.end if rec.end is not None else rec.start
             if rec.start < lv.start - 1e-6 or end > lv.end + 1e-6:
-                out.append(Finding(f"{run.rel}/records.jsonl", f"{_rid(rlineno, rec)} start..end",
-                                   f"inside the level window {lv.start}..{lv.end}", f"{rec.start}..{end}"))
+                out.append(
+                    Finding(
+                        f"{run.rel}/records.jsonl",
+                        f"{_rid(rlineno, rec)} start..end",
+                        f"inside the level window {lv.start}..{lv.end}",
+                        f"{rec.start}..{end}",
+                    )
+                )
     return out
 
 
@@ -333,25 +378,39 @@ def check_gpu_identity(runs: list[RunData], manifest: dict) -> list[Finding]:
             first = gpus[0]
             names[run.rel] = first.get("name")
             try:
-                key = gpu_mod.gpu_type_key(first.get("name") or "", first.get("compute_cap") or "",
-                                           int(first.get("memory_mib") or 0))
+                key = gpu_mod.gpu_type_key(
+                    first.get("name") or "", first.get("compute_cap") or "", int(first.get("memory_mib") or 0)
+                )
             except AttnbenchError as exc:
                 out.append(Finding(rel, "host.gpus[0].compute_cap", "a compute capability such as 9.0", str(exc)))
             else:
                 if host.get("gpu_type") != key:
-                    out.append(Finding(rel, "host.gpu_type", f"{key} (from host.gpus[0] name, compute_cap, memory)",
-                                       host.get("gpu_type")))
+                    out.append(
+                        Finding(
+                            rel,
+                            "host.gpu_type",
+                            f"{key} (from host.gpus[0] name, compute_cap, memory)",
+                            host.get("gpu_type"),
+                        )
+                    )
         sample_id = ((run.run or {}).get("gpu") or {}).get("gpu")
         for lineno, sample in run.gpu_samples:
             if sample_id is not None and sample.get("gpu") != sample_id:
-                out.append(Finding(f"{run.rel}/gpu.jsonl", f"line {lineno} gpu", f"{sample_id} (run.json gpu.gpu)",
-                                   sample.get("gpu")))
+                out.append(
+                    Finding(
+                        f"{run.rel}/gpu.jsonl",
+                        f"line {lineno} gpu",
+                        f"{sample_id} (run.json gpu.gpu)",
+                        sample.get("gpu"),
+                    )
+                )
                 break
     manifest_name = (manifest.get("host") or {}).get("gpu_name")
     for rel, name in names.items():
         if name != manifest_name:
-            out.append(Finding(f"{rel}/run.json", "host.gpus[0].name", f"{manifest_name} (manifest host.gpu_name)",
-                               name))
+            out.append(
+                Finding(f"{rel}/run.json", "host.gpus[0].name", f"{manifest_name} (manifest host.gpu_name)", name)
+            )
     return out
 
 
@@ -409,19 +468,31 @@ def check_decode_physics(runs: list[RunData], manifest: dict, search: list[Path]
     if bandwidth is None or weights is None:
         return [], None
     bound_s = weights[0] / (bandwidth * 1e12)
-    note = (f"decode bound {bound_s * 1e3:.3f} ms per token ({weights[1]}: {weights[0] / 1e9:.2f} GB; "
-            f"{name}: {bandwidth} TB/s peak)")
+    note = (
+        f"decode bound {bound_s * 1e3:.3f} ms per token ({weights[1]}: {weights[0] / 1e9:.2f} GB; "
+        f"{name}: {bandwidth} TB/s peak)"
+    )
     out = []
     for run in runs:
         for lineno, rec in run.requests:
-            if not (rec.ok and rec.phase == "measure" and rec.ttft is not None and rec.end is not None
-                    and (rec.completion_tokens or 0) > 1):
+            if not (
+                rec.ok
+                and rec.phase == "measure"
+                and rec.ttft is not None
+                and rec.end is not None
+                and (rec.completion_tokens or 0) > 1
+            ):
                 continue
             tpot = (rec.end - rec.start - rec.ttft) / (rec.completion_tokens - 1)
             if tpot < bound_s:
-                out.append(Finding(f"{run.rel}/records.jsonl", f"{_rid(lineno, rec)} end",
-                                   f"time per output token >= {bound_s * 1e3:.3f} ms (memory-bandwidth bound)",
-                                   f"{tpot * 1e3:.3f} ms"))
+                out.append(
+                    Finding(
+                        f"{run.rel}/records.jsonl",
+                        f"{_rid(lineno, rec)} end",
+                        f"time per output token >= {bound_s * 1e3:.3f} ms (memory-bandwidth bound)",
+                        f"{tpot * 1e3:.3f} ms",
+                    )
+                )
     return out, note
 
 
@@ -446,6 +517,7 @@ def bundle_name_matches(archive_name: str, expected: str) -> tuple[list[Finding]
     if archive_name == expected:
         return [], []
     if archive_name.startswith("bundle-"):
-        return [Finding(archive_name, "file name", f"{expected} (from manifest gpu_type and finished)",
-                        archive_name)], []
+        return [
+            Finding(archive_name, "file name", f"{expected} (from manifest gpu_type and finished)", archive_name)
+        ], []
     return [], [f"file name {archive_name} is not the bundle's own name {expected}"]

@@ -93,8 +93,9 @@ def sign(archive: Path, key: Path) -> Path:
     if not key.is_file():
         raise BundleError(f"--sign-key {key}: no such key file")
     if pub.is_file() and not pub.read_text(encoding="utf-8", errors="replace").startswith("ssh-ed25519 "):
-        raise BundleError(f"--sign-key {key}: not an Ed25519 key ({pub} says otherwise); "
-                          "make one with ssh-keygen -t ed25519")
+        raise BundleError(
+            f"--sign-key {key}: not an Ed25519 key ({pub} says otherwise); make one with ssh-keygen -t ed25519"
+        )
     sig = signature_path(archive)
     sig.unlink(missing_ok=True)  # ssh-keygen refuses to overwrite
     done = _run([_ssh_keygen(), "-Y", "sign", "-f", str(key), "-n", NAMESPACE, str(archive)])
@@ -119,8 +120,12 @@ def check(archive: Path, sig: Path | None = None, allowed_signers: Path | None =
         reason = " ".join(_text(done.stderr).split()) or "signature does not match the archive"
         return Signature("bad", allowed_signers=allowed, detail=f"{sig.name}: {printable(reason)}")
     if match["type"] != "ED25519":
-        return Signature("bad", match["fp"], allowed_signers=allowed,
-                         detail=f"{sig.name}: {match['type']} key; bundles are signed with Ed25519 keys")
+        return Signature(
+            "bad",
+            match["fp"],
+            allowed_signers=allowed,
+            detail=f"{sig.name}: {match['type']} key; bundles are signed with Ed25519 keys",
+        )
     principals: tuple[str, ...] = ()
     if allowed_signers is not None:
         if not Path(allowed_signers).is_file():
@@ -128,8 +133,22 @@ def check(archive: Path, sig: Path | None = None, allowed_signers: Path | None =
         found = _run([_ssh_keygen(), "-Y", "find-principals", "-s", str(sig), "-f", str(allowed_signers)])
         candidates = [p for p in _text(found.stdout).split() if p] if found.returncode == 0 else []
         for principal in candidates:  # find-principals matches the key only; verify checks the bytes for each
-            ok = _run([_ssh_keygen(), "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE,
-                       "-s", str(sig)], stdin=Path(archive))
+            ok = _run(
+                [
+                    _ssh_keygen(),
+                    "-Y",
+                    "verify",
+                    "-f",
+                    str(allowed_signers),
+                    "-I",
+                    principal,
+                    "-n",
+                    NAMESPACE,
+                    "-s",
+                    str(sig),
+                ],
+                stdin=Path(archive),
+            )
             if ok.returncode == 0:
                 principals += (printable(principal),)
     return Signature("good", match["fp"], principals, allowed)

@@ -17,26 +17,25 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 import jsonschema
 import yaml
 
+from attnbench import safejson
+from attnbench.analysis.finding import Finding, short
 from attnbench.bundles import bundle as bundle_mod
 from attnbench.bundles import plausibility, signing
-from attnbench import safejson
-from attnbench.errors import AttnbenchError, BundleError, UnsafeInputError
-from attnbench.analysis.finding import Finding, short
 from attnbench.bundles.plausibility import RunData
-from attnbench.safejson import printable
+from attnbench.errors import AttnbenchError, BundleError, UnsafeInputError
 from attnbench.paths import PACKAGE_DIR, REPO_ROOT
+from attnbench.safejson import printable
 
 # attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
 SCHEMA_PATH = PACKAGE_DIR / "schemas" / "bundle.schema.yaml"
@@ -128,15 +127,18 @@ def _scan(archive: Path, limits: Limits, extract_to: Path | None) -> list[Findin
                 if count > limits.members:
                     raise UnsafeInputError(f"{archive}: more than {limits.members} members (limit)")
                 if member.size > limits.member_bytes:
-                    raise UnsafeInputError(f"{archive}: member {printable(member.name)} has {member.size} bytes "
-                                           f"(limit {limits.member_bytes})")
+                    raise UnsafeInputError(
+                        f"{archive}: member {printable(member.name)} has {member.size} bytes "
+                        f"(limit {limits.member_bytes})"
+                    )
                 reason = unsafe_reason(member)
                 if reason is None and member.isfile() and member.name in seen:
                     reason = "duplicate member"
                 seen.add(member.name)
                 if reason:
-                    findings.append(Finding(member.name, "member",
-                                            "plain file with a relative path inside the bundle", reason))
+                    findings.append(
+                        Finding(member.name, "member", "plain file with a relative path inside the bundle", reason)
+                    )
                 if extract_to is None or member.isdir() or reason:
                     continue
                 dest = (extract_to / member.name).resolve()
@@ -238,8 +240,14 @@ def _check_parquet(path: Path, csv_text: str) -> list[Finding]:
         return [Finding(rel, "parquet", "readable Parquet", f"{type(exc).__name__}: {exc}")]
     expected = pd.read_csv(io.StringIO(csv_text))
     if list(stored.columns) != list(expected.columns) or len(stored) != len(expected):
-        return [Finding(rel, "shape", f"{len(expected)} rows x {list(expected.columns)}",
-                        f"{len(stored)} rows x {list(stored.columns)}")]
+        return [
+            Finding(
+                rel,
+                "shape",
+                f"{len(expected)} rows x {list(expected.columns)}",
+                f"{len(stored)} rows x {list(stored.columns)}",
+            )
+        ]
     for col in expected.columns:
         for i, (e, g) in enumerate(zip(expected[col], stored[col])):
             if not (e == g or (pd.isna(e) and pd.isna(g))):
@@ -259,8 +267,11 @@ def check_manifest_schema(manifest: dict) -> list[Finding]:
     out = []
     for err in sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path)):
         field = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        out.append(Finding(bundle_mod.MANIFEST, field, f"schema: {err.validator} {short(err.validator_value, 80)}",
-                           err.message))
+        out.append(
+            Finding(
+                bundle_mod.MANIFEST, field, f"schema: {err.validator} {short(err.validator_value, 80)}", err.message
+            )
+        )
     return out
 
 
@@ -289,9 +300,13 @@ def diff_fields(expected, found, path: str = "") -> list[tuple[str, object, obje
 def check_files(root: Path, manifest: dict) -> list[Finding]:
     listed = manifest.get("files") or {}
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {bundle_mod.MANIFEST}
-    findings = [Finding(rel, "file", "listed in manifest and present", "missing") for rel in sorted(set(listed) - present)]
-    findings += [Finding(rel, "file", "not in the bundle (unlisted in manifest)", "extra file")
-                 for rel in sorted(present - set(listed))]
+    findings = [
+        Finding(rel, "file", "listed in manifest and present", "missing") for rel in sorted(set(listed) - present)
+    ]
+    findings += [
+        Finding(rel, "file", "not in the bundle (unlisted in manifest)", "extra file")
+        for rel in sorted(present - set(listed))
+    ]
     for rel in sorted(set(listed) & present):
         entry, path = listed[rel], root / rel
         size = path.stat().st_size
@@ -308,8 +323,10 @@ def check_derived_manifest(root: Path, manifest: dict) -> list[Finding]:
         derived = bundle_mod.describe(root, manifest["config"])
     except BundleError as exc:
         return [Finding(bundle_mod.MANIFEST, "derived fields", "recomputable from run.json files", str(exc))]
-    return [Finding(bundle_mod.MANIFEST, field, exp, got)
-            for field, exp, got in diff_fields(derived, {k: manifest.get(k) for k in derived})]
+    return [
+        Finding(bundle_mod.MANIFEST, field, exp, got)
+        for field, exp, got in diff_fields(derived, {k: manifest.get(k) for k in derived})
+    ]
 
 
 # --- raw-data consistency ---------------------------------------------------------------------------------------
@@ -346,8 +363,9 @@ def _check_tokens(rel: str, requests, workloads: dict, ignore_eos: bool) -> list
             out.append(Finding(rel, f"{where} prompt_tokens", wl["prompt_tokens"], rec.prompt_tokens))
         want = wl["output_tokens"]
         if (rec.completion_tokens != want) if ignore_eos else not (0 < (rec.completion_tokens or 0) <= want):
-            out.append(Finding(rel, f"{where} completion_tokens", want if ignore_eos else f"1..{want}",
-                               rec.completion_tokens))
+            out.append(
+                Finding(rel, f"{where} completion_tokens", want if ignore_eos else f"1..{want}", rec.completion_tokens)
+            )
     return out
 
 
@@ -373,7 +391,9 @@ def _check_levels(rel: str, requests, levels, workloads: dict) -> list[Finding]:
             if lv.complete and len(measured) != lv.requests:
                 out.append(Finding(f"{rel}/records.jsonl", f"{label} measured requests", lv.requests, len(measured)))
             if not lv.complete and lv.failed == 0:
-                out.append(Finding(f"{rel}/levels.jsonl", f"{label} complete", "true, or failed > 0", "false, 0 failed"))
+                out.append(
+                    Finding(f"{rel}/levels.jsonl", f"{label} complete", "true, or failed > 0", "false, 0 failed")
+                )
     return out
 
 
@@ -391,8 +411,14 @@ def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Pa
         return [Finding(f"{rel}/server.log", "file", "server log (backend evidence)", "missing")]
     evidence = check_backend(arm_cfg, parse_backend(log.read_text(encoding="utf-8", errors="replace")), device)
     if evidence["logged"] != run.get("logged_backend"):
-        out.append(Finding(f"{rel}/run.json", "backend.logged", f"{evidence['logged']} (as server.log says)",
-                           run.get("logged_backend")))
+        out.append(
+            Finding(
+                f"{rel}/run.json",
+                "backend.logged",
+                f"{evidence['logged']} (as server.log says)",
+                run.get("logged_backend"),
+            )
+        )
     if not evidence["match"] and not arm_entry.get("allow_backend_mismatch"):
         found = evidence["logged"] or "no backend named"
         if evidence["refused"]:
@@ -404,8 +430,9 @@ def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Pa
 
         attribution = bundle_mod._load_json(rdir / "kernels.json")
         if attribution is None:
-            out.append(Finding(f"{rel}/kernels.json", "file", "kernel attribution (the arm expects kernels)",
-                               "missing"))
+            out.append(
+                Finding(f"{rel}/kernels.json", "file", "kernel attribution (the arm expects kernels)", "missing")
+            )
         else:
             try:
                 violations = check_expectations(attribution, expect_kernels)
@@ -421,8 +448,10 @@ def allowed_mismatches(manifest: dict) -> list[str]:
     for arm in manifest.get("arms", []):
         for run in arm.get("runs", []):
             if arm.get("allow_backend_mismatch") and run.get("backend_match") is False:
-                notes.append(f"{run['path']}: backend {run.get('logged_backend')} != expected "
-                             f"{arm.get('expect_backend')} (allowed by allow_backend_mismatch)")
+                notes.append(
+                    f"{run['path']}: backend {run.get('logged_backend')} != expected "
+                    f"{arm.get('expect_backend')} (allowed by allow_backend_mismatch)"
+                )
     return notes
 
 
@@ -455,8 +484,12 @@ def check_config(manifest: dict) -> list[Finding]:
     from attnbench import config  # noqa: PLC0415
 
     validator = jsonschema.Draft202012Validator(config.load_schema())
-    return [Finding(bundle_mod.MANIFEST, "config." + config.field_path(list(err.absolute_path)), "valid config",
-                    err.message) for err in validator.iter_errors(manifest["config"])]
+    return [
+        Finding(
+            bundle_mod.MANIFEST, "config." + config.field_path(list(err.absolute_path)), "valid config", err.message
+        )
+        for err in validator.iter_errors(manifest["config"])
+    ]
 
 
 def load_runs(root: Path, manifest: dict) -> tuple[dict[str, RunData], list[Finding]]:
@@ -471,8 +504,9 @@ def load_runs(root: Path, manifest: dict) -> tuple[dict[str, RunData], list[Find
     return runs, findings
 
 
-def verify_extracted(root: Path, build_tables: Callable | None = None, *, archive_name: str | None = None
-                     ) -> VerifyResult:
+def verify_extracted(
+    root: Path, build_tables: Callable | None = None, *, archive_name: str | None = None
+) -> VerifyResult:
     """Checks 2-7 on an already extracted bundle folder; archive_name (the file's name) is held against the
     manifest when given."""
     try:
@@ -499,11 +533,13 @@ def verify_extracted(root: Path, build_tables: Callable | None = None, *, archiv
     try:
         runs, type_findings = load_runs(root, manifest)
     except UnsafeInputError as exc:
-        return VerifyResult(findings + [Finding("runs/", "json", "safe, readable input", str(exc))], [], manifest,
-                            unsafe=True)
+        return VerifyResult(
+            findings + [Finding("runs/", "json", "safe, readable input", str(exc))], [], manifest, unsafe=True
+        )
     except OSError as exc:  # a run path that names a folder, not a file, and the like
-        return VerifyResult(findings + [Finding("runs/", "files", "readable run files", str(exc))], [], manifest,
-                            unsafe=True)
+        return VerifyResult(
+            findings + [Finding("runs/", "files", "readable run files", str(exc))], [], manifest, unsafe=True
+        )
     if type_findings:  # later checks compute with these values
         return VerifyResult(findings + type_findings, [], manifest)
     findings += check_derived_manifest(root, manifest)
@@ -542,9 +578,15 @@ def check_report(root: Path, manifest: dict) -> list[Finding]:
     return out
 
 
-def verify_bundle(archive: Path, *, workdir: Path | None = None, build_tables: Callable | None = None,
-                  limits: Limits = Limits(), signature: Path | None = None,
-                  allowed_signers: Path | None = None) -> VerifyResult:
+def verify_bundle(
+    archive: Path,
+    *,
+    workdir: Path | None = None,
+    build_tables: Callable | None = None,
+    limits: Limits = Limits(),
+    signature: Path | None = None,
+    allowed_signers: Path | None = None,
+) -> VerifyResult:
     """Verify a bundle file and its signature (<archive>.sig unless `signature` names another file).
     Extracts into workdir (kept, for inspection) or a temporary folder (removed). An unreadable or unsafe archive
     gives a result with unsafe=True (exit 2); a bad signature, or a key outside a given allowed-signers file, is a
@@ -564,8 +606,9 @@ def verify_bundle(archive: Path, *, workdir: Path | None = None, build_tables: C
     result.signature = sig
     where = (signature or signing.signature_path(archive)).name
     if sig.state == "bad":
-        result.findings.append(Finding(where, "signature", "a good Ed25519 signature of the archive's bytes",
-                                       sig.detail))
+        result.findings.append(
+            Finding(where, "signature", "a good Ed25519 signature of the archive's bytes", sig.detail)
+        )
     elif sig.state == "good" and sig.trusted is False:
         result.findings.append(Finding(where, "signer", f"a key in {allowed_signers}", sig.fingerprint))
     elif sig.state == "unsigned" and allowed_signers is not None:
@@ -599,9 +642,12 @@ def report_result(name: str, result: VerifyResult) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     try:
-        result = verify_bundle(Path(args.bundle), workdir=Path(args.extract_to) if args.extract_to else None,
-                               signature=Path(args.signature) if args.signature else None,
-                               allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None)
+        result = verify_bundle(
+            Path(args.bundle),
+            workdir=Path(args.extract_to) if args.extract_to else None,
+            signature=Path(args.signature) if args.signature else None,
+            allowed_signers=Path(args.allowed_signers) if args.allowed_signers else None,
+        )
     except BundleError as exc:
         print(f"attnbench: {printable(str(exc), 400)}", file=sys.stderr)
         if Path(args.bundle).is_file():  # say too whether the unreadable bytes are the ones that were signed
@@ -619,6 +665,8 @@ def register(subparsers) -> None:
     p.add_argument("bundle", help="bundle-<gpu-type>-<yyyymmdd>.tar.gz")
     p.add_argument("--extract-to", help="keep the extracted bundle in this (empty) folder")
     p.add_argument("--signature", help="the bundle's SSH signature (default: BUNDLE.sig when present)")
-    p.add_argument("--allowed-signers", help="ssh-keygen allowed-signers file: a signature by a key not in it, "
-                   "or no signature, fails")
+    p.add_argument(
+        "--allowed-signers",
+        help="ssh-keygen allowed-signers file: a signature by a key not in it, or no signature, fails",
+    )
     p.set_defaults(func=_cmd_verify)

@@ -1,1 +1,2 @@
-"""Engines: where vLLM runs (venv, native, Docker/podman, Apptainer), its server's lifecycle, GPUs, kernel evidence, provenance."""
+"""Engines: where vLLM runs (venv, native, Docker/podman, Apptainer), its server's lifecycle, GPUs, kernel evidence,
+provenance."""

@@ -80,8 +80,9 @@ def build_spec(entry: dict, key: str) -> dict:
     """The lock entry's `apptainer` section, checked: how the base image of this engine line is built."""
     spec = entry.get("apptainer")
     if not isinstance(spec, dict) or not spec.get("requirements"):
-        raise ContainerError(f"containers/lock.yaml: {key} has no apptainer.requirements, so no Apptainer base image "
-                             "can be built for it")  # fmt: skip
+        raise ContainerError(
+            f"containers/lock.yaml: {key} has no apptainer.requirements, so no Apptainer base image can be built for it"
+        )
     return spec
 
 
@@ -157,8 +158,9 @@ def _apptainer(args: list[str], what: str, log=None, timeout: float | None = Non
     if exe is None:
         raise ContainerError(f"{what}: apptainer is not on PATH ({install_hint()})")
     env = {**os.environ, **apptainer_env()}
-    proc = subprocess.run([exe, *args], env=env, text=True, stdout=log or subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [exe, *args], env=env, text=True, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
+    )
     if proc.returncode != 0:
         tail = " | ".join((proc.stdout or "").strip().splitlines()[-8:]) if log is None else f"see {log.name}"
         raise ContainerError(f"{what} failed (exit {proc.returncode}): {tail}")
@@ -166,9 +168,11 @@ def _apptainer(args: list[str], what: str, log=None, timeout: float | None = Non
 
 
 def install_hint() -> str:
-    return ("install Apptainer >= 1.1 (https://apptainer.org/docs/admin/main/installation.html: the apptainer "
-            "package of your distribution, or the project's .deb/.rpm); on Debian 12 without it, "
-            "`bash tests/apptainer/setup.sh` provides one (see README.md)")  # fmt: skip
+    return (
+        "install Apptainer >= 1.1 (https://apptainer.org/docs/admin/main/installation.html: the apptainer "
+        "package of your distribution, or the project's .deb/.rpm); on Debian 12 without it, "
+        "`bash tests/apptainer/setup.sh` provides one (see README.md)"
+    )
 
 
 def apptainer_version() -> str | None:
@@ -200,13 +204,19 @@ def debian_mirror() -> str:
 
 def render_base_def(key: str, entry: dict, mirror: str) -> str:
     spec = build_spec(entry, key)
-    labels = {"org.attnbench.engine": key, "org.attnbench.engine-version": str(entry["version"]),
-              "org.attnbench.requirements": spec["requirements"]}  # fmt: skip
+    labels = {
+        "org.attnbench.engine": key,
+        "org.attnbench.engine-version": str(entry["version"]),
+        "org.attnbench.requirements": spec["requirements"],
+    }
     return string.Template(BASE_DEF_TEMPLATE.read_text(encoding="utf-8")).substitute(
-        key=key, version=entry["version"], debian=spec.get("debian", "bookworm"), mirror=mirror,
+        key=key,
+        version=entry["version"],
+        debian=spec.get("debian", "bookworm"),
+        mirror=mirror,
         packages=" ".join(spec.get("packages", ["python3", "python3-venv"])),
         labels="\n".join(f"    {k} {v}" for k, v in sorted(labels.items())),
-    )  # fmt: skip
+    )
 
 
 def pip_download_argv(entry: dict, key: str, wheels: Path, python: str = sys.executable) -> list[str]:
@@ -214,9 +224,30 @@ def pip_download_argv(entry: dict, key: str, wheels: Path, python: str = sys.exe
     spec = build_spec(entry, key)
     pyver = str(entry.get("python", "3.11"))
     abi = "cp" + pyver.replace(".", "")
-    argv = [python, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps", "--require-hashes",
-            "--only-binary=:all:", "--python-version", pyver, "--implementation", "cp", "--abi", abi,
-            "--abi", "abi3", "--abi", "none", "-d", str(wheels), "-r", str(requirements_path(entry, key))]  # fmt: skip
+    argv = [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--require-hashes",
+        "--only-binary=:all:",
+        "--python-version",
+        pyver,
+        "--implementation",
+        "cp",
+        "--abi",
+        abi,
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        "-d",
+        str(wheels),
+        "-r",
+        str(requirements_path(entry, key)),
+    ]
     # Every manylinux tag the image's glibc accepts (Debian 12: 2.36), as pip would on that system.
     glibc_minor = int(str(spec.get("glibc", "2.36")).split(".")[1])
     platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(glibc_minor, 4, -1)]
@@ -226,8 +257,14 @@ def pip_download_argv(entry: dict, key: str, wheels: Path, python: str = sys.exe
     return argv + list(spec.get("pip_args", []))
 
 
-def build_base(key: str, lock: dict, *, images_dir: str | os.PathLike | None = None, log_path: Path | None = None,
-               extra_pip_args: list[str] | None = None) -> dict:  # fmt: skip
+def build_base(
+    key: str,
+    lock: dict,
+    *,
+    images_dir: str | os.PathLike | None = None,
+    log_path: Path | None = None,
+    extra_pip_args: list[str] | None = None,
+) -> dict:
     """Build results/images/<key>/base.sif from the lock entry and write base.json. Returns the record."""
     from attnbench.engines.containers import lock_entry
 
@@ -252,8 +289,12 @@ def build_base(key: str, lock: dict, *, images_dir: str | os.PathLike | None = N
 
     def download() -> None:
         wheels.mkdir(exist_ok=True)
-        proc = subprocess.run(pip_download_argv(entry, key, wheels) + list(extra_pip_args or []), stdout=log,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        proc = subprocess.run(
+            pip_download_argv(entry, key, wheels) + list(extra_pip_args or []),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if proc.returncode != 0:
             raise ContainerError(f"pip download of {req.name} failed (exit {proc.returncode}); see {log.name}")
 
@@ -261,8 +302,12 @@ def build_base(key: str, lock: dict, *, images_dir: str | os.PathLike | None = N
     sandbox = work / "sandbox"
     try:
         step("download wheels (hash-checked)", download)
-        step("bootstrap root filesystem", lambda: _apptainer(
-            ["build", "--force", "--sandbox", str(sandbox), str(definition)], "apptainer build --sandbox", log))
+        step(
+            "bootstrap root filesystem",
+            lambda: _apptainer(
+                ["build", "--force", "--sandbox", str(sandbox), str(definition)], "apptainer build --sandbox", log
+            ),
+        )
 
         def install() -> None:
             target = sandbox / BUILD_DIR_IN_IMAGE.lstrip("/")
@@ -270,15 +315,32 @@ def build_base(key: str, lock: dict, *, images_dir: str | os.PathLike | None = N
             shutil.copy2(req, target / "requirements.txt")
             shutil.copy2(INSTALL_SCRIPT, target / "install-engine.sh")
             (target / "trim.txt").write_text("\n".join(spec.get("trim", [])) + "\n", encoding="utf-8")
-            _apptainer(["exec", "--writable", "--no-home", "--cleanenv", "--bind", f"{wheels.resolve()}:{WHEELS_IN_IMAGE}:ro",
-                        str(sandbox), "sh", f"{BUILD_DIR_IN_IMAGE}/install-engine.sh"], "engine install in the image", log)  # fmt: skip
+            _apptainer(
+                [
+                    "exec",
+                    "--writable",
+                    "--no-home",
+                    "--cleanenv",
+                    "--bind",
+                    f"{wheels.resolve()}:{WHEELS_IN_IMAGE}:ro",
+                    str(sandbox),
+                    "sh",
+                    f"{BUILD_DIR_IN_IMAGE}/install-engine.sh",
+                ],
+                "engine install in the image",
+                log,
+            )
 
         step("install locked requirements into /opt/venv", install)
         installed = _tree_bytes(sandbox)
         squash = [a for a in spec.get("squashfs", [])]
-        args = ["build", "--force"] + (["--mksquashfs-args", " ".join(squash)] if squash else []) + [str(sif), str(sandbox)]
+        args = (
+            ["build", "--force"]
+            + (["--mksquashfs-args", " ".join(squash)] if squash else [])
+            + [str(sif), str(sandbox)]
+        )
         step("squash into SIF", lambda: _apptainer(args, "apptainer build (SIF)", log))
-        freeze = (sandbox / BUILD_DIR_IN_IMAGE.lstrip("/") / "engine-lock.txt")
+        freeze = sandbox / BUILD_DIR_IN_IMAGE.lstrip("/") / "engine-lock.txt"
         engine_lock = out_dir / "engine-lock.txt"
         if freeze.is_file():
             shutil.copy2(freeze, engine_lock)
@@ -286,15 +348,28 @@ def build_base(key: str, lock: dict, *, images_dir: str | os.PathLike | None = N
         shutil.rmtree(work, ignore_errors=True)
         log.close()
     record = {
-        "schema": 1, "key": key, "engine_version": str(entry["version"]), "runtime": "apptainer",
-        "sif": sif.name, "sif_sha256": sha256_file(sif), "sif_bytes": sif.stat().st_size,
-        "installed_bytes": installed, "requirements": spec["requirements"], "lock_sha256": sha256_file(req),
-        "definition_sha256": sha256_file(definition), "recipe_sha256": base_recipe_digest(key, lock), "debian": spec.get("debian", "bookworm"),
-        "mirror": debian_mirror(), "python": str(entry.get("python")), "trimmed": list(spec.get("trim", [])),
-        "squashfs_args": squash, "apptainer": apptainer_version(), "built": datetime.now(timezone.utc).isoformat(),
+        "schema": 1,
+        "key": key,
+        "engine_version": str(entry["version"]),
+        "runtime": "apptainer",
+        "sif": sif.name,
+        "sif_sha256": sha256_file(sif),
+        "sif_bytes": sif.stat().st_size,
+        "installed_bytes": installed,
+        "requirements": spec["requirements"],
+        "lock_sha256": sha256_file(req),
+        "definition_sha256": sha256_file(definition),
+        "recipe_sha256": base_recipe_digest(key, lock),
+        "debian": spec.get("debian", "bookworm"),
+        "mirror": debian_mirror(),
+        "python": str(entry.get("python")),
+        "trimmed": list(spec.get("trim", [])),
+        "squashfs_args": squash,
+        "apptainer": apptainer_version(),
+        "built": datetime.now(timezone.utc).isoformat(),
         "build_seconds": times,
         "engine_lock_sha256": sha256_file(engine_lock) if engine_lock.is_file() else None,
-    }  # fmt: skip
+    }
     _write_json(record_path, record)
     return record
 
@@ -317,12 +392,16 @@ def check_base(key: str, lock: dict, images_dir: str | os.PathLike | None = None
 
     record = read_json(base_record_path(key, images_dir))
     if record is None:
-        raise ContainerError(f"{base_record_path(key, images_dir)} is missing or unreadable: build the base image "
-                             f"(snakemake ... or attnbench image build-base --key {key}) or import it")  # fmt: skip
+        raise ContainerError(
+            f"{base_record_path(key, images_dir)} is missing or unreadable: build the base image "
+            f"(snakemake ... or attnbench image build-base --key {key}) or import it"
+        )
     want = sha256_file(requirements_path(lock_entry(lock, key), key))
     if record.get("lock_sha256") != want:
-        raise ContainerError(f"image {key}: built from a lock with sha256 {record.get('lock_sha256')}, but this "
-                             f"checkout's lock has {want}; rebuild the image")  # fmt: skip
+        raise ContainerError(
+            f"image {key}: built from a lock with sha256 {record.get('lock_sha256')}, but this "
+            f"checkout's lock has {want}; rebuild the image"
+        )
     return record
 
 
@@ -331,8 +410,11 @@ def check_base(key: str, lock: dict, images_dir: str | os.PathLike | None = None
 
 def tree_digest(folder: Path) -> dict:
     """sha256 of every file under folder (sorted relative paths) and one digest over all of them."""
-    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and "__pycache__" not in p.parts}  # fmt: skip
+    files = {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in files.items()).encode()).hexdigest()
     return {"sha256": total, "files": files}
 
@@ -346,18 +428,31 @@ def layer_record(cfg: dict, arm: dict, gpu_type: str, base: dict) -> dict:
     variant = arm.get("variant")
     variant_files = tree_digest(variant_dir(variant)) if variant else None
     content = {
-        "base_key": base["key"], "base_sif_sha256": base["sif_sha256"], "lock_sha256": base["lock_sha256"],
-        "backend": arm.get("backend"), "backend_env": env, "backend_args": args, "variant": variant,
+        "base_key": base["key"],
+        "base_sif_sha256": base["sif_sha256"],
+        "lock_sha256": base["lock_sha256"],
+        "backend": arm.get("backend"),
+        "backend_env": env,
+        "backend_args": args,
+        "variant": variant,
         "variant_sha256": variant_files["sha256"] if variant_files else None,
-        "arm_env": {str(k): str(v) for k, v in (arm.get("env") or {}).items()}, "gpu_type": gpu_type,
-    }  # fmt: skip
+        "arm_env": {str(k): str(v) for k, v in (arm.get("env") or {}).items()},
+        "gpu_type": gpu_type,
+    }
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return {"schema": 1, "experiment": cfg["experiment"], "arm": arm["name"], **content,
-            "variant_files": variant_files["files"] if variant_files else {}, "digest": f"sha256:{digest}"}  # fmt: skip
+    return {
+        "schema": 1,
+        "experiment": cfg["experiment"],
+        "arm": arm["name"],
+        **content,
+        "variant_files": variant_files["files"] if variant_files else {},
+        "digest": f"sha256:{digest}",
+    }
 
 
-def write_layer(cfg: dict, arm: dict, gpu_type: str, out: Path, lock: dict,
-                images_dir: str | os.PathLike | None = None) -> dict:  # fmt: skip
+def write_layer(
+    cfg: dict, arm: dict, gpu_type: str, out: Path, lock: dict, images_dir: str | os.PathLike | None = None
+) -> dict:
     from attnbench.engines.gpu import check_compatible
 
     check_compatible(cfg, gpu_type, lock, [arm])
@@ -370,8 +465,15 @@ def write_layer(cfg: dict, arm: dict, gpu_type: str, out: Path, lock: dict,
 # --- the server's command line ------------------------------------------------------------------------------------
 
 
-def exec_argv(sif: str | os.PathLike, inner_argv: list[str], *, env: dict[str, str] | None = None,
-              binds: list[str] | None = None, gpu: bool = False, missing_caps: list[str] | None = None) -> list[str]:  # fmt: skip
+def exec_argv(
+    sif: str | os.PathLike,
+    inner_argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    binds: list[str] | None = None,
+    gpu: bool = False,
+    missing_caps: list[str] | None = None,
+) -> list[str]:
     """`apptainer exec` of inner_argv in the image. --cleanenv: the host's environment (a PYTHONPATH meant for the
     host's Python, say) must not leak into the engine; what the server needs is passed with --env, so it is also
     visible in the recorded argv. --nv binds the host's NVIDIA driver into the container."""
@@ -435,10 +537,16 @@ def export_image(key: str, out: Path, *, images_dir: str | os.PathLike | None = 
             (out / name).write_bytes(chunk)
             parts.append({"name": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
             index += 1
-    manifest = {"schema": EXPORT_SCHEMA, "key": key, "base": record, "parts": parts,
-                "versions": read_json(base_versions_path(key, images_dir)),
-                "definition": (base_dir(key, images_dir) / "base.def").read_text(encoding="utf-8")
-                if (base_dir(key, images_dir) / "base.def").is_file() else None}  # fmt: skip
+    manifest = {
+        "schema": EXPORT_SCHEMA,
+        "key": key,
+        "base": record,
+        "parts": parts,
+        "versions": read_json(base_versions_path(key, images_dir)),
+        "definition": (base_dir(key, images_dir) / "base.def").read_text(encoding="utf-8")
+        if (base_dir(key, images_dir) / "base.def").is_file()
+        else None,
+    }
     _write_json(out / f"{key}.export.json", manifest)
     return manifest
 
@@ -460,8 +568,10 @@ def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: s
     record = manifest["base"]
     want_lock = sha256_file(requirements_path(lock_entry(lock, key), key))
     if record.get("lock_sha256") != want_lock:
-        raise ContainerError(f"image {key} in {src} was built from a lock with sha256 {record.get('lock_sha256')}; "
-                             f"this checkout's lock has {want_lock}: refusing it")  # fmt: skip
+        raise ContainerError(
+            f"image {key} in {src} was built from a lock with sha256 {record.get('lock_sha256')}; "
+            f"this checkout's lock has {want_lock}: refusing it"
+        )
     out_dir = base_dir(key, images_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / "base.sif.partial"
@@ -496,8 +606,9 @@ def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: s
 def _cmd_build_base(args: argparse.Namespace) -> int:
     from attnbench.engines.containers import load_lock
 
-    record = build_base(args.key, load_lock(args.lock), images_dir=args.images_dir,
-                        log_path=Path(args.log) if args.log else None)  # fmt: skip
+    record = build_base(
+        args.key, load_lock(args.lock), images_dir=args.images_dir, log_path=Path(args.log) if args.log else None
+    )
     print(f"built {base_sif(args.key, args.images_dir)}: {record['sif_bytes']} bytes, sha256 {record['sif_sha256']}")
     return 0
 
@@ -508,8 +619,14 @@ def _cmd_layer(args: argparse.Namespace) -> int:
     from attnbench.engines.gpu import resolve_gpu_type
 
     cfg = load_config(args.config)
-    record = write_layer(cfg, arm_by_name(cfg, args.arm), resolve_gpu_type(cfg, args.gpu_type), Path(args.out),
-                         load_lock(args.lock), args.images_dir)  # fmt: skip
+    record = write_layer(
+        cfg,
+        arm_by_name(cfg, args.arm),
+        resolve_gpu_type(cfg, args.gpu_type),
+        Path(args.out),
+        load_lock(args.lock),
+        args.images_dir,
+    )
     print(f"arm {args.arm}: base {record['base_sif_sha256'][:16]}..., layer {record['digest']}")
     return 0
 
@@ -531,7 +648,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def register_image_commands(sub) -> None:
     """Subcommands of `attnbench image` for Apptainer base images (containers.register adds them)."""
     for name, func, helptext in (
-        ("build-base", _cmd_build_base, "build an engine line's Apptainer base image from its hash-locked requirements"),
+        (
+            "build-base",
+            _cmd_build_base,
+            "build an engine line's Apptainer base image from its hash-locked requirements",
+        ),
         ("layer", _cmd_layer, "write an arm's layer record (base image sha256, backend env, variant checksums)"),
         ("export", _cmd_export, "write a built base image as checksummed parts for a host without network"),
         ("import", _cmd_import, "join and check exported parts into results/images/<line>/ (refuses another lock)"),

@@ -8,8 +8,9 @@ for later lines, both from `engine.backend_selection`) and, for a variant arm, t
 containers/variants/<variant>/; the GPU type only goes into the labels and the file name, so that results and images
 of different cards never mix.
 
-Definitions are rendered from containers/<engine line>/Dockerfile.in (string.Template, `$name` placeholders). A variant folder is copied to /opt/attnbench/variant, put first on PYTHONPATH (a
-sitecustomize.py there runs at interpreter start) and its install.sh, if any, runs at build time.
+Definitions are rendered from containers/<engine line>/Dockerfile.in (string.Template, `$name` placeholders). A variant
+folder is copied to /opt/attnbench/variant, put first on PYTHONPATH (a sitecustomize.py there runs at interpreter
+start) and its install.sh, if any, runs at build time.
 
 Pinning: a lock entry's `digest` pins the base image (`From: image@sha256:...`). With digest null the build refuses
 unless the config sets `engine.allow_unpinned: true`; it then builds from the tag, and records whatever digest it
@@ -39,8 +40,8 @@ from urllib.parse import urlparse
 import httpx
 import yaml
 
-from attnbench.errors import ConfigError, ContainerError
 from attnbench.engines.server import ServerLifecycle
+from attnbench.errors import ConfigError, ContainerError
 from attnbench.paths import REPO_ROOT
 
 CONTAINERS_DIR = REPO_ROOT / "containers"
@@ -71,7 +72,9 @@ def load_lock(path: str | os.PathLike | None = None) -> dict:
 
 def lock_entry(lock: dict, key: str | None) -> dict:
     if key not in lock["images"]:
-        raise ConfigError(f"engine.image: {key!r} is not in containers/lock.yaml; known: {', '.join(sorted(lock['images']))}")
+        raise ConfigError(
+            f"engine.image: {key!r} is not in containers/lock.yaml; known: {', '.join(sorted(lock['images']))}"
+        )
     return lock["images"][key]
 
 
@@ -118,9 +121,18 @@ def image_spec(cfg: dict, arm: dict, gpu_type: str, lock: dict, *, digest: str |
     args, env = backend_selection(entry["version"], arm)
     digest = digest or entry.get("digest")
     base = f"{entry['image']}:{entry['tag']}"
-    spec = ImageSpec(key=key, experiment=cfg["experiment"], arm=arm["name"], gpu_type=gpu_type, base=base,
-                     digest=digest, backend=arm.get("backend"), backend_args=list(args), backend_env=dict(env),
-                     variant=arm.get("variant"))  # fmt: skip
+    spec = ImageSpec(
+        key=key,
+        experiment=cfg["experiment"],
+        arm=arm["name"],
+        gpu_type=gpu_type,
+        base=base,
+        digest=digest,
+        backend=arm.get("backend"),
+        backend_args=list(args),
+        backend_env=dict(env),
+        variant=arm.get("variant"),
+    )
     spec.labels = {
         f"{LABEL_PREFIX}.engine": key,
         f"{LABEL_PREFIX}.engine-version": str(entry["version"]),
@@ -144,8 +156,11 @@ def image_files(cfg: dict, arm_name: str, gpu_type: str, results_dir: str | os.P
     if runtime == "docker":
         return [str(Path(results_dir) / "images" / key / gpu_type / f"{arm_name}.json")]
     if runtime == "apptainer":
-        return [str(apptainer.layer_path(results_dir, key, gpu_type, arm_name).with_suffix("").with_suffix(".layer.json")),
-                str(apptainer.base_sif(key)), str(apptainer.base_versions_path(key))]  # fmt: skip
+        return [
+            str(apptainer.layer_path(results_dir, key, gpu_type, arm_name).with_suffix("").with_suffix(".layer.json")),
+            str(apptainer.base_sif(key)),
+            str(apptainer.base_versions_path(key)),
+        ]
     return []
 
 
@@ -159,9 +174,18 @@ def image_for(cfg: dict, arm: dict, *, gpu_type: str | None = None) -> str:
         return str(base_sif(cfg["engine"]["image"]))
     gpu_type = gpu_type or resolve_gpu_type(cfg)
     entry = lock_entry(load_lock(), cfg["engine"]["image"])
-    spec = ImageSpec(key=cfg["engine"]["image"], experiment=cfg["experiment"], arm=arm["name"], gpu_type=gpu_type,
-                     base=f"{entry['image']}:{entry['tag']}", digest=None, backend=None, backend_args=[],
-                     backend_env={}, variant=None)  # fmt: skip
+    spec = ImageSpec(
+        key=cfg["engine"]["image"],
+        experiment=cfg["experiment"],
+        arm=arm["name"],
+        gpu_type=gpu_type,
+        base=f"{entry['image']}:{entry['tag']}",
+        digest=None,
+        backend=None,
+        backend_args=[],
+        backend_env={},
+        variant=None,
+    )
     return spec.tag
 
 
@@ -184,8 +208,12 @@ def _template(key: str, kind: str) -> string.Template:
 
 def _env(spec: ImageSpec) -> dict[str, str]:
     # ATTNBENCH_* name the image from inside (probe_versions.py records them), whatever runs it.
-    env = {**spec.backend_env, "ATTNBENCH_ENGINE": spec.key, "ATTNBENCH_ARM": spec.arm,
-           "ATTNBENCH_GPU_TYPE": spec.gpu_type}  # fmt: skip
+    env = {
+        **spec.backend_env,
+        "ATTNBENCH_ENGINE": spec.key,
+        "ATTNBENCH_ARM": spec.arm,
+        "ATTNBENCH_GPU_TYPE": spec.gpu_type,
+    }
     if spec.variant:
         env["PYTHONPATH"] = VARIANT_TARGET
         env["ATTNBENCH_VARIANT"] = spec.variant
@@ -206,9 +234,13 @@ def render_dockerfile(spec: ImageSpec) -> str:
     label_lines = "\n".join(f"LABEL {k}={json.dumps(v)}" for k, v in sorted(spec.labels.items()))
     args_json = "".join(", " + json.dumps(a) for a in spec.backend_args)
     text = _template(spec.key, "Dockerfile").substitute(
-        base_ref=spec.base_ref, copy_lines=copy_lines, env_lines=env_lines, run_lines=run_lines,
-        label_lines=label_lines, backend_args_json=args_json,
-    )  # fmt: skip
+        base_ref=spec.base_ref,
+        copy_lines=copy_lines,
+        env_lines=env_lines,
+        run_lines=run_lines,
+        label_lines=label_lines,
+        backend_args_json=args_json,
+    )
     return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
 
@@ -220,8 +252,9 @@ def resolve_digest(base: str) -> str | None:
     if shutil.which("skopeo") is None:
         return None
     try:
-        proc = subprocess.run(["skopeo", "inspect", "--no-tags", f"docker://{base}"], capture_output=True, text=True,
-                              timeout=60)  # fmt: skip
+        proc = subprocess.run(
+            ["skopeo", "inspect", "--no-tags", f"docker://{base}"], capture_output=True, text=True, timeout=60
+        )
     except subprocess.TimeoutExpired:
         return None
     if proc.returncode != 0:
@@ -274,7 +307,9 @@ def build_docker(spec: ImageSpec, dockerfile_out: Path, client=None) -> dict:
             image, _ = client.images.build(path=ctx, tag=spec.tag, pull=False, rm=True, forcerm=True)
         except docker.errors.BuildError as exc:
             lines = [c.get("stream", c.get("error", "")).strip() for c in exc.build_log if isinstance(c, dict)]
-            raise ContainerError(f"docker build {spec.tag} failed: {exc.msg}; " + " | ".join(l for l in lines if l)[-800:]) from None
+            raise ContainerError(
+                f"docker build {spec.tag} failed: {exc.msg}; " + " | ".join(x for x in lines if x)[-800:]
+            ) from None
         except docker.errors.APIError as exc:
             raise ContainerError(f"docker build {spec.tag} failed: {exc.explanation or exc}") from None
     return {"ref": spec.tag, "image_id": image.id, "dockerfile": str(dockerfile_out)}
@@ -301,15 +336,22 @@ def probe_docker_versions(ref: str, client=None) -> dict:
 
     client = docker_client(client)
     try:
-        out = client.containers.run(ref, entrypoint=["python3", "-c", PROBE_SCRIPT.read_text(encoding="utf-8")],
-                                    command=[], remove=True, stdout=True, stderr=False)  # fmt: skip
+        out = client.containers.run(
+            ref,
+            entrypoint=["python3", "-c", PROBE_SCRIPT.read_text(encoding="utf-8")],
+            command=[],
+            remove=True,
+            stdout=True,
+            stderr=False,
+        )
     except docker.errors.ContainerError as exc:
         raise ContainerError(f"version probe in {ref} failed: {exc.stderr!r}"[:500]) from None
     return json.loads(out)
 
 
-def image_provenance(cfg: dict, arm: dict, *, gpu_type: str | None = None,
-                     results_dir: str | os.PathLike | None = None) -> dict:  # fmt: skip
+def image_provenance(
+    cfg: dict, arm: dict, *, gpu_type: str | None = None, results_dir: str | os.PathLike | None = None
+) -> dict:
     """What run.json records about the image an arm ran in, from the records the image rules wrote: for apptainer
     the base SIF's sha256 and size, the lock's sha256 and the arm layer's digest and variant checksum; for docker the
     reference, digest (or unpinned) and image ID; both with the versions seen inside. Missing files give nulls,
@@ -325,13 +367,18 @@ def image_provenance(cfg: dict, arm: dict, *, gpu_type: str | None = None,
         layer = apptainer.read_json(Path(image_files(cfg, arm["name"], gpu_type, results_dir)[0])) or {}
         versions = apptainer.read_json(apptainer.base_versions_path(key)) or {}
         return {
-            "image": str(apptainer.base_sif(key)), "image_sha256": base.get("sif_sha256"),
-            "image_bytes": base.get("sif_bytes"), "lock": base.get("requirements"),
-            "lock_sha256": base.get("lock_sha256"), "pinned": bool(base.get("lock_sha256")),
-            "layer_digest": layer.get("digest"), "variant": layer.get("variant"),
-            "variant_sha256": layer.get("variant_sha256"), "imported": base.get("imported"),
+            "image": str(apptainer.base_sif(key)),
+            "image_sha256": base.get("sif_sha256"),
+            "image_bytes": base.get("sif_bytes"),
+            "lock": base.get("requirements"),
+            "lock_sha256": base.get("lock_sha256"),
+            "pinned": bool(base.get("lock_sha256")),
+            "layer_digest": layer.get("digest"),
+            "variant": layer.get("variant"),
+            "variant_sha256": layer.get("variant_sha256"),
+            "imported": base.get("imported"),
             "versions": {k: versions.get(k) for k in ("vllm", "torch", "cuda", "xformers")} if versions else {},
-        }  # fmt: skip
+        }
     record = apptainer.read_json(Path(image_files(cfg, arm["name"], gpu_type, results_dir)[0])) or {}
     versions = record.get("versions") or {}
     return {
@@ -354,13 +401,17 @@ def build_image(cfg: dict, arm: dict, gpu_type: str, out: Path, *, lock: dict | 
     key = cfg["engine"].get("image")
     entry = lock_entry(lock, key)
     require_pinned(cfg, entry, key)
-    resolved = entry.get("digest") or (None if entry.get("local") else resolve_digest(f"{entry['image']}:{entry['tag']}"))
+    resolved = entry.get("digest") or (
+        None if entry.get("local") else resolve_digest(f"{entry['image']}:{entry['tag']}")
+    )
     spec = image_spec(cfg, arm, gpu_type, lock, digest=resolved)
     out = Path(out)
     runtime = cfg["engine"]["runtime"]
     if runtime == "apptainer":
-        raise ConfigError("runtime apptainer builds one base image per engine line (attnbench image build-base) and a "
-                          "layer per arm (attnbench image layer), not a full image per arm")  # fmt: skip
+        raise ConfigError(
+            "runtime apptainer builds one base image per engine line (attnbench image build-base) and a "
+            "layer per arm (attnbench image layer), not a full image per arm"
+        )
     if runtime == "docker":
         built = build_docker(spec, out.with_suffix(".Dockerfile"), client)
         facts = inspect_docker_image(spec.tag, client)
@@ -372,13 +423,26 @@ def build_image(cfg: dict, arm: dict, gpu_type: str, out: Path, *, lock: dict | 
     else:
         raise ConfigError(f"engine.runtime: {runtime!r} has no image to build; images are for docker and apptainer")
     record = {
-        "schema": 1, "key": key, "engine_version": entry["version"], "runtime": runtime, "experiment": cfg["experiment"],
-        "arm": arm["name"], "backend": arm.get("backend"), "variant": arm.get("variant"), "gpu_type": gpu_type,
-        "base": spec.base, "base_ref": spec.base_ref, "lock_digest": entry.get("digest"), "resolved_digest": resolved,
-        "pinned": bool(entry.get("digest")) or bool(entry.get("local")), "backend_env": spec.backend_env,
-        "backend_args": spec.backend_args, "labels": spec.labels, "built": datetime.now(timezone.utc).isoformat(),
+        "schema": 1,
+        "key": key,
+        "engine_version": entry["version"],
+        "runtime": runtime,
+        "experiment": cfg["experiment"],
+        "arm": arm["name"],
+        "backend": arm.get("backend"),
+        "variant": arm.get("variant"),
+        "gpu_type": gpu_type,
+        "base": spec.base,
+        "base_ref": spec.base_ref,
+        "lock_digest": entry.get("digest"),
+        "resolved_digest": resolved,
+        "pinned": bool(entry.get("digest")) or bool(entry.get("local")),
+        "backend_env": spec.backend_env,
+        "backend_args": spec.backend_args,
+        "labels": spec.labels,
+        "built": datetime.now(timezone.utc).isoformat(),
         **built,
-    }  # fmt: skip
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return record
@@ -420,8 +484,18 @@ class DockerServer(ServerLifecycle):
     Containers of a parent that died by SIGKILL are removed by the next DockerServer.start (see cleanup_orphans).
     """
 
-    def __init__(self, spec, log_path: Path, base_url: str, startup_timeout_s: float, *, image: str | None = None,
-                 device: str | None = None, client=None, name: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        spec,
+        log_path: Path,
+        base_url: str,
+        startup_timeout_s: float,
+        *,
+        image: str | None = None,
+        device: str | None = None,
+        client=None,
+        name: str | None = None,
+    ):
         self.spec = spec
         self.log_path = Path(log_path)
         self.base_url = base_url.rstrip("/")
@@ -548,16 +622,20 @@ class DockerServer(ServerLifecycle):
             while True:
                 if not self.alive():
                     time.sleep(0.5)  # let the log stream catch the last lines
-                    raise ContainerError(f"server exited during startup ({self.exit_reason()}); last log lines of "
-                                         f"{self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
+                    raise ContainerError(
+                        f"server exited during startup ({self.exit_reason()}); last log lines of "
+                        f"{self.log_path}:\n{log_tail(self.log_path)}"
+                    )
                 try:
                     if client.get(f"{self.base_url}/health").status_code == 200:
                         return time.monotonic() - self.started_at
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise ContainerError(f"server not ready after {self.startup_timeout_s:.0f} s ({self.base_url}/health);"
-                                         f" last log lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
+                    raise ContainerError(
+                        f"server not ready after {self.startup_timeout_s:.0f} s ({self.base_url}/health);"
+                        f" last log lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                    )
                 time.sleep(0.5)
 
     def stop(self, grace_s: float = 20) -> int | None:
@@ -649,7 +727,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("image", help="engine images: render definitions, build (apptainer/docker), inspect")
     sub = p.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     for name, func, helptext in (
-        ("build", _cmd_build, "runtime docker: check the GPU pair, render and build one arm's image; write image.json to --out"),
+        (
+            "build",
+            _cmd_build,
+            "runtime docker: check the GPU pair, render and build one arm's image; write image.json to --out",
+        ),
         ("render", _cmd_render, "print one arm's rendered Dockerfile"),
     ):
         c = sub.add_parser(name, help=helptext)
@@ -666,4 +748,3 @@ def register(subparsers) -> None:
     i = sub.add_parser("inspect", help="print a local docker image's ID, digests and labels")
     i.add_argument("ref", help="image reference")
     i.set_defaults(func=_cmd_inspect)
-

@@ -15,8 +15,8 @@ import venv
 from pathlib import Path
 
 from attnbench.config import ATTENTION_FLAG_VERSION, engine_venv_dir, version_tuple
-from attnbench.errors import AttnbenchError, ConfigError
 from attnbench.engines.server import LaunchSpec
+from attnbench.errors import AttnbenchError, ConfigError
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -77,14 +77,21 @@ def server_args(cfg: dict, arm: dict, *, model_dir, tokenizer_dir, host: str, po
     """The api_server flags, identical for every runtime."""
     model = cfg["model"]
     args = [
-        "--model", str(model_dir),
-        "--served-model-name", model["name"],
-        "--host", host,
-        "--port", str(port),
-        "--dtype", model["dtype"],
-        "--max-model-len", str(model["max_model_len"]),
-        "--gpu-memory-utilization", str(model["gpu_memory_utilization"]),
-    ]  # fmt: skip
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        model["name"],
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        model["dtype"],
+        "--max-model-len",
+        str(model["max_model_len"]),
+        "--gpu-memory-utilization",
+        str(model["gpu_memory_utilization"]),
+    ]
     if tokenizer_dir is not None:
         args += ["--tokenizer", str(tokenizer_dir)]
     if model.get("architecture") is not None:
@@ -145,8 +152,9 @@ def launch_spec(
         # The arm's layer (variant folder, profiler layer) is bound in at the same path and put on PYTHONPATH; the
         # engine settings go in as --env (the container starts from a clean environment), visible in the argv.
         binds, env = apptainer.server_binds_env(arm, [model_dir, tokenizer_dir, trace_dir], env)
-        argv = apptainer.exec_argv(image, ["python3", "-m", API_SERVER_MODULE, *args], env=env, binds=binds,
-                                   gpu=engine.get("device") == "cuda")  # fmt: skip
+        argv = apptainer.exec_argv(
+            image, ["python3", "-m", API_SERVER_MODULE, *args], env=env, binds=binds, gpu=engine.get("device") == "cuda"
+        )
         description["image"] = image
     elif runtime == "docker":
         # containers.DockerServer runs this argv inside the image with env and the GPU request.
@@ -154,7 +162,9 @@ def launch_spec(
         argv = ["python3", "-m", API_SERVER_MODULE, *args]
         description["image"] = image
     else:
-        raise ConfigError(f"engine.runtime: {runtime!r} is not allowed; allowed values: venv, native, docker, apptainer")
+        raise ConfigError(
+            f"engine.runtime: {runtime!r} is not allowed; allowed values: venv, native, docker, apptainer"
+        )
     return LaunchSpec(argv=argv, env=env, runtime=runtime, description=description)
 
 
@@ -180,10 +190,19 @@ def build_venv(requirements: Path, venv_dir: Path, pip_args: list[str] | None = 
         venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
     python = str(venv_dir / "bin" / "python")
     _run(
-        [python, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-r", str(requirements),
-         *(pip_args or [])],
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-r",
+            str(requirements),
+            *(pip_args or []),
+        ],
         f"pip install -r {requirements}",
-    )  # fmt: skip
+    )
     freeze = _run([python, "-m", "pip", "freeze", "--all"], "pip freeze").stdout
     installed = {line.split("==")[0].split(" @ ")[0].strip().lower() for line in freeze.splitlines()}
     sneaked = sorted(set(FORBIDDEN_IN_ENGINE) & installed)
@@ -209,8 +228,9 @@ def build_venv(requirements: Path, venv_dir: Path, pip_args: list[str] | None = 
 
 
 def _cmd_build_venv(args: argparse.Namespace) -> int:
-    version = build_venv(Path(args.requirements), Path(args.venv), list(args.pip_arg or []),
-                         Path(args.lock) if args.lock else None)  # fmt: skip
+    version = build_venv(
+        Path(args.requirements), Path(args.venv), list(args.pip_arg or []), Path(args.lock) if args.lock else None
+    )
     print(f"engine venv {args.venv}: vllm {version}")
     if args.expect_version and version_tuple(version) != version_tuple(args.expect_version):
         raise EngineError(f"engine venv imports vllm {version}, the config says engine.version {args.expect_version}")
@@ -225,7 +245,10 @@ def register(subparsers) -> None:
     b.add_argument("--venv", required=True, help="folder of the venv to create")
     b.add_argument("--lock", default=None, help="where to write pip freeze (default: VENV/../engine-lock.txt)")
     b.add_argument("--expect-version", default=None, help="fail unless the venv imports this vLLM version")
-    b.add_argument("--pip-arg", action="append", default=[],
-                   help="extra pip argument, repeatable (e.g. --pip-arg=--extra-index-url=URL)")  # fmt: skip
+    b.add_argument(
+        "--pip-arg",
+        action="append",
+        default=[],
+        help="extra pip argument, repeatable (e.g. --pip-arg=--extra-index-url=URL)",
+    )
     b.set_defaults(func=_cmd_build_venv)
-

@@ -96,7 +96,7 @@ def cpu_key(machine: str | None = None) -> str:
 def parse_nvidia_smi(text: str) -> list[GpuInfo]:
     """Rows of `nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader`."""
     gpus = []
-    for index, line in enumerate(l for l in text.splitlines() if l.strip()):
+    for index, line in enumerate(x for x in text.splitlines() if x.strip()):
         fields = [f.strip() for f in line.split(",")]
         if len(fields) < 3:
             raise AttnbenchError(f"nvidia-smi line {line!r}: expected name, compute_cap, memory.total")
@@ -126,8 +126,15 @@ def _detect_nvml() -> list[GpuInfo] | None:
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
             name = pynvml.nvmlDeviceGetName(handle)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1 << 20)
-            gpus.append(GpuInfo(i, name.decode() if isinstance(name, bytes) else name, f"{major}.{minor}",
-                                int(memory), driver.decode() if isinstance(driver, bytes) else driver))  # fmt: skip
+            gpus.append(
+                GpuInfo(
+                    i,
+                    name.decode() if isinstance(name, bytes) else name,
+                    f"{major}.{minor}",
+                    int(memory),
+                    driver.decode() if isinstance(driver, bytes) else driver,
+                )
+            )
         return gpus
     finally:
         pynvml.nvmlShutdown()
@@ -328,8 +335,9 @@ def check_compatible(cfg: dict, gpu_type: str, lock: dict, arms: list[dict] | No
             if problem not in problems:
                 problems.append(problem)
     if problems:
-        raise CompatibilityError(f"{cfg['engine'].get('image') or cfg['engine']['runtime']} on {gpu_type}: "
-                                 + " | ".join(problems))  # fmt: skip
+        raise CompatibilityError(
+            f"{cfg['engine'].get('image') or cfg['engine']['runtime']} on {gpu_type}: " + " | ".join(problems)
+        )
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------
@@ -343,8 +351,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     else:
         print(key)
         for g in gpus:
-            print(f"  GPU {g.index}: {g.name}, sm_{g.compute_cap.replace('.', '')}, {g.memory_mib} MiB, "
-                  f"driver {g.driver}")  # fmt: skip
+            print(
+                f"  GPU {g.index}: {g.name}, sm_{g.compute_cap.replace('.', '')}, {g.memory_mib} MiB, driver {g.driver}"
+            )
     return 0
 
 
@@ -356,8 +365,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     gpu_type = resolve_gpu_type(cfg, args.gpu_type)
     arms = [arm_by_name(cfg, args.arm)] if args.arm else None
     check_compatible(cfg, gpu_type, load_lock(args.lock), arms)
-    print(f"ok: {cfg['engine'].get('image') or cfg['engine']['runtime']} can run "
-          f"{', '.join(a['name'] for a in (arms or cfg['arms']))} on {gpu_type}")  # fmt: skip
+    print(
+        f"ok: {cfg['engine'].get('image') or cfg['engine']['runtime']} can run "
+        f"{', '.join(a['name'] for a in (arms or cfg['arms']))} on {gpu_type}"
+    )
     if args.stamp:
         Path(args.stamp).parent.mkdir(parents=True, exist_ok=True)
         Path(args.stamp).write_text(gpu_type + "\n", encoding="utf-8")

@@ -345,8 +345,7 @@ def attribute(trace_dir: Path, *, top_kernels: int = 5, wait_s: float = 120.0) -
     for phase in sorted({s.phase for s in spans}):
         mine = [s for s in spans if s.phase == phase]
         phase_total = sum(s.dur for s in mine)
-        phases[phase] = {"time_us": round(phase_total, 3),
-                         "families": _family_table(mine, phase_total, top_kernels)}  # fmt: skip
+        phases[phase] = {"time_us": round(phase_total, 3), "families": _family_table(mine, phase_total, top_kernels)}
     attention = {f: v for f, v in families.items() if f != OTHER}
     return {
         "schema": KERNELS_SCHEMA,
@@ -409,8 +408,10 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     attribution["violations"] = check_expectations(attribution, expect)
     out = Path(args.out) if args.out else Path(args.trace_dir).parent / "kernels.json"
     out.write_text(json.dumps(attribution, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"{attribution['device']} trace, {attribution['total_time_us'] / 1000:.3f} ms "
-          f"({attribution['time_basis']}), attention {100 * attribution['attention_share']:.1f}%")  # fmt: skip
+    print(
+        f"{attribution['device']} trace, {attribution['total_time_us'] / 1000:.3f} ms "
+        f"({attribution['time_basis']}), attention {100 * attribution['attention_share']:.1f}%"
+    )
     for family, entry in attribution["families"].items():
         phases = ", ".join(
             f"{p} {entry_p['families'][family]['time_us'] / 1000:.3f} ms"
@@ -436,12 +437,27 @@ def register(subparsers) -> None:
     p = sub.add_parser("attribute", help="kernel families and their share of time in a trace folder -> kernels.json")
     p.add_argument("trace_dir", help="folder of torch profiler traces (*.json, *.json.gz), searched recursively")
     p.add_argument("--out", help="output file (default: TRACE_DIR/../kernels.json)")
-    p.add_argument("--wait", type=float, default=0.0, metavar="S",
-                   help="wait up to S seconds for the server to finish writing its traces (default 0)")  # fmt: skip
-    p.add_argument("--require", action="append", choices=FAMILIES, metavar="FAMILY",
-                   help=f"family that must run (repeatable): {', '.join(FAMILIES)}")  # fmt: skip
-    p.add_argument("--forbid", action="append", choices=FAMILIES, metavar="FAMILY",
-                   help="family that must not run (repeatable); exit status 1 when an expectation fails")  # fmt: skip
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for the server to finish writing its traces (default 0)",
+    )
+    p.add_argument(
+        "--require",
+        action="append",
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"family that must run (repeatable): {', '.join(FAMILIES)}",
+    )
+    p.add_argument(
+        "--forbid",
+        action="append",
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help="family that must not run (repeatable); exit status 1 when an expectation fails",
+    )
     p.set_defaults(func=_cmd_attribute)
     p = sub.add_parser("classify", help="print the kernel family of kernel names")
     p.add_argument("names", nargs="+", metavar="NAME")

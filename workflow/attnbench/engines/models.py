@@ -70,8 +70,14 @@ def word_vocab(vocab_size: int) -> list[str]:
 
 def _special_token(content: str) -> dict:
     """A special token as both tokenizer.json and tokenizer_config.json describe it."""
-    return {"content": content, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-            "special": True}  # fmt: skip
+    return {
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
 
 
 def tokenizer_json(vocab_size: int) -> dict:
@@ -138,8 +144,12 @@ def write_synthetic_model(
     _write_json(tokenizer_dir / "tokenizer_config.json", tokenizer_config(max_length))
     _write_json(
         tokenizer_dir / "special_tokens_map.json",
-        {"eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN,
-         "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]},
+        {
+            "eos_token": EOS_TOKEN,
+            "pad_token": PAD_TOKEN,
+            "unk_token": UNK_TOKEN,
+            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        },
     )
     stray = tokenizer_dir / "config.json"
     if stray.exists():
@@ -159,6 +169,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--architecture", required=True, help="HF config.json of the architecture (config/models/*.json)")
     p.add_argument("--model-dir", required=True, help="folder to receive config.json")
-    p.add_argument("--tokenizer-dir", required=True, help="folder to receive the tokenizer (must differ from model dir)")
-    p.add_argument("--extra", default=None, help="JSON object of config keys to override (e.g. '{\"max_position_embeddings\": 8192}')")
+    p.add_argument(
+        "--tokenizer-dir", required=True, help="folder to receive the tokenizer (must differ from model dir)"
+    )
+    p.add_argument(
+        "--extra",
+        default=None,
+        help="JSON object of config keys to override (e.g. '{\"max_position_embeddings\": 8192}')",
+    )
     p.set_defaults(func=_cmd_make_model)

@@ -10,9 +10,10 @@ import platform
 import re
 import socket
 import subprocess
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REDACTED = "***"
 
@@ -95,10 +96,13 @@ def redact(obj: Any, secrets: Iterable[str] = ()) -> Any:
     secrets = list(secrets)
     if isinstance(obj, dict):
         return {
-            k: (REDACTED if is_secret_name(k) and isinstance(v, str) and v and not _NOT_A_SECRET.match(v)
-                else redact(v, secrets))
+            k: (
+                REDACTED
+                if is_secret_name(k) and isinstance(v, str) and v and not _NOT_A_SECRET.match(v)
+                else redact(v, secrets)
+            )
             for k, v in obj.items()
-        }  # fmt: skip
+        }
     if isinstance(obj, list):
         if all(isinstance(a, str) for a in obj):
             return redact_argv(obj, secrets)
@@ -199,9 +203,11 @@ def engine_versions(python_argv: list[str], env: dict[str, str] | None = None) -
     try:
         proc = subprocess.run(
             [*python_argv, "-c", VERSIONS_SNIPPET],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
             env={**os.environ, **(env or {}), "VLLM_LOGGING_LEVEL": "ERROR"},
-        )  # fmt: skip
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"error": f"cannot run {python_argv[0]}: {exc}"}
     for line in proc.stdout.splitlines():

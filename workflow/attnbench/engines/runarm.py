@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from attnbench.engines import provenance
 from attnbench.config import arm_by_name, engine_id, load_config, workloads_of
+from attnbench.engines import provenance
 from attnbench.engines.engine import engine_python, launch_spec
 from attnbench.errors import AttnbenchError, ServerError
 from attnbench.measure.gpumon import GpuMonitor
@@ -139,20 +139,34 @@ def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_k
     with httpx.Client(headers=headers) as client:
         client.post(f"{server_url}/start_profile", timeout=120).raise_for_status()
         try:
-            asyncio.run(send_probe(server_url, model_name, workload, cfg["kernels"]["probe_requests"],
-                                   cfg["sweep"], out_dir, api_key=api_key,
-                                   output_tokens=cfg["kernels"]["probe_output_tokens"], **ids))  # fmt: skip
+            asyncio.run(
+                send_probe(
+                    server_url,
+                    model_name,
+                    workload,
+                    cfg["kernels"]["probe_requests"],
+                    cfg["sweep"],
+                    out_dir,
+                    api_key=api_key,
+                    output_tokens=cfg["kernels"]["probe_output_tokens"],
+                    **ids,
+                )
+            )
         finally:
             client.post(f"{server_url}/stop_profile", timeout=600).raise_for_status()
         # vLLM 0.7.1 with a stack-capturing profiler died in its engine process at stop_profile while the API
         # server went on answering /health: only a real request shows that the engine survived the probe.
         try:
-            reply = client.post(f"{server_url}/v1/completions", timeout=120,
-                                json={"model": model_name, "prompt": "probe", "max_tokens": 1})  # fmt: skip
+            reply = client.post(
+                f"{server_url}/v1/completions",
+                timeout=120,
+                json={"model": model_name, "prompt": "probe", "max_tokens": 1},
+            )
             reply.raise_for_status()
         except httpx.HTTPError as exc:
-            raise ServerError(f"the engine stopped serving after the kernel probe's /stop_profile ({exc}); see "
-                              f"server.log") from None  # fmt: skip
+            raise ServerError(
+                f"the engine stopped serving after the kernel probe's /stop_profile ({exc}); see server.log"
+            ) from None
     attribution = kernels.attribute(out_dir / "trace")
     (out_dir / "kernels.json").write_text(json.dumps(attribution, indent=1, sort_keys=True), encoding="utf-8")
     violations = kernels.check_expectations(attribution, arm.get("expect_kernels") or {})
@@ -170,27 +184,41 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
         workload = cfg["workloads"][point["workload"]]
         tag = f"{point['workload']}-c{point['concurrency']}"
         args = argparse.Namespace(
-            base_url=base_url, model=cfg["model"]["name"], tokenizer=str(tokenizer_dir or cfg["model"]["path"]),
-            engine_python=engine_python(cfg), input_len=workload["prompt_tokens"],
-            output_len=workload["output_tokens"], concurrency=point["concurrency"],
+            base_url=base_url,
+            model=cfg["model"]["name"],
+            tokenizer=str(tokenizer_dir or cfg["model"]["path"]),
+            engine_python=engine_python(cfg),
+            input_len=workload["prompt_tokens"],
+            output_len=workload["output_tokens"],
+            concurrency=point["concurrency"],
             num_prompts=point.get("num_prompts") or max(2 * point["concurrency"], 4),
             warmup=xc["warmup"] if point.get("warmup") is None else point["warmup"],
-            repeats=xc["repeats"], api=cfg["sweep"]["api"], api_key_env=cfg["sweep"].get("api_key_env"),
-            seed=xc["seed"], temperature=cfg["sweep"]["temperature"], timeout=cfg["sweep"]["request_timeout_s"],
+            repeats=xc["repeats"],
+            api=cfg["sweep"]["api"],
+            api_key_env=cfg["sweep"].get("api_key_env"),
+            seed=xc["seed"],
+            temperature=cfg["sweep"]["temperature"],
+            timeout=cfg["sweep"]["request_timeout_s"],
             output=str(out_dir / "crosscheck" / tag),
         )
         result = crosscheck(args)
-        results.append({"point": tag, **result["comparison"], "workload": result["workload"],
-                        "repeats": args.repeats,
-                        "prompt_tokens": {t: result[t][0]["prompt_tokens_median"] for t in ("vllm", "ours")}})
+        results.append(
+            {
+                "point": tag,
+                **result["comparison"],
+                "workload": result["workload"],
+                "repeats": args.repeats,
+                "prompt_tokens": {t: result[t][0]["prompt_tokens_median"] for t in ("vllm", "ours")},
+            }
+        )
     return results
 
 
 def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
     """Run one (arm, repeat) into out_dir and return the run.json content; raises AttnbenchError on failure
     after writing run.json with status failed."""
-    from attnbench.measure.openloop import rate_workloads, run_open_loop
     from attnbench.engines.server import free_port, parse_backend, parse_quantization
+    from attnbench.measure.openloop import rate_workloads, run_open_loop
     from attnbench.measure.sweep import run_sweep
 
     arm = arm_by_name(cfg, arm_name)
@@ -210,13 +238,29 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
     ids = {"experiment": cfg["experiment"], "arm": arm_name, "repeat": repeat}
 
     run: dict = {
-        "schema": 1, **ids, "status": "failed", "error": None, "started": _now(), "finished": None,
-        "base_url": None, "engine": {"runtime": engine["runtime"], "version": engine["version"],
-                                      "image": engine.get("image"), "digest": None, "lock": None, "versions": {}},
-        "server": {}, "backend": None, "kernels": None, "host": provenance.host_info(cfg),
-        "git": provenance.git_commit(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "schema": 1,
+        **ids,
+        "status": "failed",
+        "error": None,
+        "started": _now(),
+        "finished": None,
+        "base_url": None,
+        "engine": {
+            "runtime": engine["runtime"],
+            "version": engine["version"],
+            "image": engine.get("image"),
+            "digest": None,
+            "lock": None,
+            "versions": {},
+        },
+        "server": {},
+        "backend": None,
+        "kernels": None,
+        "host": provenance.host_info(cfg),
+        "git": provenance.git_commit(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "config": provenance.redact(cfg, secrets),
-    }  # fmt: skip
+    }
     if engine["runtime"] == "venv":
         lock = exp_dir / "engine" / engine_id(cfg) / "engine-lock.txt"  # written by rule engine_venv
         run["engine"]["lock"] = str(lock) if lock.exists() else None
@@ -236,8 +280,15 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         trace_dir = (out_dir / "trace").resolve() if cfg["kernels"]["probe"] else None
         if trace_dir is not None:
             trace_dir.mkdir(parents=True, exist_ok=True)  # a container binds it in: it must exist first
-        spec = launch_spec(cfg, arm, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
-                           host=engine["host"], port=port, trace_dir=trace_dir)  # fmt: skip
+        spec = launch_spec(
+            cfg,
+            arm,
+            model_dir=model_dir,
+            tokenizer_dir=tokenizer_dir,
+            host=engine["host"],
+            port=port,
+            trace_dir=trace_dir,
+        )
         if api_key:
             spec.env["VLLM_API_KEY"] = api_key  # vLLM reads it; never on the command line
         run["server"] = {"argv": provenance.redact(spec.argv, secrets), "env": provenance.redact(spec.env, secrets)}
@@ -284,28 +335,58 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
             # Clocks, power and temperature from the first measured request to the last crosscheck (gpu.jsonl);
             # the server's /metrics at each level's start and end and every interval_s (servermetrics.jsonl).
             metrics_cfg = cfg.get("server_metrics") or {}
-            with GpuMonitor(out_dir / "gpu.jsonl"), Scraper(
-                base_url, out_dir / "servermetrics.jsonl", headers=headers, enabled=metrics_cfg.get("scrape", True),
-                interval_s=metrics_cfg.get("interval_s", DEFAULT_SCRAPE_S),
-            ) as scraper:  # fmt: skip
-                asyncio.run(run_sweep(base_url, cfg["model"]["name"], workloads_of(cfg), cfg["sweep"], out_dir,
-                                      api_key=api_key, abort_check=abort_check, on_level=scraper.mark, **ids))  # fmt: skip
+            with (
+                GpuMonitor(out_dir / "gpu.jsonl"),
+                Scraper(
+                    base_url,
+                    out_dir / "servermetrics.jsonl",
+                    headers=headers,
+                    enabled=metrics_cfg.get("scrape", True),
+                    interval_s=metrics_cfg.get("interval_s", DEFAULT_SCRAPE_S),
+                ) as scraper,
+            ):
+                asyncio.run(
+                    run_sweep(
+                        base_url,
+                        cfg["model"]["name"],
+                        workloads_of(cfg),
+                        cfg["sweep"],
+                        out_dir,
+                        api_key=api_key,
+                        abort_check=abort_check,
+                        on_level=scraper.mark,
+                        **ids,
+                    )
+                )
                 if rate_workloads(cfg):  # open-loop rates, on the same server after the closed loop (openloop.py)
-                    asyncio.run(run_open_loop(base_url, cfg["model"]["name"], rate_workloads(cfg), cfg["sweep"],
-                                              cfg.get("open_loop"), out_dir, api_key=api_key, abort_check=abort_check,
-                                              on_level=scraper.mark, **ids))  # fmt: skip
+                    asyncio.run(
+                        run_open_loop(
+                            base_url,
+                            cfg["model"]["name"],
+                            rate_workloads(cfg),
+                            cfg["sweep"],
+                            cfg.get("open_loop"),
+                            out_dir,
+                            api_key=api_key,
+                            abort_check=abort_check,
+                            on_level=scraper.mark,
+                            **ids,
+                        )
+                    )
                 if not server.alive():
                     raise ServerError(f"server died during the sweep ({server.exit_reason() or 'no reason known'})")
                 # The profiler probe runs after the sweep: the sweep wants a fresh run folder, and a trace must not
                 # slow down measured requests.
                 if cfg["kernels"]["probe"]:
                     probe = _kernel_probe(cfg, arm, base_url, cfg["model"]["name"], out_dir, headers, ids, api_key)
-                    run["kernels"] = {"violations": probe["violations"],
-                                      "families": {k: v.get("share") for k, v in
-                                                   probe["attribution"].get("families", {}).items()}}  # fmt: skip
+                    run["kernels"] = {
+                        "violations": probe["violations"],
+                        "families": {k: v.get("share") for k, v in probe["attribution"].get("families", {}).items()},
+                    }
                     if probe["violations"]:
                         raise AttnbenchError(
-                            f"arm {arm_name}: kernel expectations failed: {'; '.join(probe['violations'])}")
+                            f"arm {arm_name}: kernel expectations failed: {'; '.join(probe['violations'])}"
+                        )
 
                 if cfg["crosscheck"]["points"] and repeat in cfg["crosscheck"]["runs"]:
                     run["crosscheck"] = _crosscheck(cfg, base_url, tokenizer_dir, out_dir)
@@ -363,8 +444,10 @@ def _cmd_run_arm(args: argparse.Namespace) -> int:
         raise AttnbenchError(f"terminated by SIGTERM, server stopped ({kept})") from None
     except KeyboardInterrupt:
         raise AttnbenchError(f"interrupted, server stopped ({kept})") from None
-    print(f"run-arm {args.arm} rep{args.repeat}: ok, server ready in {run['server'].get('ready_s')} s, "
-          f"backend logged {run['backend']['logged'] if run['backend'] else None}")  # fmt: skip
+    print(
+        f"run-arm {args.arm} rep{args.repeat}: ok, server ready in {run['server'].get('ready_s')} s, "
+        f"backend logged {run['backend']['logged'] if run['backend'] else None}"
+    )
     return 0
 
 

@@ -177,7 +177,7 @@ class Client:
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
         )
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc) -> None:

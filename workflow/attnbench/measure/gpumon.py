@@ -22,8 +22,17 @@ from pathlib import Path
 
 # Field names as nvidia-smi --help-query-gpu spells them; the last is the newer name of clocks_throttle_reasons.active
 # (drivers before 535 know only the old one, so the monitor asks which one this driver accepts).
-FIELDS = ["index", "uuid", "clocks.sm", "clocks.mem", "clocks.max.sm", "power.draw", "power.limit",
-          "temperature.gpu", "utilization.gpu"]  # fmt: skip
+FIELDS = [
+    "index",
+    "uuid",
+    "clocks.sm",
+    "clocks.mem",
+    "clocks.max.sm",
+    "power.draw",
+    "power.limit",
+    "temperature.gpu",
+    "utilization.gpu",
+]
 REASON_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")
 # A sample counts as "busy" when the GPU ran kernels at least this share of the sample period: idle samples (server
 # waiting between levels) would pull the clock and power medians towards idle values.
@@ -43,9 +52,11 @@ def parse_line(line: str, reason_field: str) -> dict | None:
     if len(parts) != len(FIELDS) + 1 or not parts[0].isdigit():
         return None
     values = dict(zip(FIELDS + [reason_field], parts))
-    sample: dict = {"index": int(values["index"]),
-                    # A stable, non-identifying name: equal on the same card, different between cards.
-                    "gpu": hashlib.sha256(values["uuid"].encode()).hexdigest()[:12]}  # fmt: skip
+    sample: dict = {
+        "index": int(values["index"]),
+        # A stable, non-identifying name: equal on the same card, different between cards.
+        "gpu": hashlib.sha256(values["uuid"].encode()).hexdigest()[:12],
+    }
     for field in FIELDS[2:]:
         sample[field] = _number(values[field])
     reasons = values[reason_field]
@@ -57,8 +68,12 @@ def _reason_field(exe: str) -> str | None:
     for field in REASON_FIELDS:
         query = ",".join(FIELDS + [field])
         try:
-            proc = subprocess.run([exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-                                  capture_output=True, text=True, timeout=30)  # fmt: skip
+            proc = subprocess.run(
+                [exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         if proc.returncode == 0:
@@ -87,9 +102,12 @@ class GpuMonitor:
             print(f"gpumon: {self.exe} answers no --query-gpu; this run has no GPU samples", file=sys.stderr)
             return self
         query = ",".join(FIELDS + [self.reason_field])
-        self._proc = subprocess.Popen([self.exe, f"--query-gpu={query}", "--format=csv,noheader,nounits",
-                                       f"-lms={self.period_ms}"], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        self._proc = subprocess.Popen(
+            [self.exe, f"--query-gpu={query}", "--format=csv,noheader,nounits", f"-lms={self.period_ms}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self._thread = threading.Thread(target=self._pump, name="gpumon", daemon=True)
         self._thread.start()
         return self

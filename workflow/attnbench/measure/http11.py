@@ -87,8 +87,9 @@ class LoopbackTransport(httpx.AsyncBaseTransport):
                     conn = None
                     continue
                 if isinstance(exc, asyncio.IncompleteReadError):
-                    raise httpx.RemoteProtocolError("server closed the connection before the response head",
-                                                    request=request) from None  # fmt: skip
+                    raise httpx.RemoteProtocolError(
+                        "server closed the connection before the response head", request=request
+                    ) from None
                 raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from None
             except BaseException:
                 conn.close()
@@ -99,8 +100,9 @@ class LoopbackTransport(httpx.AsyncBaseTransport):
 
     async def _connect(self, key: tuple[str, int], timeout: float | None, request: httpx.Request) -> _Connection:
         try:
-            reader, writer = await _with_timeout(asyncio.open_connection(*key, limit=READ_SIZE), timeout,
-                                                 httpx.ConnectTimeout, request)  # fmt: skip
+            reader, writer = await _with_timeout(
+                asyncio.open_connection(*key, limit=READ_SIZE), timeout, httpx.ConnectTimeout, request
+            )
         except OSError as exc:
             raise httpx.ConnectError(exc.strerror or str(exc), request=request) from None
         sock = writer.get_extra_info("socket")
@@ -184,8 +186,9 @@ class _Body(httpx.AsyncByteStream):
         except ConnectionError as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__, request=self.request) from None
         if not data and not eof_ok:
-            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body",
-                                            request=self.request)  # fmt: skip
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body", request=self.request
+            )
         return data
 
     async def _chunked(self, reader, timeout: float | None):
@@ -200,7 +203,7 @@ class _Body(httpx.AsyncByteStream):
                     take = min(need, len(buf) - pos)
                     if take <= 0:
                         break
-                    out.append(buf[pos:pos + take])
+                    out.append(buf[pos : pos + take])
                     pos += take
                     need -= take
                     if need:
@@ -218,7 +221,9 @@ class _Body(httpx.AsyncByteStream):
                 try:
                     size = int(size_field, 16)
                 except ValueError:
-                    raise httpx.RemoteProtocolError(f"bad chunk size {size_field[:20]!r}", request=self.request) from None
+                    raise httpx.RemoteProtocolError(
+                        f"bad chunk size {size_field[:20]!r}", request=self.request
+                    ) from None
                 pos = eol + 2
                 if size == 0:  # last chunk; skip (empty) trailers up to the final CRLF
                     while True:

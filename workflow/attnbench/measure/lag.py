@@ -93,10 +93,16 @@ class LoopLagMonitor:
         cpu = _cpu_seconds() - self._cpu0
         p50, p99, peak = percentiles_ms(self.samples)
         return ClientLoad(
-            loop_lag_ms_p50=p50, loop_lag_ms_p99=p99, loop_lag_ms_max=peak, loop_samples=len(self.samples),
-            interval_ms=self.interval_s * 1000, cpu_s=round(cpu, 4), wall_s=round(wall, 4),
-            cpu_pct=round(cpu / wall * 100, 2) if wall > 0 else None, limit_ms=self.limit_ms,
-        )  # fmt: skip
+            loop_lag_ms_p50=p50,
+            loop_lag_ms_p99=p99,
+            loop_lag_ms_max=peak,
+            loop_samples=len(self.samples),
+            interval_ms=self.interval_s * 1000,
+            cpu_s=round(cpu, 4),
+            wall_s=round(wall, 4),
+            cpu_pct=round(cpu / wall * 100, 2) if wall > 0 else None,
+            limit_ms=self.limit_ms,
+        )
 
 
 def merge_loads(parent: ClientLoad, workers: list[ClientLoad]) -> ClientLoad:
@@ -110,10 +116,14 @@ def merge_loads(parent: ClientLoad, workers: list[ClientLoad]) -> ClientLoad:
         loop_lag_ms_p50=max(w.loop_lag_ms_p50 or 0.0 for w in loops),
         loop_lag_ms_p99=max(w.loop_lag_ms_p99 or 0.0 for w in loops),
         loop_lag_ms_max=max(w.loop_lag_ms_max or 0.0 for w in loops),
-        loop_samples=sum(w.loop_samples for w in loops), interval_ms=parent.interval_ms, cpu_s=round(cpu, 4),
-        wall_s=parent.wall_s, cpu_pct=round(cpu / parent.wall_s * 100, 2) if parent.wall_s > 0 else None,
-        limit_ms=parent.limit_ms, processes=1 + len(workers),
-    )  # fmt: skip
+        loop_samples=sum(w.loop_samples for w in loops),
+        interval_ms=parent.interval_ms,
+        cpu_s=round(cpu, 4),
+        wall_s=parent.wall_s,
+        cpu_pct=round(cpu / parent.wall_s * 100, 2) if parent.wall_s > 0 else None,
+        limit_ms=parent.limit_ms,
+        processes=1 + len(workers),
+    )
 
 
 def as_record(load: ClientLoad) -> dict:
@@ -151,16 +161,21 @@ LAG_COLUMNS = list(lag_columns({}, []))
 
 def lag_reason(row: dict) -> str:
     """Why a level row is flagged, for tables: 'client lagged (loop p99 12.3 ms, send p99 - ms, limit ...)'."""
+
     def ms(v) -> str:
         return "-" if v != v else f"{v:.1f} ms"  # NaN != NaN
 
-    return (f"client lagged (event-loop p99 {ms(row['client_loop_lag_ms_p99'])}, send p99 "
-            f"{ms(row['client_send_lag_ms_p99'])}, CPU {row['client_cpu_pct']:.0f}%)")  # fmt: skip
+    return (
+        f"client lagged (event-loop p99 {ms(row['client_loop_lag_ms_p99'])}, send p99 "
+        f"{ms(row['client_send_lag_ms_p99'])}, CPU {row['client_cpu_pct']:.0f}%)"
+    )
 
 
 def lag_note(load: ClientLoad) -> str:
     """', CLIENT LAGGED (...)' for a progress line when the event loop's p99 lag passed the limit, else ''."""
     if load.loop_lag_ms_p99 is None or load.loop_lag_ms_p99 <= load.limit_ms:
         return ""
-    return (f", CLIENT LAGGED (event-loop p99 {load.loop_lag_ms_p99:.1f} ms > {load.limit_ms:g} ms, "
-            f"CPU {load.cpu_pct or 0:.0f}%)")
+    return (
+        f", CLIENT LAGGED (event-loop p99 {load.loop_lag_ms_p99:.1f} ms > {load.limit_ms:g} ms, "
+        f"CPU {load.cpu_pct or 0:.0f}%)"
+    )

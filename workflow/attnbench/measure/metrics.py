@@ -96,8 +96,13 @@ def _div(num: float, den: float) -> float:
     return num / den if den > 0 else NAN
 
 
-def level_row(level: LevelRecord, measured: list[RequestRecord], *, ttft_limit_ms: float | None = None,
-              tpot_limit_ms: float | None = None) -> dict:
+def level_row(
+    level: LevelRecord,
+    measured: list[RequestRecord],
+    *,
+    ttft_limit_ms: float | None = None,
+    tpot_limit_ms: float | None = None,
+) -> dict:
     """Metrics of one level from its LevelRecord and its measured request records."""
     measured = sorted(measured, key=lambda r: r.index)
     ok = [r for r in measured if r.ok]
@@ -157,8 +162,16 @@ def level_row(level: LevelRecord, measured: list[RequestRecord], *, ttft_limit_m
             good += 1
         row["goodput_rps"] = _div(good, duration)
     # The client's own lag (lag.py); sent requests only: a "not sent" record has no send time worth the name.
-    row.update(lag_columns(level.client, [r.start - r.scheduled for r in measured if r.scheduled is not None
-                                          and not (r.error or "").startswith("not sent")]))  # fmt: skip
+    row.update(
+        lag_columns(
+            level.client,
+            [
+                r.start - r.scheduled
+                for r in measured
+                if r.scheduled is not None and not (r.error or "").startswith("not sent")
+            ],
+        )
+    )
     single = sum(1 for r in ok if one_burst(r))
     row["single_chunk_streams"] = single
     row["artifacts"] = "; ".join(level_artifacts(level, measured, ok, first_wave, latency_s, single))
@@ -172,15 +185,23 @@ def one_burst(r: RequestRecord) -> bool:
     return not r.itl or ((r.end - r.start) - r.ttft) / (r.completion_tokens - 1) < BURST_S_PER_TOKEN
 
 
-def level_artifacts(level: LevelRecord, measured: list[RequestRecord], ok: list[RequestRecord],
-                    first_wave: list[RequestRecord], latency_s: float, single: int) -> list[str]:  # fmt: skip
-    """"code: detail" for each definition that breaks in this level (module docstring)."""
+def level_artifacts(
+    level: LevelRecord,
+    measured: list[RequestRecord],
+    ok: list[RequestRecord],
+    first_wave: list[RequestRecord],
+    latency_s: float,
+    single: int,
+) -> list[str]:
+    """ "code: detail" for each definition that breaks in this level (module docstring)."""
     out = []
     if first_wave:
         max_ttft = max(r.ttft for r in first_wave)
         if max_ttft - latency_s <= 0:
-            out.append(f"prompt_formula: latency probe {latency_s * 1000:.2f} ms >= first-wave max TTFT "
-                       f"{max_ttft * 1000:.2f} ms")  # fmt: skip
+            out.append(
+                f"prompt_formula: latency probe {latency_s * 1000:.2f} ms >= first-wave max TTFT "
+                f"{max_ttft * 1000:.2f} ms"
+            )
     if single:
         out.append(f"single_chunk: {single} of {len(ok)} streams in one burst")
     if len(measured) > len(ok) or level.failed:
@@ -195,18 +216,27 @@ def artifact_codes(text: str) -> list[str]:
     return [part.split(":", 1)[0].strip() for part in str(text or "").split(";") if part.strip()]
 
 
-def level_table(records: list[RequestRecord], levels: list[LevelRecord], *, ttft_limit_ms: float | None = None,
-                tpot_limit_ms: float | None = None) -> pd.DataFrame:
+def level_table(
+    records: list[RequestRecord],
+    levels: list[LevelRecord],
+    *,
+    ttft_limit_ms: float | None = None,
+    tpot_limit_ms: float | None = None,
+) -> pd.DataFrame:
     """One row per (experiment, arm, repeat, workload, concurrency) level; warmup and probe records excluded."""
     by_key: dict[tuple, list[RequestRecord]] = {}
     for r in records:
         if r.phase == "measure":
             by_key.setdefault((r.experiment, r.arm, r.repeat, r.workload, r.concurrency), []).append(r)
     rows = [
-        level_row(lv, by_key.get((lv.experiment, lv.arm, lv.repeat, lv.workload, lv.concurrency), []),
-                  ttft_limit_ms=ttft_limit_ms, tpot_limit_ms=tpot_limit_ms)
+        level_row(
+            lv,
+            by_key.get((lv.experiment, lv.arm, lv.repeat, lv.workload, lv.concurrency), []),
+            ttft_limit_ms=ttft_limit_ms,
+            tpot_limit_ms=tpot_limit_ms,
+        )
         for lv in levels
-    ]  # fmt: skip
+    ]
     columns = KEY_COLUMNS + ARTICLE_COLUMNS + MODERN_COLUMNS + ARTIFACT_COLUMNS
     if ttft_limit_ms is not None or tpot_limit_ms is not None:
         columns.append("goodput_rps")
@@ -215,8 +245,18 @@ def level_table(records: list[RequestRecord], levels: list[LevelRecord], *, ttft
         for row in rows:
             row.setdefault("client_lagged", False)
     frame = pd.DataFrame(rows, columns=columns)
-    dtypes = {c: ("int64" if c in INT_COLUMNS else "object" if c in STR_COLUMNS else
-                  "bool" if c == "client_lagged" else "float64") for c in columns}  # fmt: skip
+    dtypes = {
+        c: (
+            "int64"
+            if c in INT_COLUMNS
+            else "object"
+            if c in STR_COLUMNS
+            else "bool"
+            if c == "client_lagged"
+            else "float64"
+        )
+        for c in columns
+    }
     frame = frame.astype(dtypes)
     return frame.sort_values(KEY_COLUMNS, kind="mergesort").reset_index(drop=True)
 
@@ -229,10 +269,26 @@ def read_run(run_dir: str | Path, **limits) -> pd.DataFrame:
 
 def format_table(frame: pd.DataFrame) -> str:
     """A compact human summary (article figures first) for terminals."""
-    cols = ["workload", "concurrency", "n_ok", "n_failed", "generation_throughput_tps", "prompt_throughput_tps",
-            "min_ttft_s", "max_ttft_s", "latency_ms", "ttft_ms_median", "tpot_ms_median", "output_throughput_tps"]  # fmt: skip
-    short = {"generation_throughput_tps": "gen_tps", "prompt_throughput_tps": "prompt_tps",
-             "output_throughput_tps": "out_tps", "concurrency": "conc"}  # fmt: skip
+    cols = [
+        "workload",
+        "concurrency",
+        "n_ok",
+        "n_failed",
+        "generation_throughput_tps",
+        "prompt_throughput_tps",
+        "min_ttft_s",
+        "max_ttft_s",
+        "latency_ms",
+        "ttft_ms_median",
+        "tpot_ms_median",
+        "output_throughput_tps",
+    ]
+    short = {
+        "generation_throughput_tps": "gen_tps",
+        "prompt_throughput_tps": "prompt_tps",
+        "output_throughput_tps": "out_tps",
+        "concurrency": "conc",
+    }
 
     def fmt(v) -> str:
         if isinstance(v, float):

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Callable
 from dataclasses import asdict
 from multiprocessing.connection import Connection
-from typing import Callable
 
-from attnbench.measure.client import Client, Sampling
 from attnbench.errors import SweepError
+from attnbench.measure.client import Client, Sampling
 from attnbench.measure.lag import ClientLoad, LoopLagMonitor
 from attnbench.measure.records import RequestRecord
 
@@ -87,7 +87,7 @@ class ClientPool:
         self.client_args = client_args
         self._workers: list[tuple[multiprocessing.Process, Connection]] = []
 
-    async def __aenter__(self) -> "ClientPool":
+    async def __aenter__(self) -> ClientPool:
         ctx = multiprocessing.get_context("spawn")
         for k in range(self.processes):
             parent, child = ctx.Pipe()
@@ -99,7 +99,7 @@ class ClientPool:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for proc, conn in self._workers:
+        for _proc, conn in self._workers:
             try:
                 conn.send(None)
             except OSError:
@@ -111,8 +111,15 @@ class ClientPool:
                 proc.join(timeout=5)
             conn.close()
 
-    async def run(self, level, sampling: Sampling, writer, abort_check: Callable[[], str | None] | None,
-                  progress: Callable[[], None], lag_limit_ms: float) -> list[ClientLoad]:  # fmt: skip
+    async def run(
+        self,
+        level,
+        sampling: Sampling,
+        writer,
+        abort_check: Callable[[], str | None] | None,
+        progress: Callable[[], None],
+        lag_limit_ms: float,
+    ) -> list[ClientLoad]:
         """sweep._closed_loop's job for `level` (a sweep._Level), over the workers: each finished record is appended
         to writer and level.records at once. Returns the workers' lag records."""
         from attnbench.measure.sweep import UNREACHABLE
@@ -129,8 +136,9 @@ class ClientPool:
             level.abort = (abort_check() if abort_check else None) or f"server unreachable ({lost})"
         return loads
 
-    async def _closed_loop(self, level, sampling: Sampling, on_record: Callable[[RequestRecord], None],
-                           lag_limit_ms: float) -> list[ClientLoad]:  # fmt: skip
+    async def _closed_loop(
+        self, level, sampling: Sampling, on_record: Callable[[RequestRecord], None], lag_limit_ms: float
+    ) -> list[ClientLoad]:
         n, conc = len(level.prompts), level.concurrency
         shares = [conc // self.processes + (k < conc % self.processes) for k in range(self.processes)]
         active = [k for k in range(self.processes) if shares[k] > 0]
@@ -142,8 +150,15 @@ class ClientPool:
                 continue
             _, conn = self._workers[k]
             done[k] = loop.create_future()
-            conn.send({"prompts": [level.prompts[i] for i in indices], "ids": [level.record_ids(i) for i in indices],
-                       "concurrency": shares[k], "sampling": asdict(sampling), "lag_limit_ms": lag_limit_ms})  # fmt: skip
+            conn.send(
+                {
+                    "prompts": [level.prompts[i] for i in indices],
+                    "ids": [level.record_ids(i) for i in indices],
+                    "concurrency": shares[k],
+                    "sampling": asdict(sampling),
+                    "lag_limit_ms": lag_limit_ms,
+                }
+            )
             loop.add_reader(conn.fileno(), self._on_readable, conn, done[k], on_record)
         try:
             return [ClientLoad(**(await fut)) for fut in done.values()]

@@ -38,19 +38,27 @@ import math
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import numpy as np
 import pandas as pd
 
-from attnbench.measure.client import Client, Sampling
 from attnbench.errors import SweepError
+from attnbench.measure.client import Client, Sampling
 from attnbench.measure.lag import LoopLagMonitor, as_record, lag_note
 from attnbench.measure.metrics import KEY_COLUMNS, level_row
 from attnbench.measure.records import JsonlAppender, LevelRecord, RequestRecord, read_levels, read_requests
-from attnbench.measure.sweep import SWEEP_DEFAULTS, UNREACHABLE, SweepSummary, Workload, _closed_loop, _Level, add_common_args
+from attnbench.measure.sweep import (
+    SWEEP_DEFAULTS,
+    UNREACHABLE,
+    SweepSummary,
+    Workload,
+    _closed_loop,
+    _Level,
+    add_common_args,
+)
 from attnbench.measure.workload import PromptBuilder
 
 ARRIVALS = ("poisson", "gamma", "constant")
@@ -116,9 +124,16 @@ def rate_workloads(cfg: dict) -> list[tuple[Workload, list[float]]]:
     return [(w, [float(r) for r in rates[w.name]]) for w in workloads_of(cfg) if rates.get(w.name)]
 
 
-async def _send_at_schedule(client: Client, level: _Level, offsets: list[float], sampling: Sampling,
-                            writer: JsonlAppender, cap: int | None, abort_check: Callable[[], str | None] | None,
-                            origin: tuple[float, float]) -> None:  # fmt: skip
+async def _send_at_schedule(
+    client: Client,
+    level: _Level,
+    offsets: list[float],
+    sampling: Sampling,
+    writer: JsonlAppender,
+    cap: int | None,
+    abort_check: Callable[[], str | None] | None,
+    origin: tuple[float, float],
+) -> None:
     """Start each request at origin + its offset (never waiting for an earlier one); cap in-flight if asked."""
     origin_perf, origin_wall = origin
     slots = asyncio.Semaphore(cap) if cap else None
@@ -134,7 +149,9 @@ async def _send_at_schedule(client: Client, level: _Level, offsets: list[float],
         writer.append(record)
         level.records.append(record)
         if not record.ok and (record.error or "").startswith(UNREACHABLE):
-            level.abort = level.abort or (abort_check() if abort_check else None) or f"server unreachable ({record.error})"
+            level.abort = (
+                level.abort or (abort_check() if abort_check else None) or f"server unreachable ({record.error})"
+            )
 
     for index, offset in enumerate(offsets):
         delay = origin_perf + offset - time.perf_counter()
@@ -150,9 +167,14 @@ async def _send_at_schedule(client: Client, level: _Level, offsets: list[float],
     if level.abort:  # the requests never sent are failures too, with the cause
         now = time.time()
         for index in range(level.next, len(level.prompts)):
-            record = RequestRecord(**level.record_ids(index), start=now, end=now, ok=False,
-                                   scheduled=round(origin_wall + offsets[index], 6),
-                                   error=f"not sent: {level.abort}")  # fmt: skip
+            record = RequestRecord(
+                **level.record_ids(index),
+                start=now,
+                end=now,
+                ok=False,
+                scheduled=round(origin_wall + offsets[index], 6),
+                error=f"not sent: {level.abort}",
+            )
             writer.append(record)
             level.records.append(record)
 
@@ -168,7 +190,9 @@ class _RateLevel(_Level):
         out = super().record_ids(index)
         i = self.ids
         tag = "w" if self.phase == "warmup" else ""
-        out["request_id"] = f"{i['experiment']}-{i['arm']}-r{i['repeat']}-{i['workload']}-rate{self.rate:g}-{tag}{index}"
+        out["request_id"] = (
+            f"{i['experiment']}-{i['arm']}-r{i['repeat']}-{i['workload']}-rate{self.rate:g}-{tag}{index}"
+        )
         out["rate"] = self.rate
         return out
 
@@ -201,17 +225,28 @@ async def run_open_loop(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     seed = int(cfg["seed"])
     summary = SweepSummary()
-    client = Client(base_url, model, api=cfg["api"], concurrency=cap or UNCAPPED_POOL,
-                    timeout_s=float(cfg["request_timeout_s"]), api_key=api_key)  # fmt: skip
+    client = Client(
+        base_url,
+        model,
+        api=cfg["api"],
+        concurrency=cap or UNCAPPED_POOL,
+        timeout_s=float(cfg["request_timeout_s"]),
+        api_key=api_key,
+    )
     aux = httpx.AsyncClient(headers=headers)
     records = JsonlAppender(out_dir / RECORDS_FILE)
     levels_file = JsonlAppender(out_dir / LEVELS_FILE)
     try:
-        builder = PromptBuilder(aux, base_url, model, api=cfg["api"], system_prompt=cfg["system_prompt"],
-                                headers=headers)  # fmt: skip
+        builder = PromptBuilder(
+            aux, base_url, model, api=cfg["api"], system_prompt=cfg["system_prompt"], headers=headers
+        )
         for wl, rates in plan:
-            sampling = Sampling(max_tokens=wl.output_tokens, ignore_eos=bool(cfg["ignore_eos"]),
-                                temperature=float(cfg["temperature"]), system_prompt=cfg["system_prompt"])  # fmt: skip
+            sampling = Sampling(
+                max_tokens=wl.output_tokens,
+                ignore_eos=bool(cfg["ignore_eos"]),
+                temperature=float(cfg["temperature"]),
+                system_prompt=cfg["system_prompt"],
+            )
             ids = {"experiment": experiment, "arm": arm, "repeat": repeat, "workload": wl.name}
             # Own seed space ("<workload>/open"): no open-loop prompt repeats a closed-loop one of the same run.
             space, prompt_index = f"{wl.name}/open", 0
@@ -219,8 +254,9 @@ async def run_open_loop(
             rates = list(rates)  # knee mode appends to it
             for rate in rates:
                 n = requests_for_rate(rate, ocfg)
-                prompts = [await builder.prompt(wl.prompt_tokens, seed, space, prompt_index + i)
-                           for i in range(n_warm + n)]  # fmt: skip
+                prompts = [
+                    await builder.prompt(wl.prompt_tokens, seed, space, prompt_index + i) for i in range(n_warm + n)
+                ]
                 prompt_index += n_warm + n
                 warm = _RateLevel(ids, prompts[:n_warm], "warmup", 1, rate)  # one at a time
                 await _closed_loop(client, warm, sampling, records, abort_check, lambda: None)
@@ -242,15 +278,26 @@ async def run_open_loop(
                 summary.records += level.records
                 window = [r for r in level.records if not (r.error or "").startswith("not sent")] or level.records
                 lv = LevelRecord(
-                    **ids, concurrency=cap or 0, requests=n, warmup=n_warm,
+                    **ids,
+                    concurrency=cap or 0,
+                    requests=n,
+                    warmup=n_warm,
                     start=min((r.start for r in window), default=origin[1]),
                     end=max((r.end or r.start for r in window), default=origin[1]),
-                    failed=sum(not r.ok for r in level.records), complete=level.abort is None,
-                    client=as_record(load), rate=rate,
-                    open_loop={"arrival": ocfg["arrival"], "burstiness": float(ocfg["burstiness"]),
-                               "origin": round(origin[1], 6), "seed": seed, "max_in_flight": cap,
-                               "ttft_limit_ms": ocfg["ttft_limit_ms"], "tpot_limit_ms": ocfg["tpot_limit_ms"]},
-                )  # fmt: skip
+                    failed=sum(not r.ok for r in level.records),
+                    complete=level.abort is None,
+                    client=as_record(load),
+                    rate=rate,
+                    open_loop={
+                        "arrival": ocfg["arrival"],
+                        "burstiness": float(ocfg["burstiness"]),
+                        "origin": round(origin[1], 6),
+                        "seed": seed,
+                        "max_in_flight": cap,
+                        "ttft_limit_ms": ocfg["ttft_limit_ms"],
+                        "tpot_limit_ms": ocfg["tpot_limit_ms"],
+                    },
+                )
                 levels_file.append(lv)
                 levels_file.sync()
                 summary.levels.append(lv)
@@ -260,12 +307,17 @@ async def run_open_loop(
                     summary.first_error = next((r.error for r in level.records if not r.ok), None)
                 sent = [r.start for r in window if r.scheduled is not None]
                 achieved = len(sent) / (max(sent) - origin[1]) if sent and max(sent) > origin[1] else float("nan")
-                print(f"{wl.name} rate={rate:g}/s ({ocfg['arrival']}): {len(window)}/{n} sent, {lv.failed} failed, "
-                      f"achieved {achieved:.3g}/s" + lag_note(load)
-                      + (f", ABORTED: {level.abort}" if level.abort else ""), file=sys.stderr)  # fmt: skip
+                print(
+                    f"{wl.name} rate={rate:g}/s ({ocfg['arrival']}): {len(window)}/{n} sent, {lv.failed} failed, "
+                    f"achieved {achieved:.3g}/s"
+                    + lag_note(load)
+                    + (f", ABORTED: {level.abort}" if level.abort else ""),
+                    file=sys.stderr,
+                )
                 if level.abort:
-                    raise SweepError(f"open loop aborted at {wl.name} rate {rate:g}/s: {level.abort}; "
-                                     f"records kept in {out_dir}")  # fmt: skip
+                    raise SweepError(
+                        f"open loop aborted at {wl.name} rate {rate:g}/s: {level.abort}; records kept in {out_dir}"
+                    )
                 if ocfg["knee"] and rate == rates[-1] and len(rates) < int(ocfg["knee_max_rates"]):
                     broken = breaks(lv, level.records)
                     if broken:
@@ -316,9 +368,16 @@ def level_table(records: list[RequestRecord], levels: list[LevelRecord]) -> pd.D
         sent = [r.start for r in measured if not (r.error or "").startswith("not sent")]
         origin = meta.get("origin")
         span = (max(sent) - origin) if sent and origin is not None else 0.0
-        row.update({"rate": lv.rate, "arrival": meta.get("arrival"), "burstiness": meta.get("burstiness"),
-                    "max_in_flight": meta.get("max_in_flight") or 0, "sent": len(sent),
-                    "achieved_rate_rps": len(sent) / span if span > 0 else float("nan")})  # fmt: skip
+        row.update(
+            {
+                "rate": lv.rate,
+                "arrival": meta.get("arrival"),
+                "burstiness": meta.get("burstiness"),
+                "max_in_flight": meta.get("max_in_flight") or 0,
+                "sent": len(sent),
+                "achieved_rate_rps": len(sent) / span if span > 0 else float("nan"),
+            }
+        )
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -336,11 +395,20 @@ def read_run(run_dir: str | Path) -> pd.DataFrame:
     return level_table(read_requests(run_dir / RECORDS_FILE), read_levels(run_dir / LEVELS_FILE))
 
 
-REPORT_COLUMNS = [("workload", "workload"), ("rate", "target/s"), ("achieved_rate_rps", "achieved/s"),
-                  ("n_ok", "ok"), ("n_failed", "failed"), ("ttft_ms_median", "TTFT p50 ms"),
-                  ("ttft_ms_p99", "TTFT p99 ms"), ("tpot_ms_median", "TPOT p50 ms"), ("goodput_rps", "goodput/s"),
-                  ("output_throughput_tps", "out tok/s"), ("client_send_lag_ms_p99", "send lag p99 ms"),
-                  ("client_loop_lag_ms_p99", "loop lag p99 ms")]  # fmt: skip
+REPORT_COLUMNS = [
+    ("workload", "workload"),
+    ("rate", "target/s"),
+    ("achieved_rate_rps", "achieved/s"),
+    ("n_ok", "ok"),
+    ("n_failed", "failed"),
+    ("ttft_ms_median", "TTFT p50 ms"),
+    ("ttft_ms_p99", "TTFT p99 ms"),
+    ("tpot_ms_median", "TPOT p50 ms"),
+    ("goodput_rps", "goodput/s"),
+    ("output_throughput_tps", "out tok/s"),
+    ("client_send_lag_ms_p99", "send lag p99 ms"),
+    ("client_loop_lag_ms_p99", "loop lag p99 ms"),
+]
 
 
 def report_section(exp_dir: Path) -> str:
@@ -351,8 +419,12 @@ def report_section(exp_dir: Path) -> str:
         if frame.empty:
             continue
         head = "| " + " | ".join(h for _, h in REPORT_COLUMNS) + " |"
-        lines = [f"### {run_dir.parent.name} rep{run_dir.name[3:]} ({frame['arrival'].iloc[0]} arrivals)", "",
-                 head, "|" + "---|" * len(REPORT_COLUMNS)]  # fmt: skip
+        lines = [
+            f"### {run_dir.parent.name} rep{run_dir.name[3:]} ({frame['arrival'].iloc[0]} arrivals)",
+            "",
+            head,
+            "|" + "---|" * len(REPORT_COLUMNS),
+        ]
         for row in frame.to_dict("records"):
             cells = [_cell(row.get(c)) for c, _ in REPORT_COLUMNS]
             if row.get("client_lagged"):
@@ -361,8 +433,10 @@ def report_section(exp_dir: Path) -> str:
         parts.append("\n".join(lines))
     if not parts:
         return ""
-    return ("## Open loop\n\nRequests sent at scheduled times (openloop.py); achieved = requests sent / time to the "
-            "last send. (!) marks a level where our client lagged (lag.py).\n\n" + "\n\n".join(parts) + "\n")
+    return (
+        "## Open loop\n\nRequests sent at scheduled times (openloop.py); achieved = requests sent / time to the "
+        "last send. (!) marks a level where our client lagged (lag.py).\n\n" + "\n\n".join(parts) + "\n"
+    )
 
 
 def _cell(v) -> str:
@@ -399,9 +473,16 @@ def _cmd_open_loop(args: argparse.Namespace) -> int:
         ocfg.update(full.get("open_loop") or {})
         plan = rate_workloads(full)
         known = {w.name: w for w, _ in plan}
-    overrides = {"arrival": args.arrival, "burstiness": args.burstiness, "requests_per_rate": args.requests,
-                 "duration_s": args.duration, "max_in_flight": args.max_in_flight,
-                 "ttft_limit_ms": args.ttft_limit_ms, "tpot_limit_ms": args.tpot_limit_ms, "knee": args.knee}  # fmt: skip
+    overrides = {
+        "arrival": args.arrival,
+        "burstiness": args.burstiness,
+        "requests_per_rate": args.requests,
+        "duration_s": args.duration,
+        "max_in_flight": args.max_in_flight,
+        "ttft_limit_ms": args.ttft_limit_ms,
+        "tpot_limit_ms": args.tpot_limit_ms,
+        "knee": args.knee,
+    }
     ocfg.update({k: v for k, v in overrides.items() if v is not None})
     api_key = apply_common_args(args, cfg, {})
     if args.workload:
@@ -418,15 +499,37 @@ def _cmd_open_loop(args: argparse.Namespace) -> int:
         raise SweepError(f"workload(s) {missing} have no rates: give --rates 0.5,1,2")
     error: SweepError | None = None
     try:
-        asyncio.run(run_open_loop(args.base_url, args.model, plan, cfg, ocfg, Path(args.output),
-                                  experiment=args.experiment, arm=args.arm, repeat=args.repeat,
-                                  api_key=api_key))  # fmt: skip
+        asyncio.run(
+            run_open_loop(
+                args.base_url,
+                args.model,
+                plan,
+                cfg,
+                ocfg,
+                Path(args.output),
+                experiment=args.experiment,
+                arm=args.arm,
+                repeat=args.repeat,
+                api_key=api_key,
+            )
+        )
     except SweepError as exc:
         error = exc
     table = read_run(Path(args.output))  # what was kept, recomputed from the files, also after an abort
     if not table.empty:
-        cols = ["workload", "rate", "achieved_rate_rps", "n_ok", "n_failed", "ttft_ms_median", "tpot_ms_median",
-                "goodput_rps", "client_send_lag_ms_p99", "client_loop_lag_ms_p99", "client_lagged"]  # fmt: skip
+        cols = [
+            "workload",
+            "rate",
+            "achieved_rate_rps",
+            "n_ok",
+            "n_failed",
+            "ttft_ms_median",
+            "tpot_ms_median",
+            "goodput_rps",
+            "client_send_lag_ms_p99",
+            "client_loop_lag_ms_p99",
+            "client_lagged",
+        ]
         print(table[cols].to_string(index=False))
         if args.summary_json:
             Path(args.summary_json).write_text(json.dumps(table.to_dict(orient="records")) + "\n", encoding="utf-8")
@@ -446,9 +549,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-in-flight", type=int, help="cap on requests in flight (default none)")
     p.add_argument("--ttft-limit-ms", type=float, help="goodput: TTFT limit")
     p.add_argument("--tpot-limit-ms", type=float, help="goodput: TPOT limit")
-    p.add_argument("--knee", action="store_true", default=None,
-                   help="after the given rates, double the rate while every request succeeds, the achieved rate "
-                        "keeps up and 90%% meet the limits (at most 8 rates per workload)")
+    p.add_argument(
+        "--knee",
+        action="store_true",
+        default=None,
+        help="after the given rates, double the rate while every request succeeds, the achieved rate "
+        "keeps up and 90%% meet the limits (at most 8 rates per workload)",
+    )
     p.add_argument("--output", required=True, help="run folder: openloop.jsonl and openloop_levels.jsonl go here")
     p.add_argument("--config", help="experiment config: its workloads' rates and open_loop section are the defaults")
     p.set_defaults(func=_cmd_open_loop)

@@ -88,8 +88,15 @@ class Scraper:
     """`with Scraper(base_url, out_dir / FILE) as s:`; `s.mark("start", ids)` scrapes now, tagged with a level.
     The background thread scrapes every interval_s; every scrape is appended to the file at once."""
 
-    def __init__(self, base_url: str, path: Path, *, interval_s: float = DEFAULT_INTERVAL_S,
-                 headers: dict[str, str] | None = None, enabled: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        path: Path,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        headers: dict[str, str] | None = None,
+        enabled: bool = True,
+    ):
         self.url = base_url.rstrip("/") + "/metrics"
         self.interval_s = interval_s
         self.enabled = enabled  # False: every call is a no-op and no file is written (server_metrics.scrape false)
@@ -101,7 +108,7 @@ class Scraper:
         self._closed = False
         self.failures = 0
 
-    def __enter__(self) -> "Scraper":
+    def __enter__(self) -> Scraper:
         if self.enabled and self.interval_s > 0:
             self._thread.start()
         return self
@@ -170,8 +177,11 @@ def summarize(scrapes: list[dict]) -> list[dict]:
             starts[_level_key(s["level"])] = s
         elif s.get("event") == "end" and s.get("level") and _level_key(s["level"]) in starts:
             a = starts.pop(_level_key(s["level"]))
-            row: dict[str, Any] = {**{k: s["level"].get(k) for k in ("workload", "concurrency", "rate")},
-                                   "ok": bool(a["ok"] and s["ok"]), "error": a.get("error") or s.get("error")}
+            row: dict[str, Any] = {
+                **{k: s["level"].get(k) for k in ("workload", "concurrency", "rate")},
+                "ok": bool(a["ok"] and s["ok"]),
+                "error": a.get("error") or s.get("error"),
+            }
             if row["ok"]:
                 inside = [x for x in scrapes if x.get("ok") and a["t"] <= x["t"] <= s["t"]]
                 for key, names in GAUGES.items():
@@ -198,10 +208,17 @@ def run_summary(run_dir: Path) -> dict:
     return {"scrapes": len(scrapes), "failed": len(failed), "first_error": failed[0].get("error") if failed else None}
 
 
-REPORT_COLUMNS = [("running_max", "running max"), ("waiting_max", "waiting max"), ("kv_cache_usage_max", "KV use max"),
-                  ("preemptions", "preemptions"), ("prefix_cache_hit_rate", "prefix hit rate"),
-                  ("server_ttft_ms_mean", "server TTFT ms"), ("client_ttft_ms_mean", "our TTFT ms"),
-                  ("server_tpot_ms_mean", "server TPOT ms"), ("client_tpot_ms_mean", "our TPOT ms")]  # fmt: skip
+REPORT_COLUMNS = [
+    ("running_max", "running max"),
+    ("waiting_max", "waiting max"),
+    ("kv_cache_usage_max", "KV use max"),
+    ("preemptions", "preemptions"),
+    ("prefix_cache_hit_rate", "prefix hit rate"),
+    ("server_ttft_ms_mean", "server TTFT ms"),
+    ("client_ttft_ms_mean", "our TTFT ms"),
+    ("server_tpot_ms_mean", "server TPOT ms"),
+    ("client_tpot_ms_mean", "our TPOT ms"),
+]
 
 
 def report_section(exp_dir: Path) -> str:
@@ -227,18 +244,26 @@ def report_section(exp_dir: Path) -> str:
                 lines.append(f"| {label} | /metrics not available: {lv['error']} |" + " |" * (len(REPORT_COLUMNS) - 1))
                 continue
             mine = ours.get((lv["workload"], lv["concurrency"], lv.get("rate")), {})
-            lv = {**lv, "client_ttft_ms_mean": mine.get("ttft_ms_mean"), "client_tpot_ms_mean": mine.get("tpot_ms_mean")}
+            lv = {
+                **lv,
+                "client_ttft_ms_mean": mine.get("ttft_ms_mean"),
+                "client_tpot_ms_mean": mine.get("tpot_ms_mean"),
+            }
             lines.append(f"| {label} | " + " | ".join(_cell(lv.get(c)) for c, _ in REPORT_COLUMNS) + " |")
         failed = sum(not s.get("ok") for s in scrapes)
         if failed:
-            lines.append(f"\n{failed} of {len(scrapes)} scrapes failed (first: "
-                         f"{next(s['error'] for s in scrapes if not s.get('ok'))}).")  # fmt: skip
+            lines.append(
+                f"\n{failed} of {len(scrapes)} scrapes failed (first: "
+                f"{next(s['error'] for s in scrapes if not s.get('ok'))})."
+            )
         parts.append("\n".join(lines))
     if not parts:
         return ""
-    return ("## The server's view (/metrics)\n\nScraped at each level's start and end and at a fixed interval "
-            "(servermetrics.py): gauges as the level's maximum, counters as end minus start, the server's mean "
-            "TTFT/TPOT from its histograms beside ours from the raw records.\n\n" + "\n\n".join(parts) + "\n")
+    return (
+        "## The server's view (/metrics)\n\nScraped at each level's start and end and at a fixed interval "
+        "(servermetrics.py): gauges as the level's maximum, counters as end minus start, the server's mean "
+        "TTFT/TPOT from its histograms beside ours from the raw records.\n\n" + "\n\n".join(parts) + "\n"
+    )
 
 
 def _cell(v) -> str:

@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import httpx
 
-from attnbench.measure.client import DEFAULT_SYSTEM_PROMPT, Client, Sampling
 from attnbench.errors import AttnbenchError, SweepError
+from attnbench.measure.client import DEFAULT_SYSTEM_PROMPT, Client, Sampling
 from attnbench.measure.lag import DEFAULT_LIMIT_MS, LoopLagMonitor, as_record, lag_note, merge_loads
 from attnbench.measure.multiproc import ClientPool
 from attnbench.measure.records import JsonlAppender, LevelRecord, RequestRecord, iter_jsonl
@@ -135,15 +136,28 @@ class _Level:
         tag = {"measure": "", "warmup": "w", "probe": "p"}[self.phase]
         i = self.ids
         return {
-            "experiment": i["experiment"], "arm": i["arm"], "repeat": i["repeat"], "workload": i["workload"],
-            "concurrency": self.concurrency, "phase": self.phase, "index": index,
-            "request_id": f"{i['experiment']}-{i['arm']}-r{i['repeat']}-{i['workload']}-c{self.concurrency}-{tag}{index}",
+            "experiment": i["experiment"],
+            "arm": i["arm"],
+            "repeat": i["repeat"],
+            "workload": i["workload"],
+            "concurrency": self.concurrency,
+            "phase": self.phase,
+            "index": index,
+            "request_id": (
+                f"{i['experiment']}-{i['arm']}-r{i['repeat']}-{i['workload']}-c{self.concurrency}-{tag}{index}"
+            ),
             "prompt_seed": self.prompts[index][1],
-        }  # fmt: skip
+        }
 
 
-async def _closed_loop(client: Client, level: _Level, sampling: Sampling, writer: JsonlAppender,
-                       abort_check: Callable[[], str | None] | None, progress: Callable[[], None]) -> None:
+async def _closed_loop(
+    client: Client,
+    level: _Level,
+    sampling: Sampling,
+    writer: JsonlAppender,
+    abort_check: Callable[[], str | None] | None,
+    progress: Callable[[], None],
+) -> None:
     """Keep `level.concurrency` requests in flight until every prompt was sent (or the level aborts)."""
 
     async def worker() -> None:
@@ -166,8 +180,9 @@ async def _closed_loop(client: Client, level: _Level, sampling: Sampling, writer
     if level.abort:  # the requests never sent are failures too, with the cause
         now = time.time()
         for index in range(level.next, len(level.prompts)):
-            record = RequestRecord(**level.record_ids(index), start=now, end=now, ok=False,
-                                   error=f"not sent: {level.abort}")  # fmt: skip
+            record = RequestRecord(
+                **level.record_ids(index), start=now, end=now, ok=False, error=f"not sent: {level.abort}"
+            )
             writer.append(record)
             level.records.append(record)
         level.next = len(level.prompts)
@@ -233,8 +248,10 @@ class _Progress:
         elapsed = time.time() - self.first if self.first else 0.0
         floor = f"/{self.min_seconds:.0f}" if self.min_seconds else ""
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
-        return (f"{self.done}/{self.total} done, {self.failed} failed, {elapsed:.1f}{floor} s, "
-                f"{rate:.1f} output tok/s so far")  # fmt: skip
+        return (
+            f"{self.done}/{self.total} done, {self.failed} failed, {elapsed:.1f}{floor} s, "
+            f"{rate:.1f} output tok/s so far"
+        )
 
     def tick(self, level: _Level) -> None:
         self.done = len(level.records)
@@ -251,8 +268,11 @@ class _Progress:
             print(f"{self.label}: {self._status()}", file=sys.stderr, flush=True)
 
     def finish(self, extra: str) -> None:
-        print(f"{chr(13) if self.tty else ''}{self.label}: {self.done}/{self.total} done, {self.failed} failed, {extra}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"{chr(13) if self.tty else ''}{self.label}: {self.done}/{self.total} done, {self.failed} failed, {extra}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def run_sweep(
@@ -285,24 +305,46 @@ async def run_sweep(
     seed = int(cfg["seed"])
     n_levels = sum(len(w.concurrency) for w in workloads)
 
-    client = Client(base_url, model, api=cfg["api"], concurrency=max_conc, timeout_s=float(cfg["request_timeout_s"]),
-                    api_key=api_key)  # fmt: skip
+    client = Client(
+        base_url,
+        model,
+        api=cfg["api"],
+        concurrency=max_conc,
+        timeout_s=float(cfg["request_timeout_s"]),
+        api_key=api_key,
+    )
     # A separate small client for /tokenize and the latency GETs, so they never queue behind streaming requests.
     aux = httpx.AsyncClient(headers=headers)
     records = JsonlAppender(out_dir / "records.jsonl")
     levels_file = JsonlAppender(out_dir / "levels.jsonl")
     processes = int(cfg["client_processes"] or 1)
-    pool = ClientPool(processes, base_url=base_url, model=model, api=cfg["api"], concurrency=max_conc,
-                      timeout_s=float(cfg["request_timeout_s"]), api_key=api_key) if processes > 1 else None  # fmt: skip
+    pool = (
+        ClientPool(
+            processes,
+            base_url=base_url,
+            model=model,
+            api=cfg["api"],
+            concurrency=max_conc,
+            timeout_s=float(cfg["request_timeout_s"]),
+            api_key=api_key,
+        )
+        if processes > 1
+        else None
+    )
     try:
         if pool:
             await pool.__aenter__()
-        builder = PromptBuilder(aux, base_url, model, api=cfg["api"], system_prompt=cfg["system_prompt"],
-                                headers=headers)  # fmt: skip
+        builder = PromptBuilder(
+            aux, base_url, model, api=cfg["api"], system_prompt=cfg["system_prompt"], headers=headers
+        )
         done_levels = 0
         for wl in workloads:
-            sampling = Sampling(max_tokens=wl.output_tokens, ignore_eos=bool(cfg["ignore_eos"]),
-                                temperature=float(cfg["temperature"]), system_prompt=cfg["system_prompt"])  # fmt: skip
+            sampling = Sampling(
+                max_tokens=wl.output_tokens,
+                ignore_eos=bool(cfg["ignore_eos"]),
+                temperature=float(cfg["temperature"]),
+                system_prompt=cfg["system_prompt"],
+            )
             prompt_index = 0  # across the workload's levels, so no two requests of a run share a prompt
             for n in wl.concurrency:
                 ids = {"experiment": experiment, "arm": arm, "repeat": repeat, "workload": wl.name}
@@ -333,10 +375,12 @@ async def run_sweep(
                 monitor = LoopLagMonitor(limit_ms=limit)
                 monitor.start()
                 if pool and measure.abort is None:
-                    worker_loads = await pool.run(measure, sampling, records, abort_check,
-                                                  lambda: progress.tick(measure), limit)  # fmt: skip
+                    worker_loads = await pool.run(
+                        measure, sampling, records, abort_check, functools.partial(progress.tick, measure), limit
+                    )
                 else:
-                    await _closed_loop(client, measure, sampling, records, abort_check, lambda: progress.tick(measure))
+                    tick = functools.partial(progress.tick, measure)
+                    await _closed_loop(client, measure, sampling, records, abort_check, tick)
                 load = merge_loads(await monitor.stop(), worker_loads)
                 if on_level:
                     on_level("end", {**ids, "concurrency": n})
@@ -347,12 +391,17 @@ async def run_sweep(
                 sent = [r for r in measure.records if not (r.error or "").startswith("not sent")]
                 window = sent or measure.records
                 level = LevelRecord(
-                    **ids, concurrency=n, requests=len(measure.prompts), warmup=len(warm.prompts),
+                    **ids,
+                    concurrency=n,
+                    requests=len(measure.prompts),
+                    warmup=len(warm.prompts),
                     start=min((r.start for r in window), default=time.time()),
                     end=max((r.end or r.start for r in window), default=time.time()),
-                    latency_ms=latency, failed=sum(not r.ok for r in measure.records),
-                    complete=measure.abort is None, client=as_record(load),
-                )  # fmt: skip
+                    latency_ms=latency,
+                    failed=sum(not r.ok for r in measure.records),
+                    complete=measure.abort is None,
+                    client=as_record(load),
+                )
                 levels_file.append(level)
                 levels_file.sync()
                 summary.levels.append(level)
@@ -364,9 +413,11 @@ async def run_sweep(
                 progress.tick(measure)
                 duration = level.end - level.start
                 gen = sum(r.completion_tokens or 0 for r in measure.records if r.ok)
-                progress.finish(f"{duration:.1f} s, {gen / duration if duration > 0 else 0:.1f} output tok/s"
-                                + lag_note(load)
-                                + (f", ABORTED: {measure.abort}" if measure.abort else ""))  # fmt: skip
+                progress.finish(
+                    f"{duration:.1f} s, {gen / duration if duration > 0 else 0:.1f} output tok/s"
+                    + lag_note(load)
+                    + (f", ABORTED: {measure.abort}" if measure.abort else "")
+                )
                 if measure.abort:
                     raise SweepError(
                         f"sweep aborted at {wl.name} concurrency {n}: {measure.abort}; "
@@ -405,18 +456,32 @@ async def send_probe(
     are appended to out_dir/records.jsonl like any other and excluded from metrics. Raises SweepError if any fails."""
     cfg = {**SWEEP_DEFAULTS, **{k: v for k, v in (sweep_cfg or {}).items() if v is not None or k == "system_prompt"}}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    sampling = Sampling(max_tokens=output_tokens or workload.output_tokens, ignore_eos=bool(cfg["ignore_eos"]),
-                        temperature=float(cfg["temperature"]), system_prompt=cfg["system_prompt"])  # fmt: skip
+    sampling = Sampling(
+        max_tokens=output_tokens or workload.output_tokens,
+        ignore_eos=bool(cfg["ignore_eos"]),
+        temperature=float(cfg["temperature"]),
+        system_prompt=cfg["system_prompt"],
+    )
     ids = {"experiment": experiment, "arm": arm, "repeat": repeat, "workload": workload.name}
-    async with httpx.AsyncClient(headers=headers) as aux, Client(
-        base_url, model, api=cfg["api"], concurrency=max(n, 1), timeout_s=float(cfg["request_timeout_s"]),
-        api_key=api_key,
-    ) as client:  # fmt: skip
-        builder = PromptBuilder(aux, base_url, model, api=cfg["api"], system_prompt=cfg["system_prompt"],
-                                headers=headers)  # fmt: skip
+    async with (
+        httpx.AsyncClient(headers=headers) as aux,
+        Client(
+            base_url,
+            model,
+            api=cfg["api"],
+            concurrency=max(n, 1),
+            timeout_s=float(cfg["request_timeout_s"]),
+            api_key=api_key,
+        ) as client,
+    ):
+        builder = PromptBuilder(
+            aux, base_url, model, api=cfg["api"], system_prompt=cfg["system_prompt"], headers=headers
+        )
         # Probe prompts use their own seed space ("<workload>/probe") so they never repeat a sweep prompt.
-        prompts = [await builder.prompt(workload.prompt_tokens, int(cfg["seed"]), f"{workload.name}/probe", i)
-                   for i in range(n)]  # fmt: skip
+        prompts = [
+            await builder.prompt(workload.prompt_tokens, int(cfg["seed"]), f"{workload.name}/probe", i)
+            for i in range(n)
+        ]
         level = _Level(ids, prompts, "probe", n)
         with JsonlAppender(Path(out_dir) / "records.jsonl") as writer:
             await _closed_loop(client, level, sampling, writer, None, lambda: None)
@@ -436,14 +501,17 @@ def parse_workload(text: str, known: dict[str, Workload]) -> Workload:
         try:
             prompt, output = (int(x) for x in spec.split(":"))
         except ValueError:
-            raise SweepError(f"--workload {text!r}: expected NAME=PROMPT_TOKENS:OUTPUT_TOKENS, e.g. short=45:512") from None
+            raise SweepError(
+                f"--workload {text!r}: expected NAME=PROMPT_TOKENS:OUTPUT_TOKENS, e.g. short=45:512"
+            ) from None
         if prompt < 1 or output < 1:
             raise SweepError(f"--workload {text!r}: token counts must be positive")
         return Workload(name, prompt, output, [])
     if text in known:
         return known[text]
     raise SweepError(
-        f"--workload {text!r}: not NAME=PROMPT:OUTPUT and not a workload of the config (known: {sorted(known) or 'none'})"
+        f"--workload {text!r}: not NAME=PROMPT:OUTPUT and not a workload of the config "
+        f"(known: {sorted(known) or 'none'})"
     )
 
 
@@ -460,8 +528,13 @@ def parse_concurrency(text: str) -> list[int]:
 def apply_common_args(args: argparse.Namespace, cfg: dict, overrides: dict) -> str | None:
     """Put add_common_args' options (and the command's own `overrides`) over the sweep settings `cfg`; returns the
     API key read from the environment variable the settings name (None without one)."""
-    common = {"api": args.api, "warmup_requests": args.warmup, "seed": args.seed, "request_timeout_s": args.timeout,
-              "api_key_env": args.api_key_env}  # fmt: skip
+    common = {
+        "api": args.api,
+        "warmup_requests": args.warmup,
+        "seed": args.seed,
+        "request_timeout_s": args.timeout,
+        "api_key_env": args.api_key_env,
+    }
     cfg.update({k: v for k, v in {**common, **overrides}.items() if v is not None})
     if args.no_system_prompt:
         cfg["system_prompt"] = None
@@ -477,8 +550,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     """The options every load command (sweep, open-loop) shares: the server, the request shape, the record ids."""
     p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", required=True, help="served model name")
-    p.add_argument("--workload", action="append",
-                   help="NAME=PROMPT_TOKENS:OUTPUT_TOKENS (e.g. short=45:512) or a workload name of --config; repeatable")
+    p.add_argument(
+        "--workload",
+        action="append",
+        help="NAME=PROMPT_TOKENS:OUTPUT_TOKENS (e.g. short=45:512) or a workload name of --config; repeatable",
+    )
     p.add_argument("--warmup", type=int, help="warmup requests per level, recorded but excluded (default 2)")
     p.add_argument("--api", choices=["chat", "completions"], help="endpoint (default chat)")
     p.add_argument("--api-key-env", help="name of the environment variable holding the API key (never the key)")
@@ -495,9 +571,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from attnbench.config import check_cli_inputs
     from attnbench.measure.metrics import format_table, level_table
 
-    check_cli_inputs(base_url=args.base_url, output=args.output,
-                     minimum={"--requests": (args.requests, 1), "--warmup": (args.warmup, 0),
-                              "--timeout": (args.timeout, 0.001)})  # fmt: skip
+    check_cli_inputs(
+        base_url=args.base_url,
+        output=args.output,
+        minimum={"--requests": (args.requests, 1), "--warmup": (args.warmup, 0), "--timeout": (args.timeout, 0.001)},
+    )
     cfg = dict(SWEEP_DEFAULTS)
     known: dict[str, Workload] = {}
     if args.config:
@@ -506,9 +584,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         full = load_config(args.config)
         cfg.update(full.get("sweep") or {})
         known = {w.name: w for w in workloads_of(full)}
-    api_key = apply_common_args(args, cfg, {"requests_per_level": args.requests, "client_processes": args.processes,
-                                            "min_level_seconds": args.min_level_seconds,
-                                            "warmup_seconds": args.warmup_seconds})  # fmt: skip
+    api_key = apply_common_args(
+        args,
+        cfg,
+        {
+            "requests_per_level": args.requests,
+            "client_processes": args.processes,
+            "min_level_seconds": args.min_level_seconds,
+            "warmup_seconds": args.warmup_seconds,
+        },
+    )
     workloads = [parse_workload(w, known) for w in args.workload] if args.workload else list(known.values())
     if not workloads:
         raise SweepError("no workload: give --workload NAME=PROMPT:OUTPUT or --config with workloads")
@@ -522,9 +607,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     error: AttnbenchError | None = None
     collected: list[RequestRecord] = []
     try:
-        summary = asyncio.run(run_sweep(args.base_url, args.model, workloads, cfg, Path(args.output),
-                                        experiment=args.experiment, arm=args.arm, repeat=args.repeat,
-                                        api_key=api_key, fail_on_errors=False))  # fmt: skip
+        summary = asyncio.run(
+            run_sweep(
+                args.base_url,
+                args.model,
+                workloads,
+                cfg,
+                Path(args.output),
+                experiment=args.experiment,
+                arm=args.arm,
+                repeat=args.repeat,
+                api_key=api_key,
+                fail_on_errors=False,
+            )
+        )
     except SweepError as exc:
         error = exc
     # The summary is recomputed from the files in every case (also after an abort): that is what was kept.
@@ -553,8 +649,11 @@ def register(subparsers) -> None:
     add_common_args(p)
     p.add_argument("--concurrency", help="levels, e.g. 1,2,4 (default: the config's per workload)")
     p.add_argument("--requests", type=int, help="measured requests per level (default max(4N, 16))")
-    p.add_argument("--min-level-seconds", type=float,
-                   help="measure each level at least this long, besides its request count (default: by count only)")
+    p.add_argument(
+        "--min-level-seconds",
+        type=float,
+        help="measure each level at least this long, besides its request count (default: by count only)",
+    )
     p.add_argument("--warmup-seconds", type=float, help="warm up each level at least this long (default 0)")
     p.add_argument("--output", required=True, help="run folder: records.jsonl and levels.jsonl are written here")
     p.add_argument("--config", help="experiment config: its workloads and sweep sections are the defaults")

@@ -6,21 +6,21 @@ prefix cache cannot serve one request from another's blocks. Its length is adjus
 equals the target. With the synthetic one-word-one-token tokenizer this takes two calls; with a real BPE tokenizer a
 few more, ending with one-token filler words to land exactly.
 
-Words come from attnbench.engines.models.synthetic_word: they are whole tokens of the synthetic tokenizer (an English word
-would be <unk> there, and prompts made of identical <unk> ids would defeat the point of unique prompts).
+Words come from attnbench.engines.models.synthetic_word: they are whole tokens of the synthetic tokenizer (an
+English word would be <unk> there, and prompts made of identical <unk> ids would defeat the point of unique prompts).
 """
 
 from __future__ import annotations
 
 import random
 import zlib
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
-from attnbench.measure.client import chat_messages
-from attnbench.errors import SweepError
 from attnbench.engines.models import synthetic_word
+from attnbench.errors import SweepError
+from attnbench.measure.client import chat_messages
 
 # Two-syllable synthetic words: ids 12..4841 of the synthetic vocabulary, so any vocab_size >= 4842 has them all.
 WORD_POOL = [synthetic_word(i) for i in range(70 * 70 - 70)]
