@@ -119,9 +119,11 @@ def test_variant_is_copied_in_and_put_on_pythonpath(lock, tmp_path, monkeypatch)
 
 
 def test_missing_variant_folder_is_a_clear_error(lock, tmp_path, monkeypatch):
-    monkeypatch.setattr(containers, "CONTAINERS_DIR", tmp_path)
+    from attnbench.engines import lock as lock_mod
+
+    monkeypatch.setattr(lock_mod, "CONTAINERS_DIR", tmp_path)
     with pytest.raises(ContainerError, match="variant 'nope'"):
-        containers.variant_dir("nope")
+        lock_mod.variant_dir("nope")
 
 
 def test_unpinned_build_refused_without_allow_unpinned(lock):

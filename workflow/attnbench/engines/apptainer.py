@@ -34,10 +34,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from attnbench.engines.backend import backend_selection
+from attnbench.engines.lock import CONTAINERS_DIR, build_spec, load_lock, lock_entry, requirements_path, variant_dir
 from attnbench.errors import ContainerError
-from attnbench.paths import REPO_ROOT
 
-CONTAINERS_DIR = REPO_ROOT / "containers"
 BASE_DEF_TEMPLATE = CONTAINERS_DIR / "base.def.in"
 INSTALL_SCRIPT = CONTAINERS_DIR / "install-engine.sh"
 IMAGES_DIR = Path("results/images")  # relative to the workflow's working directory
@@ -76,28 +76,9 @@ def layer_path(exp_dir: str | os.PathLike, key: str, gpu_type: str, arm: str) ->
     return Path(exp_dir) / "images" / key / gpu_type / f"{arm}.json"
 
 
-def build_spec(entry: dict, key: str) -> dict:
-    """The lock entry's `apptainer` section, checked: how the base image of this engine line is built."""
-    spec = entry.get("apptainer")
-    if not isinstance(spec, dict) or not spec.get("requirements"):
-        raise ContainerError(
-            f"containers/lock.yaml: {key} has no apptainer.requirements, so no Apptainer base image can be built for it"
-        )
-    return spec
-
-
-def requirements_path(entry: dict, key: str) -> Path:
-    path = REPO_ROOT / build_spec(entry, key)["requirements"]
-    if not path.is_file():
-        raise ContainerError(f"containers/lock.yaml: {key}: requirements lock {path} does not exist")
-    return path
-
-
 def base_recipe_digest(key: str, lock: dict | None = None) -> str:
     """sha256 over what decides a base image's content: the lock entry's apptainer section and the requirements
     lock's bytes. A changed value makes Snakemake rebuild the image (its params rerun trigger)."""
-    from attnbench.engines.containers import load_lock, lock_entry
-
     entry = lock_entry(lock or load_lock(), key)
     text = json.dumps(build_spec(entry, key), sort_keys=True) + sha256_file(requirements_path(entry, key))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -266,8 +247,6 @@ def build_base(
     extra_pip_args: list[str] | None = None,
 ) -> dict:
     """Build results/images/<key>/base.sif from the lock entry and write base.json. Returns the record."""
-    from attnbench.engines.containers import lock_entry
-
     entry = lock_entry(lock, key)
     spec = build_spec(entry, key)
     req = requirements_path(entry, key)
@@ -388,8 +367,6 @@ def _tree_bytes(root: Path) -> int:
 def check_base(key: str, lock: dict, images_dir: str | os.PathLike | None = None) -> dict:
     """The base record, after checking that it belongs to this checkout's lock and that the SIF is the one
     recorded. Raises ContainerError naming what differs."""
-    from attnbench.engines.containers import lock_entry
-
     record = read_json(base_record_path(key, images_dir))
     if record is None:
         raise ContainerError(
@@ -421,9 +398,6 @@ def tree_digest(folder: Path) -> dict:
 
 def layer_record(cfg: dict, arm: dict, gpu_type: str, base: dict) -> dict:
     """What an arm's container is: the base image (by sha256) plus the arm's backend environment and variant."""
-    from attnbench.engines.containers import variant_dir
-    from attnbench.engines.engine import backend_selection
-
     args, env = backend_selection(cfg["engine"]["version"], arm)
     variant = arm.get("variant")
     variant_files = tree_digest(variant_dir(variant)) if variant else None
@@ -497,8 +471,6 @@ PASSED_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HF_HUB_OFFLINE"
 def server_binds_env(arm: dict, paths: list, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """Binds (same path inside as outside) and env for one arm's server: the model, tokenizer and trace folders, the
     arm's variant folder and any layer folders on the spec's PYTHONPATH, first on PYTHONPATH inside."""
-    from attnbench.engines.containers import variant_dir
-
     env = dict(env)
     pythonpath = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if arm.get("variant"):
@@ -555,8 +527,6 @@ def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: s
     """Join an export's parts into results/images/<key>/base.sif after checking every part, the whole SIF and the
     lock against this checkout's; write base.json (and base.versions.json). Newer than every input of the build
     rule, so Snakemake plans no build."""
-    from attnbench.engines.containers import lock_entry
-
     src = Path(src)
     manifests = sorted(src.glob(f"{key or '*'}.export.json"))
     if len(manifests) != 1:
@@ -604,8 +574,6 @@ def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: s
 
 
 def _cmd_build_base(args: argparse.Namespace) -> int:
-    from attnbench.engines.containers import load_lock
-
     record = build_base(
         args.key, load_lock(args.lock), images_dir=args.images_dir, log_path=Path(args.log) if args.log else None
     )
@@ -615,7 +583,6 @@ def _cmd_build_base(args: argparse.Namespace) -> int:
 
 def _cmd_layer(args: argparse.Namespace) -> int:
     from attnbench.config import arm_by_name, load_config
-    from attnbench.engines.containers import load_lock
     from attnbench.engines.gpu import resolve_gpu_type
 
     cfg = load_config(args.config)
@@ -638,8 +605,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from attnbench.engines.containers import load_lock
-
     record = import_image(Path(args.src), load_lock(args.lock), key=args.key, images_dir=args.images_dir)
     print(f"imported {record['key']} into {base_sif(record['key'], args.images_dir)} (sha256 {record['sif_sha256']})")
     return 0

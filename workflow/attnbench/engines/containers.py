@@ -38,14 +38,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-import yaml
 
+from attnbench.engines.backend import backend_selection
+from attnbench.engines.lock import CONTAINERS_DIR, load_lock, lock_entry, variant_dir
 from attnbench.engines.server import ServerLifecycle
 from attnbench.errors import ConfigError, ContainerError
-from attnbench.paths import REPO_ROOT
 
-CONTAINERS_DIR = REPO_ROOT / "containers"
-LOCK_PATH = CONTAINERS_DIR / "lock.yaml"
 VARIANT_TARGET = "/opt/attnbench/variant"
 LABEL_PREFIX = "org.attnbench"
 # Containers started by DockerServer carry these labels, so ones orphaned by a SIGKILLed parent can be found.
@@ -54,28 +52,6 @@ ROLE_LABEL = f"{LABEL_PREFIX}.role"
 # vLLM's engine core talks to its workers through /dev/shm rings (160 MiB and up); Docker's default is 64 MiB.
 # A size, not --ipc=host, so the container does not share the host's IPC namespace.
 SHM_SIZE = "8g"
-
-
-# --- lock file ------------------------------------------------------------------------------------------------
-
-
-def load_lock(path: str | os.PathLike | None = None) -> dict:
-    path = Path(path) if path else LOCK_PATH
-    try:
-        lock = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ContainerError(f"lock file {path} does not exist") from None
-    if not isinstance(lock, dict) or not isinstance(lock.get("images"), dict):
-        raise ContainerError(f"lock file {path}: expected a mapping with 'images'")
-    return lock
-
-
-def lock_entry(lock: dict, key: str | None) -> dict:
-    if key not in lock["images"]:
-        raise ConfigError(
-            f"engine.image: {key!r} is not in containers/lock.yaml; known: {', '.join(sorted(lock['images']))}"
-        )
-    return lock["images"][key]
 
 
 # --- what one image is -------------------------------------------------------------------------------------------
@@ -114,8 +90,6 @@ class ImageSpec:
 
 def image_spec(cfg: dict, arm: dict, gpu_type: str, lock: dict, *, digest: str | None = None) -> ImageSpec:
     """The image an arm runs in. `digest` overrides the lock's (a digest resolved at build time)."""
-    from attnbench.engines.engine import backend_selection
-
     key = cfg["engine"].get("image")
     entry = lock_entry(lock, key)
     args, env = backend_selection(entry["version"], arm)
@@ -190,13 +164,6 @@ def image_for(cfg: dict, arm: dict, *, gpu_type: str | None = None) -> str:
 
 
 # --- rendering ----------------------------------------------------------------------------------------------------
-
-
-def variant_dir(variant: str) -> Path:
-    path = CONTAINERS_DIR / "variants" / variant
-    if not path.is_dir():
-        raise ContainerError(f"variant {variant!r}: folder {path} does not exist (its definition lives there)")
-    return path
 
 
 def _template(key: str, kind: str) -> string.Template:

@@ -8,13 +8,13 @@ Also `attnbench engine build-venv`: the pinned CPU engine as a virtual environme
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import venv
 from pathlib import Path
 
-from attnbench.config import ATTENTION_FLAG_VERSION, engine_venv_dir, version_tuple
+from attnbench.config import engine_venv_dir, version_tuple
+from attnbench.engines.backend import backend_selection
 from attnbench.engines.server import LaunchSpec
 from attnbench.errors import AttnbenchError, ConfigError
 
@@ -26,30 +26,6 @@ FORBIDDEN_IN_ENGINE = ("torchvision", "torchaudio", "torchcodec")
 
 class EngineError(AttnbenchError):
     pass
-
-
-def backend_selection(vllm_version: str, arm: dict) -> tuple[list[str], dict[str, str]]:
-    """(server args, env) that request the arm's attention backend from this vLLM version.
-
-    Before 0.11 vLLM reads VLLM_ATTENTION_BACKEND; from 0.11 on it ignores that variable and takes
-    --attention-backend, or --attention-config when a FlashAttention version is pinned as well (never both flags).
-    """
-    backend = arm.get("backend")
-    fa_version = arm.get("flash_attn_version")
-    if backend is None and fa_version is None:
-        return [], {}
-    if version_tuple(vllm_version) < ATTENTION_FLAG_VERSION:
-        if fa_version is not None:
-            raise ConfigError(
-                f"arms.{arm.get('name')}.flash_attn_version: vLLM {vllm_version} cannot pin a FlashAttention version"
-            )
-        return [], {"VLLM_ATTENTION_BACKEND": backend}
-    if fa_version is not None:
-        attention = {"flash_attn_version": fa_version}
-        if backend is not None:
-            attention = {"backend": backend, **attention}
-        return ["--attention-config", json.dumps(attention, separators=(",", ":"))], {}
-    return ["--attention-backend", backend], {}
 
 
 def venv_python(cfg: dict) -> Path:

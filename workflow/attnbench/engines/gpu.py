@@ -359,7 +359,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from attnbench.config import arm_by_name, load_config
-    from attnbench.engines.containers import load_lock
+    from attnbench.engines.lock import load_lock
 
     cfg = load_config(args.config)
     gpu_type = resolve_gpu_type(cfg, args.gpu_type)
