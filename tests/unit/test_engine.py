@@ -9,7 +9,8 @@ import yaml
 
 from attnbench.config import load_config
 from attnbench.engines import engine
-from attnbench.engines.engine import backend_selection, build_venv, launch_spec
+from attnbench.engines.backend import backend_selection
+from attnbench.engines.engine import build_venv, launch_spec
 from attnbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +95,7 @@ def test_real_model_path_has_no_dummy_load():
 
 def test_apptainer_command_line_for_the_article_argv_text(tmp_path):
     """Argv text only (the real exec runs in tests/integration/test_apptainer.py, on the CPU engine image)."""
-    from attnbench.engines import apptainer
+    from attnbench.engines import apptainer_exec
 
     cfg = _cfg("errata.yaml")
     spec = _spec(cfg, 2, trace_dir=tmp_path / "trace")  # xformers_cutlass: a variant, and the kernel probe
@@ -118,18 +119,18 @@ def test_apptainer_command_line_for_the_article_argv_text(tmp_path):
     assert _flag(after_image, "--max-model-len") == "5000"
     assert "--quantization" not in after_image and "--trust-remote-code" in after_image
     assert "--attention-backend" not in argv  # vLLM 0.7.1 only reads the env var
-    caps = apptainer.missing_capabilities()
+    caps = apptainer_exec.missing_capabilities()
     assert ("--drop-caps" in argv) == bool(caps)
 
 
 def test_missing_capabilities_from_the_bounding_set():
     """The H100 host and the build machines lack CAP_SYS_RESOURCE (bit 24) in their bounding set."""
-    from attnbench.engines import apptainer
+    from attnbench.engines import apptainer_exec
 
     full = (1 << 41) - 1
-    assert apptainer.missing_capabilities(f"Name:\tx\nCapBnd:\t{full:016x}\n") == []
-    assert apptainer.missing_capabilities(f"CapBnd:\t{full & ~(1 << 24):016x}\n") == ["CAP_SYS_RESOURCE"]
-    argv = apptainer.exec_argv("i.sif", ["true"], missing_caps=["CAP_SYS_RESOURCE"])
+    assert apptainer_exec.missing_capabilities(f"Name:\tx\nCapBnd:\t{full:016x}\n") == []
+    assert apptainer_exec.missing_capabilities(f"CapBnd:\t{full & ~(1 << 24):016x}\n") == ["CAP_SYS_RESOURCE"]
+    argv = apptainer_exec.exec_argv("i.sif", ["true"], missing_caps=["CAP_SYS_RESOURCE"])
     assert argv == ["apptainer", "exec", "--cleanenv", "--drop-caps", "CAP_SYS_RESOURCE", "i.sif", "true"]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from attnbench.config import load_config
 from attnbench.engines import gpu
-from attnbench.engines.containers import load_lock
+from attnbench.engines.lock import load_lock
 from attnbench.errors import CompatibilityError
 
 ROOT = Path(__file__).resolve().parents[2]

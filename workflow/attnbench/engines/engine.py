@@ -14,7 +14,9 @@ import venv
 from pathlib import Path
 
 from attnbench.config import engine_venv_dir, version_tuple
+from attnbench.engines import apptainer_exec
 from attnbench.engines.backend import backend_selection
+from attnbench.engines.images import image_for
 from attnbench.engines.server import LaunchSpec
 from attnbench.errors import AttnbenchError, ConfigError
 
@@ -43,9 +45,7 @@ def engine_python(cfg: dict) -> str:
 
 
 def image_path(cfg: dict, arm: dict) -> str:
-    """The image an apptainer/docker arm runs (containers.py owns images and where they live)."""
-    from attnbench.engines.containers import image_for
-
+    """The image an apptainer/docker arm runs (images.py owns images and where they live)."""
     return image_for(cfg, arm)
 
 
@@ -122,13 +122,11 @@ def launch_spec(
         argv = [engine_python(cfg), "-m", API_SERVER_MODULE, *args]
         description["python"] = argv[0]
     elif runtime == "apptainer":
-        from attnbench.engines import apptainer
-
         image = str(Path(image_path(cfg, arm)).resolve())
         # The arm's layer (variant folder, profiler layer) is bound in at the same path and put on PYTHONPATH; the
         # engine settings go in as --env (the container starts from a clean environment), visible in the argv.
-        binds, env = apptainer.server_binds_env(arm, [model_dir, tokenizer_dir, trace_dir], env)
-        argv = apptainer.exec_argv(
+        binds, env = apptainer_exec.server_binds_env(arm, [model_dir, tokenizer_dir, trace_dir], env)
+        argv = apptainer_exec.exec_argv(
             image, ["python3", "-m", API_SERVER_MODULE, *args], env=env, binds=binds, gpu=engine.get("device") == "cuda"
         )
         description["image"] = image

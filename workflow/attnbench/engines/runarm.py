@@ -105,7 +105,7 @@ def _get_json(client: httpx.Client, url: str) -> dict | None:
 
 def _make_server(spec, log_path: Path, base_url: str, startup_timeout_s: float):
     if spec.runtime == "docker":
-        from attnbench.engines.containers import DockerServer  # type: ignore[attr-defined]
+        from attnbench.engines.dockerserver import DockerServer
 
         return DockerServer(spec, log_path, base_url, startup_timeout_s)
     from attnbench.engines.server import Server
@@ -123,7 +123,7 @@ def _versions_argv(cfg: dict, spec) -> list[str] | None:
 def _layer_digests(env: dict[str, str]) -> dict[str, str]:
     """sha256 over the files of each folder the server gets on PYTHONPATH (a container variant, the profiler layer):
     code that changes the engine's behaviour from outside, so a run records exactly which."""
-    from attnbench.engines.apptainer import tree_digest
+    from attnbench.engines.files import tree_digest
 
     folders = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {str(p): tree_digest(p)["sha256"] for p in folders if p.is_dir()}
@@ -294,7 +294,7 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         run["server"] = {"argv": provenance.redact(spec.argv, secrets), "env": provenance.redact(spec.env, secrets)}
         run["engine"]["image"] = spec.description.get("image", run["engine"]["image"])
         if engine["runtime"] in ("docker", "apptainer"):  # digest, pinned, image ID, versions inside: from the build
-            from attnbench.engines.containers import image_provenance
+            from attnbench.engines.image_provenance import image_provenance
 
             run["engine"].update(image_provenance(cfg, arm, results_dir=exp_dir))
         run["engine"]["layers"] = _layer_digests(spec.env)

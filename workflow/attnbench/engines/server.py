@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from attnbench.errors import ServerError
+from attnbench.errors import AttnbenchError, ServerError
 
 LOG_TAIL_LINES = 25
 
@@ -56,16 +56,57 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class ServerLifecycle:
-    """What every kind of server shares (Server below, containers.DockerServer): `with` starts it and always stops
-    it, and while it runs a SIGTERM to this process becomes SystemExit, so that stop() still runs."""
+    """What every kind of server shares (Server below for venv, native and apptainer; dockerserver.DockerServer for
+    docker): `with` starts it and always stops it, while it runs a SIGTERM to this process becomes SystemExit so that
+    stop() still runs, and wait_ready() polls /health until the server answers or dies."""
 
+    base_url: str
+    log_path: Path
+    startup_timeout_s: float
+    started_at: float | None = None
     _old_sigterm = None
+    # What a failed start raises, and how long to wait before quoting the log of a server that died during startup
+    # (a container's log reaches the file through a stream that lags behind the container).
+    error: type[AttnbenchError] = ServerError
+    log_settle_s: float = 0.0
 
     def start(self) -> None:
         raise NotImplementedError
 
     def stop(self, grace_s: float = 20) -> int | None:
         raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def exit_reason(self) -> str | None:
+        raise NotImplementedError
+
+    def wait_ready(self) -> float:
+        """Poll GET /health until it answers 200; return seconds since start. A server that exits meanwhile fails
+        at once, with the end of its log in the message."""
+        if self.started_at is None:
+            raise self.error("wait_ready() before start()")
+        deadline = self.started_at + self.startup_timeout_s
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                if not self.alive():
+                    time.sleep(self.log_settle_s)
+                    raise self.error(
+                        f"server exited during startup ({self.exit_reason()}); last log lines of {self.log_path}:\n"
+                        f"{log_tail(self.log_path)}"
+                    )
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        return time.monotonic() - self.started_at
+                except httpx.TransportError:
+                    pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise self.error(
+                        f"server not ready after {self.startup_timeout_s:.0f} s ({self.base_url}/health); "
+                        f"last log lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                    )
+                time.sleep(0.5)
 
     def __enter__(self):
         self.start()
@@ -131,31 +172,6 @@ class Server(ServerLifecycle):
             self._log_fh.close()
             raise ServerError(f"cannot start server {self.spec.argv[0]!r}: {exc.strerror or exc}") from None
         self.started_at = time.monotonic()
-
-    def wait_ready(self) -> float:
-        """Poll GET /health until it answers 200; return seconds since start. A process that exits meanwhile fails
-        at once, with the end of its log in the message."""
-        if self.proc is None or self.started_at is None:
-            raise ServerError("wait_ready() before start()")
-        deadline = self.started_at + self.startup_timeout_s
-        with httpx.Client(timeout=5.0) as client:
-            while True:
-                if not self.alive():
-                    raise ServerError(
-                        f"server exited during startup ({self.exit_reason()}); last log lines of {self.log_path}:\n"
-                        f"{log_tail(self.log_path)}"
-                    )
-                try:
-                    if client.get(f"{self.base_url}/health").status_code == 200:
-                        return time.monotonic() - self.started_at
-                except httpx.TransportError:
-                    pass  # not listening yet
-                if time.monotonic() > deadline:
-                    raise ServerError(
-                        f"server not ready after {self.startup_timeout_s:.0f} s ({self.base_url}/health); "
-                        f"last log lines of {self.log_path}:\n{log_tail(self.log_path)}"
-                    )
-                time.sleep(0.5)
 
     # --- state ------------------------------------------------------------------------------------------------
     @property
