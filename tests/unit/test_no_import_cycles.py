@@ -124,3 +124,20 @@ def test_no_import_cycles():
     unexpected = [c for c in cycles(graph) if frozenset(c) not in KNOWN_CYCLES]
     print("\n".join(describe(c, graph) for c in cycles(graph)) or "no import cycles")
     assert not unexpected, "import cycles: " + " | ".join(describe(c, graph) for c in unexpected)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def test_verify_does_not_import_the_run_orchestrator():
+    """`attnbench verify` checks a received run's backend with engines.backend, not through run-arm's module (which
+    pulls in the sweep, the server and the images)."""
+    graph = import_graph(module_files())
+    assert "attnbench.engines.backend" in graph["attnbench.bundles.verify"]
+    assert "attnbench.engines.runarm" not in reachable(graph, "attnbench.bundles.verify")

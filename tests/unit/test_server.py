@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from attnbench.engines.server import LaunchSpec, Server, free_port, parse_backend
+from attnbench.engines.backend import parse_backend
+from attnbench.engines.server import LaunchSpec, Server, free_port
 from attnbench.errors import ServerError
 
 # A stand-in process tree: a parent that forks a child (as vLLM forks its engine core) and serves /health.

