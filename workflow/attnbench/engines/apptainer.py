@@ -31,8 +31,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-# Moved (issue 17) and importable from here for this session, so that parallel branches (rules, integration tests)
-# still merge: the lead drops these once every caller imports the new module.
 from attnbench.engines.apptainer_exec import apptainer_env as apptainer_env  # moved to apptainer_exec
 from attnbench.engines.apptainer_exec import (
     apptainer_version,
@@ -46,10 +44,14 @@ from attnbench.engines.apptainer_exec import install_hint as install_hint  # mov
 from attnbench.engines.apptainer_transfer import export_image as export_image  # moved to apptainer_transfer
 from attnbench.engines.apptainer_transfer import import_image as import_image  # moved to apptainer_transfer
 from attnbench.engines.backend import backend_selection
+from attnbench.engines.compat import check_compatible
 from attnbench.engines.files import read_json, sha256_file, tree_digest, write_json
-from attnbench.engines.gpu import check_compatible
 from attnbench.engines.lock import CONTAINERS_DIR, build_spec, load_lock, lock_entry, requirements_path, variant_dir
 from attnbench.errors import ContainerError
+
+# Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
+# parallel branches (the workflow's rules, integration tests) still merge. Drop them once every caller imports the new
+# module.
 
 BASE_DEF_TEMPLATE = CONTAINERS_DIR / "base.def.in"
 INSTALL_SCRIPT = CONTAINERS_DIR / "install-engine.sh"

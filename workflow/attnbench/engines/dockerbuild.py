@@ -16,8 +16,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from attnbench.engines.compat import check_compatible
 from attnbench.engines.files import write_json
-from attnbench.engines.gpu import check_compatible
 from attnbench.engines.images import ImageSpec, image_spec, render_dockerfile
 from attnbench.engines.lock import CONTAINERS_DIR, load_lock, lock_entry, variant_dir
 from attnbench.errors import ConfigError, ContainerError
