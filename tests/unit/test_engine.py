@@ -1,6 +1,7 @@
 """Engine command lines: backend selection per vLLM version and the argv/env of each runtime. The apptainer and
 docker command lines are checked as text here: neither runtime exists on the test machine."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -171,3 +172,32 @@ def test_build_venv_refuses_forbidden_packages(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "_run", fake_run)
     with pytest.raises(engine.EngineError, match="torchvision got into the engine venv"):
         build_venv(req, tmp_path / "venv")
+
+
+ENGINES_COMMANDS = ("make-model", "engine", "run-arm", "gpu", "image", "kernels")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    # argparse has no public way to walk its subcommands
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices if actions else {}
+
+
+def test_every_engines_subcommand_says_what_it_does():
+    """`attnbench <cmd> [action] --help` opens with a one-line description for every command of the engines modules,
+    and within one command an option name means one thing (--lock: the containers lock file, read)."""
+    from attnbench.cli import build_parser
+
+    commands = _subparsers(build_parser())
+    seen = []
+    todo = [((name,), commands[name]) for name in ENGINES_COMMANDS]
+    while todo:
+        path, parser = todo.pop()
+        seen.append(" ".join(path))
+        assert parser.description and "\n" not in parser.description.strip(), path
+        assert " ".join(parser.description.split()) in " ".join(parser.format_help().split()), path
+        todo += [((*path, name), sub) for name, sub in _subparsers(parser).items()]
+    assert {"image build-base", "image layer", "gpu check", "engine build-venv", "kernels attribute"} <= set(seen)
+    build_venv = _subparsers(commands["engine"])["build-venv"]
+    assert build_venv.parse_args(["--requirements", "r", "--venv", "v", "--lock", "x"]).lock == "x"  # the rule's name
+    assert build_venv.parse_args(["--requirements", "r", "--venv", "v", "--freeze", "x"]).lock == "x"

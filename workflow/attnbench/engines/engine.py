@@ -212,12 +212,21 @@ def _cmd_build_venv(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("engine", help="engine environments (the pinned CPU engine venv)")
+    text = "engine environments (the pinned CPU engine venv)"
+    p = subparsers.add_parser("engine", help=text, description=text)
     sub = p.add_subparsers(dest="engine_command", required=True, metavar="ACTION")
-    b = sub.add_parser("build-venv", help="create a venv from a pinned requirements file (pip install --no-deps -r)")
+    text = "create a venv from a pinned requirements file (pip install --no-deps -r)"
+    b = sub.add_parser("build-venv", help=text, description=text)
     b.add_argument("--requirements", required=True, help="pinned requirements file (config/engines/*.txt)")
     b.add_argument("--venv", required=True, help="folder of the venv to create")
-    b.add_argument("--lock", default=None, help="where to write pip freeze (default: VENV/../engine-lock.txt)")
+    # --freeze, so that --lock means the containers lock file (to read) in every command; --lock stays for the rule.
+    b.add_argument(
+        "--freeze",
+        "--lock",
+        dest="lock",
+        default=None,
+        help="where to write pip freeze (default: VENV/../engine-lock.txt)",
+    )
     b.add_argument("--expect-version", default=None, help="fail unless the venv imports this vLLM version")
     b.add_argument(
         "--pip-arg",

@@ -166,12 +166,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("gpu", help="detect the GPU type; check an engine/GPU pair before building")
+    text = "detect the GPU type; check an engine/GPU pair before building"
+    p = subparsers.add_parser("gpu", help=text, description=text)
     sub = p.add_subparsers(dest="gpu_command", required=True, metavar="ACTION")
-    d = sub.add_parser("detect", help="print this host's GPU type key (NVML, else nvidia-smi; cpu-<arch> without GPU)")
+    text = "print this host's GPU type key (NVML, else nvidia-smi; cpu-<arch> without GPU)"
+    d = sub.add_parser("detect", help=text, description=text)
     d.add_argument("--json", action="store_true", help="print every GPU as JSON")
     d.set_defaults(func=_cmd_detect)
-    c = sub.add_parser("check", help="fail unless the config's engine image can run its arms and model on the GPU")
+    text = "fail unless the config's engine image can run its arms and model on the GPU"
+    c = sub.add_parser("check", help=text, description=text)
     c.add_argument("--config", required=True, help="experiment config YAML")
     c.add_argument("--gpu-type", default=None, help="GPU type key to check (default: gpu.type, auto = detect)")
     c.add_argument("--arm", default=None, help="check one arm only")

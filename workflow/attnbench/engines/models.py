@@ -161,9 +161,8 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "make-model", help="write a synthetic model folder (dummy weights) and a one-word-one-token tokenizer"
-    )
+    text = "write a synthetic model folder (dummy weights) and a one-word-one-token tokenizer"
+    p = subparsers.add_parser("make-model", help=text, description=text)
     p.add_argument("--architecture", required=True, help="HF config.json of the architecture (config/models/*.json)")
     p.add_argument("--model-dir", required=True, help="folder to receive config.json")
     p.add_argument(

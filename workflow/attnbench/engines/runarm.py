@@ -414,7 +414,8 @@ def _cmd_run_arm(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("run-arm", help="start the server for one arm, sweep every workload, stop it")
+    text = "start the server for one arm, sweep every workload, stop it"
+    p = subparsers.add_parser("run-arm", help=text, description=text)
     p.add_argument("--config", required=True, help="experiment config (YAML)")
     p.add_argument("--arm", required=True, help="arm name")
     p.add_argument("--repeat", type=int, default=0, help="repeat index (0-based)")
