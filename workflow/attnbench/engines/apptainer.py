@@ -46,7 +46,15 @@ from attnbench.engines.apptainer_transfer import import_image as import_image  #
 from attnbench.engines.backend import backend_selection
 from attnbench.engines.compat import check_compatible
 from attnbench.engines.files import read_json, sha256_file, tree_digest, write_json
-from attnbench.engines.lock import CONTAINERS_DIR, build_spec, load_lock, lock_entry, requirements_path, variant_dir
+from attnbench.engines.lock import (
+    CONTAINERS_DIR,
+    build_spec,
+    load_lock,
+    lock_entry,
+    requirements_path,
+    requirements_sha256,
+    variant_dir,
+)
 from attnbench.errors import ContainerError
 
 # Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
@@ -273,7 +281,7 @@ def check_base(key: str, lock: dict, images_dir: str | os.PathLike | None = None
             f"{base_record_path(key, images_dir)} is missing or unreadable: build the base image "
             f"(snakemake ... or attnbench image build-base --key {key}) or import it"
         )
-    want = sha256_file(requirements_path(lock_entry(lock, key), key))
+    want = requirements_sha256(lock, key)
     if record.get("lock_sha256") != want:
         raise ContainerError(
             f"image {key}: built from a lock with sha256 {record.get('lock_sha256')}, but this "

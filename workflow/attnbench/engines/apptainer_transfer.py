@@ -13,7 +13,7 @@ from pathlib import Path
 
 from attnbench.engines.apptainer_exec import base_dir, base_record_path, base_sif, base_versions_path
 from attnbench.engines.files import read_json, sha256_file, write_json
-from attnbench.engines.lock import lock_entry, requirements_path
+from attnbench.engines.lock import requirements_sha256
 from attnbench.errors import ContainerError
 
 EXPORT_SCHEMA = 1
@@ -66,7 +66,7 @@ def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: s
         raise ContainerError(f"{manifests[0]}: not an attnbench image export (schema {EXPORT_SCHEMA})")
     key = manifest["key"]
     record = manifest["base"]
-    want_lock = sha256_file(requirements_path(lock_entry(lock, key), key))
+    want_lock = requirements_sha256(lock, key)
     if record.get("lock_sha256") != want_lock:
         raise ContainerError(
             f"image {key} in {src} was built from a lock with sha256 {record.get('lock_sha256')}; "

@@ -31,24 +31,25 @@ from attnbench.engines.lock import lock_entry as lock_entry  # moved to lock
 # --- docker -------------------------------------------------------------------------------------------------------
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
+def _arm_of(args: argparse.Namespace) -> tuple[dict, dict, str]:
+    """(config, arm, GPU type) that --config, --arm and --gpu-type name."""
     from attnbench.config import arm_by_name, load_config
 
     cfg = load_config(args.config)
-    gpu_type = resolve_gpu_type(cfg, args.gpu_type)
-    record = build_image(cfg, arm_by_name(cfg, args.arm), gpu_type, Path(args.out), lock=load_lock(args.lock))
+    return cfg, arm_by_name(cfg, args.arm), resolve_gpu_type(cfg, args.gpu_type)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    cfg, arm, gpu_type = _arm_of(args)
+    record = build_image(cfg, arm, gpu_type, Path(args.out), lock=load_lock(args.lock))
     state = "pinned" if record["pinned"] else "UNPINNED"
     print(f"built {record['ref']} ({state}, base {record['base_ref']}, resolved digest {record['resolved_digest']})")
     return 0
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from attnbench.config import arm_by_name, load_config
-
-    cfg = load_config(args.config)
+    cfg, arm, gpu_type = _arm_of(args)
     lock = load_lock(args.lock)
-    gpu_type = resolve_gpu_type(cfg, args.gpu_type)
-    arm = arm_by_name(cfg, args.arm)
     check_compatible(cfg, gpu_type, lock, [arm])
     print(render_dockerfile(image_spec(cfg, arm, gpu_type, lock)), end="")
     return 0
@@ -71,17 +72,8 @@ def _cmd_build_base(args: argparse.Namespace) -> int:
 
 
 def _cmd_layer(args: argparse.Namespace) -> int:
-    from attnbench.config import arm_by_name, load_config
-
-    cfg = load_config(args.config)
-    record = write_layer(
-        cfg,
-        arm_by_name(cfg, args.arm),
-        resolve_gpu_type(cfg, args.gpu_type),
-        Path(args.out),
-        load_lock(args.lock),
-        args.images_dir,
-    )
+    cfg, arm, gpu_type = _arm_of(args)
+    record = write_layer(cfg, arm, gpu_type, Path(args.out), load_lock(args.lock), args.images_dir)
     print(f"arm {args.arm}: base {record['base_sif_sha256'][:16]}..., layer {record['digest']}")
     return 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from attnbench.engines.files import sha256_file
 from attnbench.errors import ConfigError, ContainerError
 from attnbench.paths import REPO_ROOT
 
@@ -57,3 +58,9 @@ def requirements_path(entry: dict, key: str) -> Path:
     if not path.is_file():
         raise ContainerError(f"containers/lock.yaml: {key}: requirements lock {path} does not exist")
     return path
+
+
+def requirements_sha256(lock: dict, key: str) -> str:
+    """sha256 of the requirements lock an engine line's Apptainer base image is built from: what ties a built or
+    imported image to this checkout."""
+    return sha256_file(requirements_path(lock_entry(lock, key), key))
