@@ -116,7 +116,7 @@ def launch_spec(
         "backend": arm.get("backend"),
         "backend_args": backend_args,
         "backend_env": backend_env,
-        "device": engine.get("device"),  # containers.DockerServer requests the GPU from this
+        "device": engine.get("device"),  # dockerserver.DockerServer requests the GPU from this
     }
     if runtime in ("venv", "native"):
         argv = [engine_python(cfg), "-m", API_SERVER_MODULE, *args]
@@ -131,7 +131,7 @@ def launch_spec(
         )
         description["image"] = image
     elif runtime == "docker":
-        # containers.DockerServer runs this argv inside the image with env and the GPU request.
+        # dockerserver.DockerServer runs this argv inside the image with env and the GPU request.
         image = image_path(cfg, arm)
         argv = ["python3", "-m", API_SERVER_MODULE, *args]
         description["image"] = image

@@ -416,7 +416,7 @@ def _cmd_run_arm(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     text = "start the server for one arm, sweep every workload, stop it"
     p = subparsers.add_parser("run-arm", help=text, description=text)
-    p.add_argument("--config", required=True, help="experiment config (YAML)")
+    p.add_argument("--config", required=True, help="experiment config YAML")
     p.add_argument("--arm", required=True, help="arm name")
     p.add_argument("--repeat", type=int, default=0, help="repeat index (0-based)")
     p.add_argument("--out", required=True, help="run folder (results/<exp>/runs/<arm>/rep<k>)")
