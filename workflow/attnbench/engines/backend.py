@@ -73,6 +73,15 @@ def _backend_name(raw: str) -> str:
     return raw.upper().replace(" ", "_") if not raw.isupper() else raw
 
 
+def _named_backend(line: str, patterns: list[re.Pattern]) -> str | None:
+    """The backend the first matching pattern names in line, or None."""
+    for pattern in patterns:
+        m = pattern.search(line)
+        if m:
+            return _backend_name(m.group(1).strip())
+    return None
+
+
 def parse_backend(log_text: str) -> dict:
     """The attention backend(s) a vLLM server log names.
 
@@ -90,27 +99,18 @@ def parse_backend(log_text: str) -> dict:
     fa_version = None
     for line in log_text.splitlines():
         line = line.rstrip()
-        matched = False
-        m = _REFUSED.search(line)
-        if m:
-            name = _backend_name(m.group(1).strip())
-            if name not in refused:
-                refused.append(name)
-            matched = True
-        else:
-            for pattern in _BACKEND_PATTERNS:
-                m = pattern.search(line)
-                if m:
-                    logged = _backend_name(m.group(1).strip())
-                    if logged not in names:
-                        names.append(logged)
-                    matched = True
-                    break
+        refusal = _named_backend(line, [_REFUSED])
+        used = None if refusal else _named_backend(line, _BACKEND_PATTERNS)
+        if refusal and refusal not in refused:
+            refused.append(refusal)
+        if used:
+            logged = used
+            if used not in names:
+                names.append(used)
         v = _FA_VERSION.search(line)
         if v:
             fa_version = int(v.group(1))
-            matched = True
-        if matched:
+        if refusal or used or v:
             lines.append(line)
     return {"logged": logged, "names": names, "refused": refused, "flash_attn_version": fa_version, "lines": lines}
 
