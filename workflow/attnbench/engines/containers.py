@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from attnbench.config import arm_by_name, load_config
 from attnbench.engines.apptainer import build_base, write_layer
 from attnbench.engines.apptainer_exec import IMAGES_DIR, base_sif
 from attnbench.engines.apptainer_transfer import export_image, import_image
@@ -33,8 +34,6 @@ from attnbench.engines.lock import lock_entry as lock_entry  # moved to lock
 
 def _arm_of(args: argparse.Namespace) -> tuple[dict, dict, str]:
     """(config, arm, GPU type) that --config, --arm and --gpu-type name."""
-    from attnbench.config import arm_by_name, load_config
-
     cfg = load_config(args.config)
     return cfg, arm_by_name(cfg, args.arm), resolve_gpu_type(cfg, args.gpu_type)
 

@@ -17,6 +17,7 @@ from attnbench.config import engine_venv_dir, version_tuple
 from attnbench.engines import apptainer_exec
 from attnbench.engines.backend import backend_selection
 from attnbench.engines.images import image_for
+from attnbench.engines.kernels import profiler_settings
 from attnbench.engines.server import LaunchSpec
 from attnbench.errors import AttnbenchError, ConfigError
 
@@ -104,8 +105,6 @@ def launch_spec(
     args += backend_args + list(engine.get("extra_args", [])) + list(arm.get("server_args", []))
     env = {**_str_env(engine.get("env")), **backend_env, **_str_env(arm.get("env"))}
     if trace_dir is not None:
-        from attnbench.engines.kernels import profiler_settings
-
         prof_args, prof_env = profiler_settings(engine["version"], Path(trace_dir))
         args += prof_args
         env.update(_merge_pythonpath(env, prof_env))

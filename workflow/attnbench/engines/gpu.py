@@ -13,11 +13,13 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from attnbench.config import arm_by_name, load_config
 from attnbench.engines.compat import DTYPE_BYTES as DTYPE_BYTES  # moved to compat
 from attnbench.engines.compat import check_compatible
 from attnbench.engines.compat import estimate_weight_bytes as estimate_weight_bytes  # moved to compat
 from attnbench.engines.gputype import cpu_key, gpu_type_key, parse_gpu_type
 from attnbench.engines.gputype import slugify as slugify  # moved to gputype
+from attnbench.engines.lock import load_lock
 from attnbench.errors import AttnbenchError
 
 # Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
@@ -148,9 +150,6 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from attnbench.config import arm_by_name, load_config
-    from attnbench.engines.lock import load_lock
-
     cfg = load_config(args.config)
     gpu_type = resolve_gpu_type(cfg, args.gpu_type)
     arms = [arm_by_name(cfg, args.arm)] if args.arm else None

@@ -23,9 +23,13 @@ from pathlib import Path
 import httpx
 
 from attnbench.config import arm_by_name, engine_id, load_config, workloads_of
-from attnbench.engines import provenance
+from attnbench.engines import kernels, provenance
 from attnbench.engines.backend import check_backend, check_quantization, parse_backend, parse_quantization
+from attnbench.engines.dockerserver import DockerServer
 from attnbench.engines.engine import engine_python, launch_spec
+from attnbench.engines.files import tree_digest
+from attnbench.engines.image_provenance import image_provenance
+from attnbench.engines.server import Server, free_port
 from attnbench.errors import AttnbenchError, ServerError
 from attnbench.measure.gpumon import GpuMonitor
 from attnbench.measure.gpumon import summarize as gpu_summary
@@ -67,11 +71,7 @@ def _get_json(client: httpx.Client, url: str) -> dict | None:
 
 def _make_server(spec, log_path: Path, base_url: str, startup_timeout_s: float):
     if spec.runtime == "docker":
-        from attnbench.engines.dockerserver import DockerServer
-
         return DockerServer(spec, log_path, base_url, startup_timeout_s)
-    from attnbench.engines.server import Server
-
     return Server(spec, log_path, base_url, startup_timeout_s)
 
 
@@ -85,14 +85,11 @@ def _versions_argv(cfg: dict, spec) -> list[str] | None:
 def _layer_digests(env: dict[str, str]) -> dict[str, str]:
     """sha256 over the files of each folder the server gets on PYTHONPATH (a container variant, the profiler layer):
     code that changes the engine's behaviour from outside, so a run records exactly which."""
-    from attnbench.engines.files import tree_digest
-
     folders = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {str(p): tree_digest(p)["sha256"] for p in folders if p.is_dir()}
 
 
 def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_key) -> dict:
-    from attnbench.engines import kernels
     from attnbench.measure.sweep import send_probe
 
     workloads = workloads_of(cfg)
@@ -179,7 +176,6 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
 def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
     """Run one (arm, repeat) into out_dir and return the run.json content; raises AttnbenchError on failure
     after writing run.json with status failed."""
-    from attnbench.engines.server import free_port
     from attnbench.measure.openloop import rate_workloads, run_open_loop
     from attnbench.measure.sweep import run_sweep
 
@@ -256,8 +252,6 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         run["server"] = {"argv": provenance.redact(spec.argv, secrets), "env": provenance.redact(spec.env, secrets)}
         run["engine"]["image"] = spec.description.get("image", run["engine"]["image"])
         if engine["runtime"] in ("docker", "apptainer"):  # digest, pinned, image ID, versions inside: from the build
-            from attnbench.engines.image_provenance import image_provenance
-
             run["engine"].update(image_provenance(cfg, arm, results_dir=exp_dir))
         run["engine"]["layers"] = _layer_digests(spec.env)
         versions_argv = _versions_argv(cfg, spec)
