@@ -185,8 +185,8 @@ async def drive_ours_mp(
     given request count, not a time: in --seconds mode a first level calibrates the count to about `seconds` of work."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
     from attnbench.measure.client import Sampling
+    from attnbench.measure.level import Level as _Level
     from attnbench.measure.multiproc import ClientPool
-    from attnbench.measure.sweep import _Level
 
     sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
     ids = {"experiment": "b", "arm": "b", "repeat": 0, "workload": "b"}

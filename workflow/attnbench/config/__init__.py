@@ -1,5 +1,6 @@
 """Experiment configs: load a YAML file, validate it against workflow/schemas/config.schema.yaml, fill defaults,
-and check the rules that span several fields (which JSON-schema cannot say clearly).
+and check the rules that span several fields (which JSON-schema cannot say clearly). load_experiment gives the
+typed tree of the result (experiment.py); the dict stays for the modules that have not moved to it yet.
 
 Every error is a ConfigError whose message names the field (as a path such as `arms[1].backend`) and, where the
 schema has them, the allowed values. The Snakefile validates with snakemake.utils.validate against the same schema
@@ -20,8 +21,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from attnbench.config.experiment import Experiment, OpenLoopSettings, SweepSettings, Workload
 from attnbench.errors import ConfigError
 from attnbench.paths import PACKAGE_DIR
+
+__all__ = ["Experiment", "OpenLoopSettings", "SweepSettings", "Workload"]  # the typed tree, importable from here
 
 # attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
 SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
@@ -107,6 +111,16 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems"):
         return f"{where}: {_short_repr(error.instance)} is out of range ({error.validator} {error.validator_value})"
     return f"{where}: {error.message if len(error.message) <= 160 else error.message[:157] + '...'}"
+
+
+def fill_defaults(section: str, value: dict) -> dict:
+    """value (a section's content, e.g. {} for "sweep") with the schema's defaults of that top-level section filled
+    in place; the one way code outside the workflow gets a default."""
+    schema = load_schema()
+    subschema = {**schema["properties"][section], "$defs": schema["$defs"]}
+    for _ in _with_defaults(jsonschema.Draft202012Validator)(subschema).iter_errors(value):
+        pass  # the walk fills the defaults; the caller's values were validated elsewhere (or are its own)
+    return value
 
 
 def schema_problems(cfg: dict) -> list[str]:
@@ -355,16 +369,12 @@ def engine_venv_dir(cfg: dict) -> Path:
     return Path(venv) if venv else Path("results") / "engines" / engine_id(cfg) / "venv"
 
 
-def workloads_of(cfg: dict) -> list[Any]:
-    """The config's workloads as sweep.Workload objects, in config order."""
-    from attnbench.measure.sweep import Workload
+def load_experiment(path_or_dict: str | Path | dict) -> Experiment:
+    """The typed experiment (config/experiment.py) of a config file or mapping, validated as load_config does."""
+    return Experiment.from_config(load_config(path_or_dict))
 
-    return [
-        Workload(
-            name=name,
-            prompt_tokens=w["prompt_tokens"],
-            output_tokens=w["output_tokens"],
-            concurrency=list(w["concurrency"]),
-        )
-        for name, w in cfg["workloads"].items()
-    ]
+
+def workloads_of(cfg: dict | Experiment) -> list[Workload]:
+    """The workloads of a validated config (or experiment), in config order."""
+    exp = cfg if isinstance(cfg, Experiment) else Experiment.from_config(cfg)
+    return list(exp.workloads)
