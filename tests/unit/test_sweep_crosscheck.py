@@ -1,10 +1,8 @@
 """crosscheck's arithmetic and the command line it gives vLLM's benchmark (the runs themselves need a server)."""
 
-import argparse
-
 import pytest
 
-from attnbench.measure.crosscheck import compare, vllm_bench_argv
+from attnbench.measure.crosscheck import CrosscheckRun, compare, vllm_bench_argv
 
 
 def run(tps, ttft, tpot):
@@ -26,7 +24,7 @@ def test_compare_ratio_differences_and_noise():
 
 
 def test_vllm_argv_matches_the_workload(tmp_path):
-    args = argparse.Namespace(
+    point = CrosscheckRun(
         engine_python="/py",
         api="chat",
         base_url="http://127.0.0.1:1",
@@ -38,8 +36,13 @@ def test_vllm_argv_matches_the_workload(tmp_path):
         num_prompts=32,
         warmup=2,
         temperature=1.0,
+        repeats=2,
+        api_key_env=None,
+        seed=1000,
+        timeout=60.0,
+        output=tmp_path,
     )
-    argv = vllm_bench_argv(args, 7, tmp_path, "r.json")
+    argv = vllm_bench_argv(point, 7, tmp_path, "r.json")
     pairs = dict(zip(argv[3::1], argv[4::1]))
     assert argv[:2] == ["/py", "-c"]
     for flag, value in {
