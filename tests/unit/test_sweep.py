@@ -133,10 +133,10 @@ def test_expected_requests_from_the_warmup():
 
 
 def test_level_time_floor_builds_prompts_until_it_is_reached():
-    from attnbench.measure.level import Level as _Level
+    from attnbench.measure.level import Level
 
     async def scenario():
-        level = _Level({}, [("p0", 0)], "measure", 1)
+        level = Level({}, [("p0", 0)], "measure", 1)
         built = []
 
         async def more(index):
@@ -157,7 +157,7 @@ def test_level_time_floor_builds_prompts_until_it_is_reached():
 
     # without a floor the level ends with its prepared prompts
     async def no_floor():
-        level = _Level({}, [("p0", 0)], "measure", 1)
+        level = Level({}, [("p0", 0)], "measure", 1)
         level.set_floor(0.0, None)
         first = await level.wants_more()
         level.next += 1

@@ -22,6 +22,15 @@ from attnbench.errors import AttnbenchError, SweepError
 T = TypeVar("T")
 
 
+def add_load_parser(
+    subparsers, name: str, summary: str, description: str, *, files: str, config_help: str
+) -> argparse.ArgumentParser:
+    """A load command's parser with the common options; `files`: what its run folder gets."""
+    p = subparsers.add_parser(name, help=summary, description=description)
+    add_common_args(p, output_help=f"run folder: {files} are written here", config_help=config_help)
+    return p
+
+
 def add_common_args(p: argparse.ArgumentParser, *, output_help: str, config_help: str) -> None:
     """The options every load command shares: the server, the request shape, the record ids, the run folder."""
     p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")

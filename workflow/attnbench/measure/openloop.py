@@ -49,7 +49,7 @@ from attnbench.measure.client import Client, Sampling
 from attnbench.measure.lag import LoopLagMonitor, as_record, lag_note
 from attnbench.measure.level import Level, LoadRun, SweepSummary, closed_loop, sampling_for, sent_window
 from attnbench.measure.loadcli import (
-    add_common_args,
+    add_load_parser,
     cli_experiment,
     parse_workload,
     run_keeping_error,
@@ -380,15 +380,13 @@ def _cmd_open_loop(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_load_parser(
+        subparsers,
         "open-loop",
-        help="open-loop load: requests at scheduled times at target rates",
-        description="Open-loop load: send requests at scheduled times (Poisson, gamma or constant arrivals) at "
-        "each target rate, whatever the server does, and record when each was due and when it left.",
-    )
-    add_common_args(
-        p,
-        output_help="run folder: openloop.jsonl and openloop_levels.jsonl go here",
+        "open-loop load: requests at scheduled times at target rates",
+        "Open-loop load: requests sent at scheduled times (Poisson, gamma or constant arrivals) at each target rate, "
+        "whatever the server does; each record says when it was due and when it left.",
+        files="openloop.jsonl and openloop_levels.jsonl",
         config_help="experiment config: its workloads' rates and open_loop section are the defaults",
     )
     p.add_argument("--rates", help="target rates in requests/s, e.g. 0.5,1,2 (default: the config's per workload)")

@@ -30,7 +30,7 @@ from attnbench.measure.client import Client
 from attnbench.measure.lag import LoopLagMonitor, as_record, lag_note, merge_loads
 from attnbench.measure.level import Level, LoadRun, SweepSummary, closed_loop, sampling_for, sent_window
 from attnbench.measure.loadcli import (
-    add_common_args,
+    add_load_parser,
     cli_experiment,
     parse_concurrency,
     parse_workload,
@@ -332,15 +332,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_load_parser(
+        subparsers,
         "sweep",
-        help="closed-loop concurrency sweep against a running OpenAI-compatible server",
-        description="Closed-loop concurrency sweep: for each workload and level N keep N requests in flight against "
-        "a running OpenAI-compatible server, writing every request's record as it finishes.",
-    )
-    add_common_args(
-        p,
-        output_help="run folder: records.jsonl and levels.jsonl are written here",
+        "closed-loop concurrency sweep against a running OpenAI-compatible server",
+        "Closed-loop concurrency sweep: for each workload and level N, keep N requests in flight against a running "
+        "OpenAI-compatible server; each request's record is written as it finishes.",
+        files="records.jsonl and levels.jsonl",
         config_help="experiment config: its workloads and sweep sections are the defaults",
     )
     p.add_argument("--concurrency", help="levels, e.g. 1,2,4 (default: the config's per workload)")
