@@ -22,21 +22,14 @@ import jsonschema
 import yaml
 
 from attnbench.config.experiment import Experiment, OpenLoopSettings, SweepSettings, Workload
+from attnbench.config.schema import SCHEMA_PATH, fill_defaults, load_schema, with_defaults
 from attnbench.errors import ConfigError
-from attnbench.paths import PACKAGE_DIR
 
-__all__ = ["Experiment", "OpenLoopSettings", "SweepSettings", "Workload"]  # the typed tree, importable from here
-
-# attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
-SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
+# The typed tree and the schema's helpers, importable from here.
+__all__ = ["SCHEMA_PATH", "Experiment", "OpenLoopSettings", "SweepSettings", "Workload", "fill_defaults", "load_schema"]
 
 # vLLM 0.11 replaced the VLLM_ATTENTION_BACKEND variable by --attention-backend / --attention-config.
 ATTENTION_FLAG_VERSION = (0, 11)
-
-
-def load_schema() -> dict:
-    with SCHEMA_PATH.open(encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -59,21 +52,6 @@ def field_path(parts) -> str:
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
-
-
-def _with_defaults(validator_class):
-    """A validator that writes each property's schema default into the instance before validating it, so nested
-    objects get their defaults too (the recipe from the jsonschema FAQ, with copies of mutable defaults)."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if "default" in subschema and name not in instance:
-                    instance[name] = copy.deepcopy(subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
 def _near(word: object, choices, n: int = 1) -> list[str]:
@@ -113,19 +91,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message if len(error.message) <= 160 else error.message[:157] + '...'}"
 
 
-def fill_defaults(section: str, value: dict) -> dict:
-    """value (a section's content, e.g. {} for "sweep") with the schema's defaults of that top-level section filled
-    in place; the one way code outside the workflow gets a default."""
-    schema = load_schema()
-    subschema = {**schema["properties"][section], "$defs": schema["$defs"]}
-    for _ in _with_defaults(jsonschema.Draft202012Validator)(subschema).iter_errors(value):
-        pass  # the walk fills the defaults; the caller's values were validated elsewhere (or are its own)
-    return value
-
-
 def schema_problems(cfg: dict) -> list[str]:
     """Every schema violation as one line (defaults filled into cfg on the way), the most relevant first."""
-    validator_cls = _with_defaults(jsonschema.Draft202012Validator)
+    validator_cls = with_defaults(jsonschema.Draft202012Validator)
     errors = list(validator_cls(load_schema()).iter_errors(cfg))
     lines: list[str] = []
     for err in sorted(errors, key=jsonschema.exceptions.relevance):

@@ -20,6 +20,7 @@ from dataclasses import MISSING, dataclass, fields, is_dataclass
 from types import UnionType
 from typing import Any, TypeVar
 
+from attnbench.config.schema import fill_defaults
 from attnbench.errors import ConfigError
 
 T = TypeVar("T")
@@ -287,8 +288,6 @@ class Experiment:
 
 @functools.cache
 def _defaults_of(section: str) -> dict[str, Any]:
-    from attnbench.config import fill_defaults  # the loader imports this module: import at call time
-
     return fill_defaults(section, {})
 
 
