@@ -1,5 +1,7 @@
 """crosscheck's arithmetic and the command line it gives vLLM's benchmark (the runs themselves need a server)."""
 
+import argparse
+
 import pytest
 
 from attnbench.measure.crosscheck import CrosscheckRun, compare, vllm_bench_argv
@@ -67,3 +69,18 @@ def test_compare_keeps_each_tools_mean_over_repetitions():
         {"output_throughput_tps": 161.0, "ttft_ms_median": 21.0, "tpot_ms_median": 6.1}
     )
     assert means["ours"]["output_throughput_tps"] == 161.0
+
+
+def test_measure_commands_describe_themselves_and_crosscheck_takes_sweeps_option_name(tmp_path):
+    from attnbench.cli import build_parser
+    from attnbench.measure.crosscheck import CrosscheckRun
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("sweep", "open-loop", "crosscheck"):
+        description = commands[name].description or ""
+        assert len(description) > 40 and description.endswith("."), name
+    argv = ["--base-url", "http://127.0.0.1:9", "--model", "m", "--tokenizer", "t", "--engine-python", "/py"]
+    args = commands["crosscheck"].parse_args([*argv, "--requests", "7", "--output", str(tmp_path / "x")])
+    point = CrosscheckRun.from_namespace(args)
+    assert point.num_prompts == 7 and point.output == tmp_path / "x" and point.repeats == 2
