@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from attnbench.config.experiment import SweepSettings, Workload
+from attnbench.errors import SweepError
 from attnbench.measure.client import Client, Sampling
 from attnbench.measure.records import JsonlAppender, LevelRecord, RequestRecord
 from attnbench.measure.workload import PromptBuilder
@@ -30,6 +31,15 @@ class SweepSummary:
     n_ok: int = 0  # measured requests
     n_failed: int = 0
     first_error: str | None = None
+
+    def failures(self, kept_in: str | Path) -> SweepError | None:
+        """The error that names failed measured requests (None when none failed)."""
+        if not self.n_failed:
+            return None
+        return SweepError(
+            f"{self.n_failed} of {self.n_ok + self.n_failed} measured requests failed "
+            f"(first: {self.first_error}); records kept in {kept_in}"
+        )
 
     def count(self, level: LevelRecord, measured: list[RequestRecord]) -> None:
         """A finished level and its measured records (already in `records`) into the totals."""
@@ -163,7 +173,7 @@ def sampling_for(settings: SweepSettings, workload: Workload, max_tokens: int | 
 class LoadRun:
     """The clients and files of one run of levels (`async with`): the streaming Client, a separate small client
     for /tokenize and the latency GETs (so they never queue behind streaming requests), the prompt builder, and
-    the request and level record files, closed in that reverse order on the way out."""
+    the request and level record files, closed in that reverse order on the way out; and the summary of its levels."""
 
     def __init__(
         self,
@@ -175,8 +185,12 @@ class LoadRun:
         *,
         pool_size: int,
         api_key: str | None,
+        abort_check: Callable[[], str | None] | None = None,
+        on_level: Callable[[str, dict], None] | None = None,
     ):
         self.base_url, self.settings = base_url, settings
+        self.abort_check, self.on_level = abort_check, on_level  # the caller's hooks (see run_sweep)
+        self.summary = SweepSummary()
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = Client(
             base_url,
@@ -202,8 +216,13 @@ class LoadRun:
         await self.aux.aclose()
         await self.client.aclose()
 
-    def finish_level(self, summary: SweepSummary, level: LevelRecord, measured: list[RequestRecord]) -> None:
+    def mark(self, event: str, ids: dict) -> None:
+        """The on_level hook ("start" / "end" of a level's measured requests), when the caller gave one."""
+        if self.on_level:
+            self.on_level(event, ids)
+
+    def finish_level(self, level: LevelRecord, measured: list[RequestRecord]) -> None:
         """A finished level's line on disk (synced at once) and in the summary."""
         self.levels.append(level)
         self.levels.sync()
-        summary.count(level, measured)
+        self.summary.count(level, measured)

@@ -199,15 +199,14 @@ async def run_open_loop(
         if (out_dir / name).exists() and (out_dir / name).stat().st_size:
             raise SweepError(f"{out_dir / name} already holds records; write each run to a fresh folder")
     cap = int(o.max_in_flight) if o.max_in_flight else None
-    summary = SweepSummary()
-    files = (RECORDS_FILE, LEVELS_FILE)
-    async with LoadRun(base_url, model, s, out_dir, files, pool_size=cap or UNCAPPED_POOL, api_key=api_key) as run:
+    files, hooks = (RECORDS_FILE, LEVELS_FILE), dict(api_key=api_key, abort_check=abort_check, on_level=on_level)
+    async with LoadRun(base_url, model, s, out_dir, files, pool_size=cap or UNCAPPED_POOL, **hooks) as run:
         for wl, rates in plan:
             ids = {"experiment": experiment, "arm": arm, "repeat": repeat, "workload": wl.name}
             prompt_index = 0
             rates = list(rates)  # knee mode appends to it
             for rate in rates:
-                level, lv = await _rate(run, o, summary, wl, rate, ids, prompt_index, abort_check, on_level)
+                level, lv = await _rate(run, o, wl, rate, ids, prompt_index)
                 prompt_index += lv.warmup + lv.requests
                 if level.abort:
                     raise SweepError(
@@ -219,22 +218,14 @@ async def run_open_loop(
                         print(f"{wl.name}: the knee is below {rate:g}/s ({broken})", file=sys.stderr)
                     else:
                         rates.append(round(rate * float(o.knee_factor), 6))
-    return summary
+    return run.summary
 
 
 async def _rate(
-    run: LoadRun,
-    o: OpenLoopSettings,
-    summary: SweepSummary,
-    wl: Workload,
-    rate: float,
-    ids: dict,
-    prompt_index: int,
-    abort_check: Callable[[], str | None] | None,
-    on_level: Callable[[str, dict], None] | None,
+    run: LoadRun, o: OpenLoopSettings, wl: Workload, rate: float, ids: dict, prompt_index: int
 ) -> tuple[Level, LevelRecord]:
     """One open-loop level: warm-up one request at a time, then the measured requests at their scheduled times."""
-    s = run.settings
+    s, summary, abort_check = run.settings, run.summary, run.abort_check
     seed, n_warm, n = int(s.seed), int(s.warmup_requests), requests_for_rate(rate, o)
     cap = int(o.max_in_flight) if o.max_in_flight else None
     sampling = sampling_for(s, wl)
@@ -247,8 +238,7 @@ async def _rate(
     offsets = schedule(n, rate, o.arrival, float(o.burstiness), _rng(seed, wl.name, rate))
     level = _RateLevel(ids, prompts[n_warm:], "measure", cap, rate)
     level.abort = warm.abort
-    if on_level:
-        on_level("start", {**ids, "rate": rate})
+    run.mark("start", {**ids, "rate": rate})
     monitor = LoopLagMonitor(limit_ms=float(s.client_lag_limit_ms))
     monitor.start()
     origin = (time.perf_counter(), time.time())
@@ -256,8 +246,7 @@ async def _rate(
         await _send_at_schedule(run.client, level, offsets, sampling, run.records, cap, abort_check, origin)
     load = await monitor.stop()
     run.records.sync()
-    if on_level:
-        on_level("end", {**ids, "rate": rate})
+    run.mark("end", {**ids, "rate": rate})
     summary.records += level.records
     window = sent_window(level.records)
     lv = LevelRecord(
@@ -281,7 +270,7 @@ async def _rate(
             "tpot_limit_ms": o.tpot_limit_ms,
         },
     )
-    run.finish_level(summary, lv, level.records)
+    run.finish_level(lv, level.records)
     sent = [r.start for r in window if r.scheduled is not None]
     achieved = len(sent) / (max(sent) - origin[1]) if sent and max(sent) > origin[1] else float("nan")
     print(

@@ -134,12 +134,11 @@ async def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_fresh(out_dir)
     max_conc = max((max(w.concurrency) for w in workloads if w.concurrency), default=1)
-    summary = SweepSummary()
     n_levels, done_levels = sum(len(w.concurrency) for w in workloads), 0
     processes = int(s.client_processes or 1)
-    async with LoadRun(
-        base_url, model, s, out_dir, ("records.jsonl", "levels.jsonl"), pool_size=max_conc, api_key=api_key
-    ) as run:
+    files = ("records.jsonl", "levels.jsonl")
+    hooks = dict(api_key=api_key, abort_check=abort_check, on_level=on_level)
+    async with LoadRun(base_url, model, s, out_dir, files, pool_size=max_conc, **hooks) as run:
         pool_args = dict(base_url=base_url, model=model, api=s.api, concurrency=max_conc, api_key=api_key)
         pool = ClientPool(processes, **pool_args, timeout_s=float(s.request_timeout_s)) if processes > 1 else None
         try:
@@ -150,7 +149,7 @@ async def run_sweep(
                 source = _PromptSource(run.builder, wl, int(s.seed), 0)
                 for n in wl.concurrency:
                     ids = {"experiment": experiment, "arm": arm, "repeat": repeat, "workload": wl.name}
-                    measure = await _level(run, pool, summary, source, ids, n, abort_check, on_level)
+                    measure = await _level(run, pool, source, ids, n)
                     done_levels += 1
                     if measure.abort:
                         raise SweepError(
@@ -160,26 +159,15 @@ async def run_sweep(
         finally:
             if pool:
                 await pool.__aexit__(None, None, None)
-    if fail_on_errors and summary.n_failed:
-        raise SweepError(
-            f"{summary.n_failed} of {summary.n_ok + summary.n_failed} measured requests failed "
-            f"(first: {summary.first_error}); records kept in {out_dir}"
-        )
-    return summary
+    failed = run.summary.failures(out_dir)
+    if fail_on_errors and failed:
+        raise failed
+    return run.summary
 
 
-async def _level(
-    run: LoadRun,
-    pool: ClientPool | None,
-    summary: SweepSummary,
-    source: _PromptSource,
-    ids: dict,
-    n: int,
-    abort_check: Callable[[], str | None] | None,
-    on_level: Callable[[str, dict], None] | None,
-) -> Level:
+async def _level(run: LoadRun, pool: ClientPool | None, source: _PromptSource, ids: dict, n: int) -> Level:
     """One closed-loop level of concurrency n: warm-up, latency probe, measured requests, its level line."""
-    s, wl = run.settings, source.workload
+    s, wl, summary, abort_check = run.settings, source.workload, run.summary, run.abort_check
     sampling = sampling_for(s, wl)
     n_warm, n_req = int(s.warmup_requests), requests_for(n, s)
     warm = Level(ids, await source.take(n_warm), "warmup", n)
@@ -199,8 +187,7 @@ async def _level(
             measure.abort = (abort_check() if abort_check else None) or str(exc)
     progress = Progress(f"{wl.name} c={n}", n_req, min_s)
     measure.set_floor(min_s, source.one)
-    if on_level:
-        on_level("start", {**ids, "concurrency": n})
+    run.mark("start", {**ids, "concurrency": n})
     limit, worker_loads = float(s.client_lag_limit_ms), []
     monitor = LoopLagMonitor(limit_ms=limit)
     monitor.start()
@@ -210,8 +197,7 @@ async def _level(
     else:
         await closed_loop(run.client, measure, sampling, run.records, abort_check, tick)
     load = merge_loads(await monitor.stop(), worker_loads)
-    if on_level:
-        on_level("end", {**ids, "concurrency": n})
+    run.mark("end", {**ids, "concurrency": n})
     run.records.sync()
     summary.records += measure.records
 
@@ -228,7 +214,7 @@ async def _level(
         complete=measure.abort is None,
         client=as_record(load),
     )
-    run.finish_level(summary, level, measure.records)
+    run.finish_level(level, measure.records)
     progress.tick(measure)
     duration = level.end - level.start
     gen = sum(r.completion_tokens or 0 for r in measure.records if r.ok)
@@ -323,11 +309,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     write_summary_json(table, args.summary_json)
     if error:
         raise error
-    if summary and summary.n_failed:
-        raise SweepError(
-            f"{summary.n_failed} of {summary.n_ok + summary.n_failed} measured requests failed "
-            f"(first: {summary.first_error}); records kept in {args.output}"
-        )
+    failed = summary.failures(args.output) if summary else None
+    if failed:
+        raise failed
     return 0
 
 
