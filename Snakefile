@@ -38,6 +38,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/config.smk"
 
 
 wildcard_constraints:

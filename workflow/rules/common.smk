@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,19 +34,33 @@ MODEL_DIR = f"{EXP_DIR}/models/{config['model']['name']}"
 ENGINE_LOCK = f"{EXP_DIR}/engine/{engine_id(config)}/engine-lock.txt"
 
 
-def effective_config_path():
-    """The validated config with defaults filled, which every attnbench command reads. Rewritten only when its
-    content changes, so its timestamp does not trigger reruns by itself."""
-    path = Path(EXP_DIR) / "config.effective.json"
-    # Key order as written: tables and plots list workloads and arms in the config's order.
-    text = json.dumps(config, indent=1) + "\n"
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return str(path)
+# The validated config with defaults filled, which every attnbench command reads. Parsing only computes it (a dry
+# run writes nothing); the effective_config job (config.smk) writes it. Key order as written: tables and plots list
+# workloads and arms in the config's order.
+CONFIG_FILE = f"{EXP_DIR}/config.effective.json"
+EFFECTIVE_CONFIG_TEXT = json.dumps(config, indent=1) + "\n"
+EFFECTIVE_CONFIG_DIGEST = hashlib.sha256(EFFECTIVE_CONFIG_TEXT.encode()).hexdigest()
 
 
-CONFIG_FILE = effective_config_path()
+def write_effective_config(path, log):
+    """Rule effective_config's job (config.smk)."""
+    Path(path).write_text(EFFECTIVE_CONFIG_TEXT, encoding="utf-8")
+    Path(log).write_text(
+        f"{path}: config-sha256:{EFFECTIVE_CONFIG_DIGEST[:16]}\n", encoding="utf-8"
+    )
+
+
+def signing_option(key, flag):
+    """'FLAG PATH' for a setting of the config's bundle section (bundle.smk), '' when it is not set; a path that is
+    not a file stops the workflow with one line. The key is named by path only, never an input: Snakemake would
+    record a checksum of the private key in its metadata."""
+    value = (config.get("bundle") or {}).get(key)
+    if not value:
+        return ""
+    path = Path(os.path.expanduser(value))
+    if not path.is_file():
+        raise WorkflowError(f"bad config: bundle.{key}: {value} is not a file")
+    return f"{flag} {shlex.quote(str(path))}"
 
 
 def arm_fingerprint(wildcards):
