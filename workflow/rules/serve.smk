@@ -1,5 +1,9 @@
 # One server start per (arm, repeat): start it, sweep every workload against it, stop it. With a single server
 # resource (profiles/default) runs never overlap, whatever --cores says.
+# run-arm's lines (one per level, and one every 10 s while a level runs) go to the job's log and, through tee, to
+# the terminal Snakemake runs in. Snakemake's bash runs with pipefail, so run-arm's exit status stays the job's; tee
+# ignores Ctrl-C and SIGTERM so that it keeps the lines run-arm writes while it stops the server ("raw records kept
+# in ..."), and ends when run-arm closes the pipe.
 
 
 rule serve_sweep:
@@ -29,4 +33,5 @@ rule serve_sweep:
         fingerprint=arm_fingerprint,
     shell:
         "attnbench run-arm --config {input.config} --arm {wildcards.arm} --repeat {wildcards.repeat}"
-        " --out {params.run_dir} --exp-dir {params.exp_dir} > {log} 2>&1"
+        " --out {params.run_dir} --exp-dir {params.exp_dir} 2>&1"
+        " | (trap '' INT TERM; exec tee {log})"
