@@ -1,5 +1,6 @@
 """The whole workflow through Snakemake against the real CPU engine, on a reduced demo written into a temporary
-folder: outputs appear, a second run has nothing to do, deleting one raw file reruns only the job that made it,
+folder: outputs appear (the bundle signed with the configured key, Snakemake's report.zip), per-level progress
+reaches the terminal, a second run has nothing to do, deleting one raw file reruns only the job that made it,
 and a server killed mid-run fails the rule clearly, keeps the raw records and leaves no process behind."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,16 @@ def jobs_planned(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
+def ssh_key(tmp_path: Path) -> tuple[Path, Path]:
+    """A real Ed25519 key (ssh-keygen) and an allowed-signers file that trusts it as itest@example."""
+    key = tmp_path / "keys" / "id_ed25519"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "itest", "-f", str(key)], check=True)
+    allowed = key.parent / "allowed_signers"
+    allowed.write_text("itest@example " + " ".join(key.with_suffix(".pub").read_text().split()[:2]) + "\n")
+    return key, allowed
+
+
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
     """Live processes whose command line contains text (a /proc scan: no psutil in the project venv)."""
     found = []
@@ -130,10 +142,19 @@ def test_reduced_demo_end_to_end(engine_python, tmp_path):
         {"name": "nosplit", "backend": "CPU_ATTN", "env": {"VLLM_CPU_ATTN_SPLIT_KV": "0"}},
     ]
     workloads = {"short": {"prompt_tokens": 45, "output_tokens": 8, "concurrency": [1, 2]}}
-    workdir = make_workdir(tmp_path, reduced_config("itest", engine_python, arms, workloads))
+    cfg = reduced_config("itest", engine_python, arms, workloads)
+    key, allowed = ssh_key(tmp_path)
+    cfg["bundle"] = {"sign_key": str(key)}  # rule bundle signs (attnbench bundle --sign-key)
+    workdir = make_workdir(tmp_path, cfg)
     exp = workdir / "results" / "itest"
 
-    snakemake(workdir)
+    run = snakemake(workdir)
+
+    # run-arm's per-level lines reach the terminal Snakemake runs in, not only the job's log.
+    terminal = run.stdout + run.stderr
+    for arm in ("split", "nosplit"):
+        assert f"run-arm {arm} rep0: ok" in terminal
+    assert terminal.count("short c=1: 2/2 done") == 2 and terminal.count("short c=2: 2/2 done") == 2
 
     for arm in ("split", "nosplit"):
         run_dir = exp / "runs" / arm / "rep0"
@@ -154,6 +175,25 @@ def test_reduced_demo_end_to_end(engine_python, tmp_path):
         assert (exp / "report.md").exists()
     nosplit_argv = json.loads((exp / "runs" / "nosplit" / "rep0" / "run.json").read_text())["server"]
     assert nosplit_argv["env"]["VLLM_CPU_ATTN_SPLIT_KV"] == "0"
+
+    # The bundle is signed with the configured key, and a peer who trusts that key verifies it.
+    (bundle,) = exp.glob("bundle-*.tar.gz")
+    assert bundle.with_name(bundle.name + ".sig").is_file()
+    verify = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "verify", str(bundle), "--allowed-signers", str(allowed)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]
+    assert "signed by itest@example" in verify.stdout
+
+    # Snakemake's self-contained report of the finished run, with the provenance files beside tables and plots.
+    snakemake(workdir, "--report", "report.zip")
+    with zipfile.ZipFile(workdir / "report.zip") as report:
+        names = {Path(name).name for name in report.namelist()}
+    assert {"report.html", "config.effective.json", "run.json", "bundle.sha256", "levels.csv"} <= names
+    assert any(name.endswith(".png") for name in names)
 
     # A second run is a no-op.
     again = snakemake(workdir, "-n")

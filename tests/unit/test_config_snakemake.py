@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted(p for p in (ROOT / "config").glob("*.yaml") if "arms" in yaml.safe_load(p.read_text()))
+# The experiment configs, and the workflow's test config that CI runs (.test/, the Snakemake catalog's convention).
+SHIPPED = sorted(p for p in (ROOT / "config").glob("*.yaml") if "arms" in yaml.safe_load(p.read_text())) + [
+    ROOT / ".test" / "config" / "config.yaml"
+]
 
 
 def dry_run(configfile: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -39,7 +42,7 @@ def dry_run(configfile: Path, workdir: Path, *args: str) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(ROOT)) for p in SHIPPED])
 def test_shipped_config_plans(path, tmp_path):
     proc = dry_run(path, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -165,3 +168,17 @@ def test_python_is_ruff_clean():
             [ruff, *args, "workflow", "tests", "containers"], cwd=ROOT, capture_output=True, text=True, timeout=300
         )
         assert proc.returncode == 0, f"ruff {' '.join(args)}: " + (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_catalog_files_describe_the_workflow():
+    """The Snakemake workflow catalog's conventions: .snakemake-workflow-catalog.yml names the mandatory flag and the
+    report; config/README.md names every shipped config and every top-level key of the schema."""
+    catalog = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert catalog["mandatory-flags"]["flags"] == "--use-singularity"
+    assert catalog["report"] is True and catalog["software-stack-deployment"]["apptainer"] is True
+    readme = (ROOT / "config" / "README.md").read_text()
+    for path in SHIPPED:
+        assert f"`{path.name}`" in readme or f"`../{path.relative_to(ROOT)}`" in readme, path
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    for key in schema["properties"]:
+        assert f"`{key}`" in readme, key

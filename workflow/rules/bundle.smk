@@ -23,7 +23,11 @@ rule bundle:
         run_files(),
         config=CONFIG_FILE,
     output:
-        receipt=f"{EXP_DIR}/bundle.sha256",
+        receipt=report(
+            f"{EXP_DIR}/bundle.sha256",
+            caption="../report/bundle.rst",
+            category="Provenance",
+        ),
     log:
         f"{EXP_DIR}/logs/bundle.log",
     conda:

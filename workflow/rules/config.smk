@@ -13,7 +13,7 @@ rule effective_config:
     input:
         workflow.configfiles,
     output:
-        CONFIG_FILE,
+        report(CONFIG_FILE, caption="../report/config.rst", category="Provenance"),
     log:
         f"{EXP_DIR}/logs/effective_config.log",
     params:

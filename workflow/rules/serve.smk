@@ -16,7 +16,12 @@ rule serve_sweep:
     output:
         records=f"{RUN_DIR}/records.jsonl",
         levels=f"{RUN_DIR}/levels.jsonl",
-        run=f"{RUN_DIR}/run.json",
+        run=report(
+            f"{RUN_DIR}/run.json",
+            caption="../report/run.rst",
+            category="Provenance",
+            labels={"run": "{arm} rep{repeat}", "file": "run.json"},
+        ),
         server_log=f"{RUN_DIR}/server.log",
     log:
         f"{EXP_DIR}/logs/serve_sweep/{{arm}}-rep{{repeat}}.log",
