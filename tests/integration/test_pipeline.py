@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from signkeys import ed25519_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,16 +111,6 @@ def jobs_planned(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
-def ssh_key(tmp_path: Path) -> tuple[Path, Path]:
-    """A real Ed25519 key (ssh-keygen) and an allowed-signers file that trusts it as itest@example."""
-    key = tmp_path / "keys" / "id_ed25519"
-    key.parent.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "itest", "-f", str(key)], check=True)
-    allowed = key.parent / "allowed_signers"
-    allowed.write_text("itest@example " + " ".join(key.with_suffix(".pub").read_text().split()[:2]) + "\n")
-    return key, allowed
-
-
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
     """Live processes whose command line contains text (a /proc scan: no psutil in the project venv)."""
     found = []
@@ -143,7 +134,7 @@ def test_reduced_demo_end_to_end(engine_python, tmp_path):
     ]
     workloads = {"short": {"prompt_tokens": 45, "output_tokens": 8, "concurrency": [1, 2]}}
     cfg = reduced_config("itest", engine_python, arms, workloads)
-    key, allowed = ssh_key(tmp_path)
+    key, allowed = ed25519_key(tmp_path / "keys", "itest@example")
     cfg["bundle"] = {"sign_key": str(key)}  # rule bundle signs (attnbench bundle --sign-key)
     workdir = make_workdir(tmp_path, cfg)
     exp = workdir / "results" / "itest"

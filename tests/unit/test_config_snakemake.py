@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from signkeys import ed25519_key
 
 ROOT = Path(__file__).resolve().parents[2]
 # The experiment configs, and the workflow's test config that CI runs (.test/, the Snakemake catalog's convention).
@@ -83,15 +84,9 @@ def test_dry_run_writes_nothing(tmp_path):
 
 @pytest.fixture
 def ssh_key(tmp_path):
-    """A real Ed25519 key pair and an allowed-signers file naming it."""
     if shutil.which("ssh-keygen") is None:
         pytest.skip("ssh-keygen (openssh-client) is not installed")
-    key = tmp_path / "keys" / "id_ed25519"
-    key.parent.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "wf", "-f", str(key)], check=True)
-    allowed = key.parent / "allowed_signers"
-    allowed.write_text("peer@example " + " ".join(key.with_suffix(".pub").read_text().split()[:2]) + "\n")
-    return key, allowed
+    return ed25519_key(tmp_path / "keys", "peer@example")
 
 
 def config_with(tmp_path: Path, **sections) -> Path:
