@@ -190,6 +190,23 @@ def test_reduced_demo_end_to_end(engine_python, tmp_path):
     again = snakemake(workdir, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # Editing one arm's settings redoes that arm's run only; editing what no run reads redoes none; both refresh the
+    # effective config and what reads it.
+    original = (workdir / "config.yaml").read_text()
+    for edit, runs_redone in (
+        (lambda c: c["arms"][1]["env"].update(VLLM_CPU_ATTN_SPLIT_KV="1"), ["arm=nosplit, repeat=0"]),
+        (lambda c: c.update(description="edited"), []),
+    ):
+        edited = yaml.safe_load(original)
+        edit(edited)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        plan = snakemake(workdir, "-n")
+        planned = jobs_planned(plan.stdout)
+        assert planned.get("serve_sweep", 0) == len(runs_redone), plan.stdout
+        assert all(f"wildcards: {run}" in plan.stdout for run in runs_redone)
+        assert planned.get("effective_config") == 1 and planned.get("aggregate") == 1, planned
+    (workdir / "config.yaml").write_text(original)
+
     # Deleting one raw file reruns only the job that wrote it (and what reads it), not the other arm.
     (exp / "runs" / "nosplit" / "rep0" / "records.jsonl").unlink()
     plan = snakemake(workdir, "-n")

@@ -42,12 +42,20 @@ EFFECTIVE_CONFIG_TEXT = json.dumps(config, indent=1) + "\n"
 EFFECTIVE_CONFIG_DIGEST = hashlib.sha256(EFFECTIVE_CONFIG_TEXT.encode()).hexdigest()
 
 
-def write_effective_config(path, log):
-    """Rule effective_config's job (config.smk)."""
-    Path(path).write_text(EFFECTIVE_CONFIG_TEXT, encoding="utf-8")
-    Path(log).write_text(
-        f"{path}: config-sha256:{EFFECTIVE_CONFIG_DIGEST[:16]}\n", encoding="utf-8"
-    )
+def write_effective_config(log=None):
+    """Write config.effective.json where its content differs (config.smk: before any job starts, and as the job of
+    rule effective_config). Replaced in one step, so a run starting at that moment reads the old or the new file,
+    never half of one."""
+    path = Path(CONFIG_FILE)
+    if not path.exists() or path.read_text(encoding="utf-8") != EFFECTIVE_CONFIG_TEXT:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(EFFECTIVE_CONFIG_TEXT, encoding="utf-8")
+        os.replace(tmp, path)
+    if log:
+        Path(log).write_text(
+            f"{path}: config-sha256:{EFFECTIVE_CONFIG_DIGEST[:16]}\n", encoding="utf-8"
+        )
 
 
 def signing_option(key, flag):

@@ -103,21 +103,20 @@ rule arm_layer:
     input:
         record=f"{BASE_DIR}/base.json",
         variant=lambda wildcards: variant_files(wildcards.arm),
-        config=ancient(CONFIG_FILE),  # config.smk
     output:
         f"{IMAGE_DIR}/{{arm}}.layer.json",
     log:
         f"{EXP_DIR}/logs/arm_layer/{{image}}-{{gpu_type}}-{{arm}}.log",
     conda:
         "../envs/attnbench.yaml"
+    params:
+        config=CONFIG_FILE,
     shell:
-        "attnbench image layer --config {input.config} --arm {wildcards.arm} --gpu-type {wildcards.gpu_type}"
+        "attnbench image layer --config {params.config} --arm {wildcards.arm} --gpu-type {wildcards.gpu_type}"
         " --out {output} > {log} 2>&1"
 
 
 rule build_image:
-    input:
-        config=ancient(CONFIG_FILE),  # config.smk
     output:
         image=f"{IMAGE_DIR}/{{arm}}.json",
     log:
@@ -126,6 +125,8 @@ rule build_image:
         "../envs/attnbench.yaml"
     resources:
         **build_resources(config),
+    params:
+        config=CONFIG_FILE,
     shell:
-        "attnbench image build --config {input.config} --arm {wildcards.arm} --gpu-type {wildcards.gpu_type}"
+        "attnbench image build --config {params.config} --arm {wildcards.arm} --gpu-type {wildcards.gpu_type}"
         " --out {output.image} > {log} 2>&1"

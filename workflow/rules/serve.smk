@@ -11,8 +11,6 @@ rule serve_sweep:
         model_inputs(),
         engine_inputs(),
         lambda wildcards: IMAGE_FILES[wildcards.arm],  # containers.smk
-        # ancient: a rewritten effective config does not redo finished runs (config.smk; arm_fingerprint does)
-        config=ancient(CONFIG_FILE),
     output:
         records=f"{RUN_DIR}/records.jsonl",
         levels=f"{RUN_DIR}/levels.jsonl",
@@ -33,10 +31,13 @@ rule serve_sweep:
         **run_resources(config),
         server=1,
     params:
+        # not an input: config.smk writes it before any job starts (onstart); as an input, every change of the config
+        # would redo every run, and arm_fingerprint is what decides which runs to redo
+        config=CONFIG_FILE,
         run_dir=lambda wildcards, output: Path(output.run).parent,
         exp_dir=lambda wildcards, output: Path(output.run).parents[3],
         fingerprint=arm_fingerprint,
     shell:
-        "attnbench run-arm --config {input.config} --arm {wildcards.arm} --repeat {wildcards.repeat}"
+        "attnbench run-arm --config {params.config} --arm {wildcards.arm} --repeat {wildcards.repeat}"
         " --out {params.run_dir} --exp-dir {params.exp_dir} 2>&1"
         " | (trap '' INT TERM; exec tee {log})"
