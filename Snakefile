@@ -15,6 +15,10 @@ from attnbench.errors import ConfigError
 min_version("8.0")
 
 
+# The workflow's description in `snakemake --report report.zip` (captions of each table and plot: workflow/report/).
+report: "workflow/report/workflow.rst"
+
+
 # The default experiment is the errata rerun: the article's two arms exactly as published plus the true no-FA2
 # arm, each with kernel proof (config/article.yaml runs the article alone). A --configfile replaces it rather than
 # being merged over it (a merge would leave article keys such as model.quantization in the demo); the remote jobs
@@ -38,6 +42,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/config.smk"
 
 
 wildcard_constraints:

@@ -1,5 +1,6 @@
 """The whole workflow through Snakemake against the real CPU engine, on a reduced demo written into a temporary
-folder: outputs appear, a second run has nothing to do, deleting one raw file reruns only the job that made it,
+folder: outputs appear (the bundle signed with the configured key, Snakemake's report.zip), per-level progress
+reaches the terminal, a second run has nothing to do, deleting one raw file reruns only the job that made it,
 and a server killed mid-run fails the rule clearly, keeps the raw records and leaves no process behind."""
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
+from signkeys import ed25519_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,10 +133,19 @@ def test_reduced_demo_end_to_end(engine_python, tmp_path):
         {"name": "nosplit", "backend": "CPU_ATTN", "env": {"VLLM_CPU_ATTN_SPLIT_KV": "0"}},
     ]
     workloads = {"short": {"prompt_tokens": 45, "output_tokens": 8, "concurrency": [1, 2]}}
-    workdir = make_workdir(tmp_path, reduced_config("itest", engine_python, arms, workloads))
+    cfg = reduced_config("itest", engine_python, arms, workloads)
+    key, allowed = ed25519_key(tmp_path / "keys", "itest@example")
+    cfg["bundle"] = {"sign_key": str(key)}  # rule bundle signs (attnbench bundle --sign-key)
+    workdir = make_workdir(tmp_path, cfg)
     exp = workdir / "results" / "itest"
 
-    snakemake(workdir)
+    run = snakemake(workdir)
+
+    # run-arm's per-level lines reach the terminal Snakemake runs in, not only the job's log.
+    terminal = run.stdout + run.stderr
+    for arm in ("split", "nosplit"):
+        assert f"run-arm {arm} rep0: ok" in terminal
+    assert terminal.count("short c=1: 2/2 done") == 2 and terminal.count("short c=2: 2/2 done") == 2
 
     for arm in ("split", "nosplit"):
         run_dir = exp / "runs" / arm / "rep0"
@@ -155,9 +167,45 @@ def test_reduced_demo_end_to_end(engine_python, tmp_path):
     nosplit_argv = json.loads((exp / "runs" / "nosplit" / "rep0" / "run.json").read_text())["server"]
     assert nosplit_argv["env"]["VLLM_CPU_ATTN_SPLIT_KV"] == "0"
 
+    # The bundle is signed with the configured key, and a peer who trusts that key verifies it.
+    (bundle,) = exp.glob("bundle-*.tar.gz")
+    assert bundle.with_name(bundle.name + ".sig").is_file()
+    verify = subprocess.run(
+        [sys.executable, "-m", "attnbench.cli", "verify", str(bundle), "--allowed-signers", str(allowed)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]
+    assert "signed by itest@example" in verify.stdout
+
+    # Snakemake's self-contained report of the finished run, with the provenance files beside tables and plots.
+    snakemake(workdir, "--report", "report.zip")
+    with zipfile.ZipFile(workdir / "report.zip") as report:
+        names = {Path(name).name for name in report.namelist()}
+    assert {"report.html", "config.effective.json", "run.json", "bundle.sha256", "levels.csv"} <= names
+    assert any(name.endswith(".png") for name in names)
+
     # A second run is a no-op.
     again = snakemake(workdir, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Editing one arm's settings redoes that arm's run only; editing what no run reads redoes none; both refresh the
+    # effective config and what reads it.
+    original = (workdir / "config.yaml").read_text()
+    for edit, runs_redone in (
+        (lambda c: c["arms"][1]["env"].update(VLLM_CPU_ATTN_SPLIT_KV="1"), ["arm=nosplit, repeat=0"]),
+        (lambda c: c.update(description="edited"), []),
+    ):
+        edited = yaml.safe_load(original)
+        edit(edited)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        plan = snakemake(workdir, "-n")
+        planned = jobs_planned(plan.stdout)
+        assert planned.get("serve_sweep", 0) == len(runs_redone), plan.stdout
+        assert all(f"wildcards: {run}" in plan.stdout for run in runs_redone)
+        assert planned.get("effective_config") == 1 and planned.get("aggregate") == 1, planned
+    (workdir / "config.yaml").write_text(original)
 
     # Deleting one raw file reruns only the job that wrote it (and what reads it), not the other arm.
     (exp / "runs" / "nosplit" / "rep0" / "records.jsonl").unlink()

@@ -7,7 +7,14 @@
 # Comparing bundles received from peers (not part of `rule all`): put them in received/<name>/ and run
 #   snakemake --cores 1 results/comparison/<name>/comparison.md
 # or directly: attnbench compare received/<name>/ --reference article --out results/comparison/<name>
+#
+# Signing (docs/bundles.md): with bundle.sign_key in the config (an Ed25519 OpenSSH private key), rule bundle also
+# writes <bundle>.tar.gz.sig; with bundle.allowed_signers, compare_received fails on a bundle that is unsigned or
+# signed by a key outside that file. Both are checked here, while parsing, so a wrong path stops even a dry run.
 import glob
+
+SIGN_OPTION = signing_option("sign_key", "--sign-key")
+ALLOWED_SIGNERS_OPTION = signing_option("allowed_signers", "--allowed-signers")
 
 
 rule bundle:
@@ -16,15 +23,20 @@ rule bundle:
         run_files(),
         config=CONFIG_FILE,
     output:
-        receipt=f"{EXP_DIR}/bundle.sha256",
+        receipt=report(
+            f"{EXP_DIR}/bundle.sha256",
+            caption="../report/bundle.rst",
+            category="Provenance",
+        ),
     log:
         f"{EXP_DIR}/logs/bundle.log",
     conda:
         "../envs/attnbench.yaml"
     params:
         exp_dir=lambda wildcards, output: Path(output.receipt).parent,
+        sign=SIGN_OPTION,
     shell:
-        "attnbench bundle {params.exp_dir} --config {input.config} --verify"
+        "attnbench bundle {params.exp_dir} --config {input.config} {params.sign} --verify"
         " --receipt {output.receipt} > {log} 2>&1"
 
 
@@ -46,8 +58,9 @@ rule compare_received:
         "../envs/attnbench.yaml"
     params:
         out=lambda wildcards, output: Path(output.report).parent,
+        allowed_signers=ALLOWED_SIGNERS_OPTION,
     shell:
-        "attnbench compare {input} --reference article --out {params.out} > {log} 2>&1"
+        "attnbench compare {input} --reference article {params.allowed_signers} --out {params.out} > {log} 2>&1"
 
 
 BUNDLE_TARGETS = rules.bundle.output

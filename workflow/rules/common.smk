@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,19 +34,41 @@ MODEL_DIR = f"{EXP_DIR}/models/{config['model']['name']}"
 ENGINE_LOCK = f"{EXP_DIR}/engine/{engine_id(config)}/engine-lock.txt"
 
 
-def effective_config_path():
-    """The validated config with defaults filled, which every attnbench command reads. Rewritten only when its
-    content changes, so its timestamp does not trigger reruns by itself."""
-    path = Path(EXP_DIR) / "config.effective.json"
-    # Key order as written: tables and plots list workloads and arms in the config's order.
-    text = json.dumps(config, indent=1) + "\n"
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
+# The validated config with defaults filled, which every attnbench command reads. Parsing only computes it (a dry
+# run writes nothing); the effective_config job (config.smk) writes it. Key order as written: tables and plots list
+# workloads and arms in the config's order.
+CONFIG_FILE = f"{EXP_DIR}/config.effective.json"
+EFFECTIVE_CONFIG_TEXT = json.dumps(config, indent=1) + "\n"
+EFFECTIVE_CONFIG_DIGEST = hashlib.sha256(EFFECTIVE_CONFIG_TEXT.encode()).hexdigest()
+
+
+def write_effective_config(log=None):
+    """Write config.effective.json where its content differs (config.smk: before any job starts, and as the job of
+    rule effective_config). Replaced in one step, so a run starting at that moment reads the old or the new file,
+    never half of one."""
+    path = Path(CONFIG_FILE)
+    if not path.exists() or path.read_text(encoding="utf-8") != EFFECTIVE_CONFIG_TEXT:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return str(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(EFFECTIVE_CONFIG_TEXT, encoding="utf-8")
+        os.replace(tmp, path)
+    if log:
+        Path(log).write_text(
+            f"{path}: config-sha256:{EFFECTIVE_CONFIG_DIGEST[:16]}\n", encoding="utf-8"
+        )
 
 
-CONFIG_FILE = effective_config_path()
+def signing_option(key, flag):
+    """'FLAG PATH' for a setting of the config's bundle section (bundle.smk), '' when it is not set; a path that is
+    not a file stops the workflow with one line. The key is named by path only, never an input: Snakemake would
+    record a checksum of the private key in its metadata."""
+    value = (config.get("bundle") or {}).get(key)
+    if not value:
+        return ""
+    path = Path(os.path.expanduser(value))
+    if not path.is_file():
+        raise WorkflowError(f"bad config: bundle.{key}: {value} is not a file")
+    return f"{flag} {shlex.quote(str(path))}"
 
 
 def arm_fingerprint(wildcards):

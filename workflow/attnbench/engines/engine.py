@@ -144,8 +144,20 @@ def launch_spec(
 # --- the pinned CPU engine as a venv -------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, text=True, capture_output=True, **kw)
+def _run(cmd: list[str], what: str, *, stream: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run a build step; on failure raise with the last lines of its output. stream: pass each output line on to
+    stdout as it comes (pip install takes minutes: the rule's log shows its progress, not one block at the end);
+    PYTHONUNBUFFERED because a Python child writing into a pipe would otherwise hold its lines back."""
+    if not stream:
+        proc = subprocess.run(cmd, text=True, capture_output=True, **kw)
+    else:
+        env = {**(kw.pop("env", None) or os.environ), "PYTHONUNBUFFERED": "1"}
+        lines: list[str] = []
+        with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, **kw) as child:
+            for line in child.stdout:
+                print(line, end="", flush=True)
+                lines.append(line)
+        proc = subprocess.CompletedProcess(cmd, child.returncode, "".join(lines), "")
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         raise EngineError(f"{what} failed (exit {proc.returncode}): " + " | ".join(tail))
@@ -175,6 +187,7 @@ def build_venv(requirements: Path, venv_dir: Path, pip_args: list[str] | None = 
             *(pip_args or []),
         ],
         f"pip install -r {requirements}",
+        stream=True,
     )
     freeze = _run([python, "-m", "pip", "freeze", "--all"], "pip freeze").stdout
     installed = {line.split("==")[0].split(" @ ")[0].strip().lower() for line in freeze.splitlines()}
