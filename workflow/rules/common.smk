@@ -129,7 +129,6 @@ def variant_files(arm_name):
 
 def base_requirements(image):
     """The hash-locked requirements file an Apptainer base image is built from (containers/lock.yaml)."""
-    from attnbench.engines.apptainer import requirements_path
-    from attnbench.engines.containers import load_lock, lock_entry
+    from attnbench.engines.lock import load_lock, lock_entry, requirements_path
 
     return str(requirements_path(lock_entry(load_lock(), image), image))

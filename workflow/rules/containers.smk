@@ -11,10 +11,13 @@
 #     and everything after it outside.
 import shutil
 
-from attnbench.engines.apptainer import apptainer_env, base_recipe_digest, install_hint
-from attnbench.engines.containers import image_files, load_lock
+from attnbench.engines.apptainer import base_recipe_digest
+from attnbench.engines.apptainer_exec import apptainer_env, install_hint
+from attnbench.engines.compat import check_compatible
+from attnbench.engines.gpu import planned_gpu_type
+from attnbench.engines.images import image_files
+from attnbench.engines.lock import load_lock
 from attnbench.errors import AttnbenchError
-from attnbench.engines.gpu import check_compatible, planned_gpu_type
 
 RUNTIME = config["engine"]["runtime"]
 CONTAINER_RUNTIMES = ("apptainer", "docker")
