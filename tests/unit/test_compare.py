@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from bundlefixture import make_experiment
 
-from attnbench.analysis import aggregate, compare
+from attnbench.analysis import compare, stats
 from attnbench.bundles import bundle
 from attnbench.cli import main
 from attnbench.errors import BundleError
@@ -81,7 +81,7 @@ def test_bundle_against_the_article_reference(bundles, tmp_path):
     a, _, _ = bundles
     assert main(["compare", str(a), "--reference", "article", "--out", str(tmp_path / "ref")]) == 0
     rat = pd.read_csv(tmp_path / "ref/ratios.csv")
-    pub = pd.read_csv(aggregate.PUBLISHED_CSV)
+    pub = pd.read_csv(stats.PUBLISHED_CSV)
     # every arm of the bundle meets both published backends at the levels both measured (short c1, c2)
     assert set(rat["base_arm"]) == {"XFORMERS", "FLASH_ATTN"} and set(rat["base_source"]) == {"article"}
     assert set(zip(rat["workload"], rat["concurrency"])) == {("short", 1), ("short", 2)}

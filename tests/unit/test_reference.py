@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.analysis import aggregate, reference, report
+from attnbench.analysis import aggregate, reference, report, runinfo, tidy
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -71,7 +71,7 @@ def write_ref(path: Path, rows: list[str], header: str = "arm,workload,concurren
 
 def test_range_verdict_gpus_and_same_server_client(experiment, tmp_path):
     exp, cfg = experiment
-    levels = aggregate.read_levels_csv(exp)
+    levels = tidy.read_levels_csv(exp)
     base = levels[(levels.arm == "base") & (levels.workload == "short") & (levels.concurrency == 1)]
     lo, hi = base.output_throughput_tps.min(), base.output_throughput_tps.max()
     assert hi > lo * 1.05  # the repeats do differ (speeds 1.0 .. 1.1)
@@ -83,7 +83,7 @@ def test_range_verdict_gpus_and_same_server_client(experiment, tmp_path):
             "fast,long,1,tpot_ms_median,1.0,",
         ],
     )
-    rows = reference.compare(levels, aggregate.load_runs(exp, cfg), reference.read_reference(ref))
+    rows = reference.compare(levels, runinfo.load_runs(exp, cfg), reference.read_reference(ref))
     inside, above, fast = rows
     assert inside.within and inside.outside_by == 0
     assert inside.ours_mean == pytest.approx(base.output_throughput_tps.mean())
@@ -132,7 +132,7 @@ def test_bad_reference_is_named(experiment, tmp_path, rows, header, message):
     exp, cfg = experiment
     ref = write_ref(tmp_path / "ref.csv", rows, **({"header": header} if header else {}))
     with pytest.raises(reference.ReferenceError, match=message):
-        reference.compare(aggregate.read_levels_csv(exp), aggregate.load_runs(exp, cfg), reference.read_reference(ref))
+        reference.compare(tidy.read_levels_csv(exp), runinfo.load_runs(exp, cfg), reference.read_reference(ref))
 
 
 def test_missing_reference_file_is_named(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.analysis import aggregate, plots, report
+from attnbench.analysis import aggregate, plots, report, runinfo, stats, tidy
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -74,8 +74,8 @@ def test_report_md_sections_and_answer(experiment):
         "prompt: article",
         "flags",
     ]
-    levels = aggregate.read_levels_csv(exp)
-    published = aggregate.read_published()
+    levels = tidy.read_levels_csv(exp)
+    published = stats.read_published()
     for row, (workload, conc) in zip(rows[1:], [("short", 1), ("short", 2), ("long", 1)], strict=True):
         assert row[:3] == [workload, str(conc), "3/3"]
         at = levels[(levels["workload"] == workload) & (levels["concurrency"] == conc)]
@@ -114,7 +114,7 @@ def test_report_html_is_self_contained(experiment):
     _, html_path = report.write_report(exp, cfg)
     html = html_path.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
-    figures = len(aggregate.workload_names(cfg)) * len(plots.KINDS) + len(plots.FIGURES)
+    figures = len(runinfo.workload_names(cfg)) * len(plots.KINDS) + len(plots.FIGURES)
     assert html.count("data:image/png;base64,") == figures
     assert "<table>" in html and 'src="plots/' not in html
 

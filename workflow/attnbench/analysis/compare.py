@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.analysis import aggregate
+from attnbench.analysis import markdown, stats, tables_v1, tabletext, tidy
 from attnbench.errors import BundleError
 
-ARTICLE_METRICS = [c for c, _, _ in aggregate.ARTICLE_COLUMNS]
+ARTICLE_METRICS = [c for c, _, _ in tabletext.ARTICLE_COLUMNS]
 MODERN_METRICS = [
     "output_throughput_tps",
     "request_throughput_rps",
@@ -36,7 +36,7 @@ MODERN_METRICS = [
 ]
 # The article ran on one GPU; its key in the GPU-type scheme of provenance/gpu.py.
 ARTICLE_GPU_TYPE = "rtx3070-laptop-sm86-8g"
-REFERENCES = {"article": aggregate.PUBLISHED_CSV}
+REFERENCES = {"article": stats.PUBLISHED_CSV}
 PLOTTED = ["generation_throughput_tps", "prompt_throughput_tps", "max_ttft_s"]
 KEY = ["gpu_type", "source", "arm", "workload", "concurrency"]
 
@@ -78,7 +78,7 @@ def load_bundle(path: Path, *, allow_unverified: bool = False, allowed_signers: 
             )
         if result.manifest is None:
             raise BundleError(f"{path}: unsafe archive, nothing extracted ({result.findings[0]})")
-        levels = aggregate.read_levels_csv(root)
+        levels = tidy.read_levels_csv(root)
     m = result.manifest
     cfg_arms = m["config"].get("arms", [])
     versions = (m.get("engine") or {}).get("versions") or {}
@@ -107,7 +107,7 @@ def load_reference(name_or_path: str) -> Source:
     """The article's published numbers (or a CSV in the same format) as a source with one 'repeat' per level."""
     path = REFERENCES.get(name_or_path, Path(name_or_path))
     # "article": read_published looks in the checkout, the working directory and the installed package's data
-    pub = aggregate.read_published(None if name_or_path in REFERENCES else Path(path))
+    pub = stats.read_published(None if name_or_path in REFERENCES else Path(path))
     needed = {"backend", "workload", "concurrency"}
     if not needed <= set(pub.columns):
         raise BundleError(f"{path}: reference table needs columns {sorted(needed)}, has {list(pub.columns)}")
@@ -224,7 +224,7 @@ def ratio_rows(sbs: pd.DataFrame, base: Source, other: Source, metrics: list[str
                 if other.is_reference:
                     o_vals = o_vals * 2
                 key = f"{other.label}/{o_arm} vs {base.label}/{b_arm}/{workload}/c{conc}/{m}"
-                interval = aggregate.ratio_interval(o_vals, b_vals, key=key)
+                interval = tables_v1.ratio_interval(o_vals, b_vals, key=key)
                 ratio = o.mean / b.mean
                 if interval is None:
                     verdict = "n/a (needs 2+ repeats)"
@@ -289,7 +289,7 @@ def ratios(sources: list[Source], sbs: pd.DataFrame, metrics: list[str]) -> pd.D
 
 
 def _num(v, d: int = 2) -> str:
-    return aggregate.fmt(None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v), d)
+    return markdown.fmt(None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v), d)
 
 
 def sources_table(sources: list[Source]) -> pd.DataFrame:
@@ -319,7 +319,7 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
         "Sources (the first bundle is the base of every ratio; verify: PASS means checksums, recomputed tables "
         "and consistency checks all passed; signed: the signer's principal or key fingerprint, UNSIGNED when "
         "anyone could have written the bundle):\n",
-        aggregate.md_table(list(st.columns), [[str(v) for v in r] for r in st.itertuples(index=False)], set()),
+        markdown.md_table(list(st.columns), [[str(v) for v in r] for r in st.itertuples(index=False)], set()),
     ]
     column = {(s.label, a): f"{s.gpu_type} {a}" for s in sources for a in s.levels["arm"].unique()}
     if len(set(column.values())) < len(column):  # two sources of one GPU type: say which is which
@@ -343,7 +343,7 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
                         cells.append(_num(r["mean"]) + (f" ± {_num(r['std'])}" if pd.notna(r["std"]) else ""))
                 rows.append(cells)
             parts.append(f"\n### {workload} / {metric}\n")
-            parts.append(aggregate.md_table(["Concurrency"] + [column[c] for c in cols], rows))
+            parts.append(markdown.md_table(["Concurrency"] + [column[c] for c in cols], rows))
     parts.append("\n## Ratios (source / base) with 95% bootstrap interval over repeats\n")
     if rat.empty:
         parts.append("\nNo level (workload, concurrency) was measured by both a source and the base.\n")
@@ -363,7 +363,7 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
             for r in g.itertuples(index=False)
         ]
         parts.append(
-            aggregate.md_table(
+            markdown.md_table(
                 ["Workload", "Concurrency", "Metric", src, bsrc, "ratio", "95% CI", "exceeds noise"],
                 rows,
                 right={1, 3, 4, 5, 6},
@@ -489,7 +489,7 @@ def compare(
         ("ratios.csv", rat),
     ):
         path = out_dir / name
-        frame.to_csv(path, index=False, float_format=aggregate.FLOAT_FORMAT, lineterminator="\n")
+        frame.to_csv(path, index=False, float_format=tidy.FLOAT_FORMAT, lineterminator="\n")
         written.append(path)
     report = out_dir / "comparison.md"
     report.write_text(report_md(sources, sbs, rat, plots), encoding="utf-8")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.analysis import aggregate, plots
+from attnbench import layout
+from attnbench.analysis import aggregate, markdown, plots, runinfo, stats
 from attnbench.analysis.reference import reference_section
 from attnbench.measure import openloop, servermetrics
 
@@ -47,7 +48,7 @@ def _shift_headings(md: str, by: int) -> str:
 
 
 def _read_table(exp_dir: Path, name: str) -> str | None:
-    path = aggregate.tables_dir(exp_dir) / name
+    path = layout.tables_dir(exp_dir) / name
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
@@ -68,7 +69,7 @@ def what_ran(cfg: dict) -> str:
         f"per level, then at least {sweep.get('requests_per_level') or _level_size(sweep)} requests and "
         f"{sweep.get('min_level_seconds', 0):g} s measured per level, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
         f"temperature {sweep.get('temperature', 'n/a')}",
-        f"- Baseline arm: `{aggregate.baseline_of(cfg)}`",
+        f"- Baseline arm: `{runinfo.baseline_of(cfg)}`",
         "",
         "Workloads:\n",
     ]
@@ -77,11 +78,11 @@ def what_ran(cfg: dict) -> str:
         for name, w in cfg["workloads"].items()
     ]
     lines.append(
-        aggregate.md_table(["Workload", "Prompt tokens", "Output tokens", "Concurrency"], wl_rows, right={1, 2})
+        markdown.md_table(["Workload", "Prompt tokens", "Output tokens", "Concurrency"], wl_rows, right={1, 2})
     )
     lines.append("Arms:\n")
     arm_rows = []
-    for arm in aggregate.arms_of(cfg):
+    for arm in runinfo.arms_of(cfg):
         expect = arm.get("expect_kernels") or {}
         arm_rows.append(
             [
@@ -95,7 +96,7 @@ def what_ran(cfg: dict) -> str:
             ]
         )
     lines.append(
-        aggregate.md_table(
+        markdown.md_table(
             ["Arm", "Backend", "FA version", "Variant", "Article backend", "Expect kernels", "Description"],
             arm_rows,
             right=set(),
@@ -121,7 +122,7 @@ def _gpu_telemetry(gpu: dict | None) -> list[str]:
     ]
 
 
-def provenance(runs: list[aggregate.RunInfo]) -> str:
+def provenance(runs: list[runinfo.RunInfo]) -> str:
     rows = []
     for info in runs:
         run = info.run
@@ -131,7 +132,7 @@ def provenance(runs: list[aggregate.RunInfo]) -> str:
         gpu = ", ".join(g.get("name", str(g)) if isinstance(g, dict) else str(g) for g in gpus) or "none"
         rows.append(
             [
-                aggregate.arm_label(info.arm, bool(info.flags)),
+                markdown.arm_label(info.arm, bool(info.flags)),
                 str(info.repeat),
                 info.status,
                 " ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v) or "n/a",
@@ -150,7 +151,7 @@ def provenance(runs: list[aggregate.RunInfo]) -> str:
             for r in runs
         }
     )
-    return f"## Runs and hosts\n\nCode: git {', '.join(commits) or 'unknown'}\n\n" + aggregate.md_table(
+    return f"## Runs and hosts\n\nCode: git {', '.join(commits) or 'unknown'}\n\n" + markdown.md_table(
         [
             "Arm",
             "Repeat",
@@ -187,7 +188,7 @@ def _crosscheck_absolute(xc: dict) -> list[str]:
     ]
 
 
-def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
+def crosscheck_section(runs: list[runinfo.RunInfo]) -> str:
     """vLLM's own benchmark client against ours on the same server (run-arm's crosscheck points), if any ran."""
     rows = [
         [
@@ -210,7 +211,7 @@ def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
         "## Cross-check with vLLM's own benchmark client\n\nBoth clients back to back on the arm's own server after "
         "its sweep (run folder crosscheck/). Ratio > 1: ours measured more output tokens/s; differences are ours - "
         "vLLM's. Noise is each tool's spread between its own repetitions (0 with one repetition: not measured).\n\n"
-        + aggregate.md_table(
+        + markdown.md_table(
             [
                 "Arm",
                 "Repeat",
@@ -253,20 +254,20 @@ def _pair_summary(gen: pd.DataFrame) -> str:
     """One sentence per pair: range of generation ratios with their n, how many levels the repeats resolve, and the
     article's range for the same claim."""
     ns = sorted(set(zip(gen["arm_n"], gen["base_n"])))
-    n_text = ", ".join(aggregate.repeats_text(a, b) for a, b in ns)
+    n_text = ", ".join(stats.repeats_text(a, b) for a, b in ns)
     resolved = gen[gen["verdict"] == "resolved"]
     text = (
         f"Generation throughput ratio {gen['ratio'].min():.3f} to {gen['ratio'].max():.3f} over {len(gen)} level(s) "
         f"({n_text} per level). "
     )
-    if (gen[["arm_n", "base_n"]].min(axis=1) < aggregate.MIN_REPEATS_FOR_INTERVAL).all():
-        text += f"With fewer than {aggregate.MIN_REPEATS_FOR_INTERVAL} repeats no level has an interval: not resolved. "
+    if (gen[["arm_n", "base_n"]].min(axis=1) < stats.MIN_REPEATS_FOR_INTERVAL).all():
+        text += f"With fewer than {stats.MIN_REPEATS_FOR_INTERVAL} repeats no level has an interval: not resolved. "
     else:
         up, down = int((resolved["ratio"] > 1).sum()), int((resolved["ratio"] < 1).sum())
         text += (
             f"Resolved at {len(resolved)} of {len(gen)} level(s) ({up} higher, {down} lower); the others are "
             "not resolved (interval spans 1, too few repeats, or a spread above "
-            f"{100 * aggregate.NOISY_CV:.0f}%). "
+            f"{100 * stats.NOISY_CV:.0f}%). "
         )
     pub = gen["published_ratio"].dropna()
     if not pub.empty:
@@ -280,15 +281,15 @@ def _pair_summary(gen: pd.DataFrame) -> str:
 def answer_block(exp_dir: Path, cfg: dict) -> str:
     """Each comparison pair per workload and level, from tables/comparisons.csv: the ratio with its interval (or why
     there is none), the number of repeats, the verdict and the ratio the article published for the same claim."""
-    pairs = aggregate.comparison_pairs(cfg)
+    pairs = stats.comparison_pairs(cfg)
     if not pairs:
         return "## Answer\n\nOne arm only: no speedup to report.\n"
     comp = aggregate.read_comparisons(exp_dir)
     parts = [
         "## Answer: speedups\n",
         "Ratio = mean throughput of the arm / mean throughput of the other arm over repeats (n: repeats of arm / "
-        f"other arm). Interval: {aggregate.INTERVAL_METHOD}. higher / lower: the repeats resolve the difference "
-        f"(interval excludes 1, both sides' CV at most {100 * aggregate.NOISY_CV:.0f}%); otherwise not resolved, with "
+        f"other arm). Interval: {stats.INTERVAL_METHOD}. higher / lower: the repeats resolve the difference "
+        f"(interval excludes 1, both sides' CV at most {100 * stats.NOISY_CV:.0f}%); otherwise not resolved, with "
         "the reason. Article: the ratio the article published for the same claim (its arm backends, "
         "config/reference/article_published.csv; one run per level). Flags: tables/flags.md.\n",
     ]
@@ -303,7 +304,7 @@ def answer_block(exp_dir: Path, cfg: dict) -> str:
         has_pub = bool(gen["published_pair"].iloc[0])
         cells = {(c.workload, c.concurrency, c.metric): c for c in sub.itertuples(index=False)}
         rows = []
-        for workload in aggregate.workload_names(cfg):
+        for workload in runinfo.workload_names(cfg):
             for conc in sorted({k[1] for k in cells if k[0] == workload}):
                 row, flags, n = [workload, str(conc)], {}, "n/a"
                 for m, word in ANSWER_METRICS:
@@ -313,24 +314,24 @@ def answer_block(exp_dir: Path, cfg: dict) -> str:
                         continue
                     n = n if n != "n/a" else f"{c.arm_n}/{c.base_n}"
                     row += [_ratio_cell(c), _verdict_word(c)] + (
-                        [aggregate.fmt(c.published_ratio, 3)] if has_pub else []
+                        [markdown.fmt(c.published_ratio, 3)] if has_pub else []
                     )
                     flags[word] = {f for f in c.flags.split("+") if f}
                 row.insert(2, n)
-                row[1] = aggregate.arm_label(row[1], any("run" in f for f in flags.values()))
+                row[1] = markdown.arm_label(row[1], any("run" in f for f in flags.values()))
                 rows.append(row + [_flags_cell(flags)])
         headers = ["Workload", "Concurrency", "n"]
         for _, word in ANSWER_METRICS:
             headers += [f"{word} ratio [95% CI]", f"{word} verdict"] + ([f"{word}: article"] if has_pub else [])
         parts.append(
-            aggregate.md_table(headers + ["flags"], rows, right={1, 2, 3, 5, 6, 8} if has_pub else {1, 2, 3, 5})
+            markdown.md_table(headers + ["flags"], rows, right={1, 2, 3, 5, 6, 8} if has_pub else {1, 2, 3, 5})
         )
     return "\n".join(parts)
 
 
 def build_report_md(exp_dir: Path, cfg: dict) -> str:
     exp_dir = Path(exp_dir)
-    runs = aggregate.load_runs(exp_dir, cfg)
+    runs = runinfo.load_runs(exp_dir, cfg)
     parts = [f"# attnbench report: {cfg['experiment']}\n"]
     if cfg.get("description"):
         parts.append(cfg["description"].strip() + "\n")
@@ -355,8 +356,8 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
         if text:
             parts.append(_shift_headings(text, 1))
     parts.append("## Article-format tables\n\nOne per arm and workload, mean over repeats (tables/article_*.md).\n")
-    for arm in aggregate.arms_of(cfg):
-        for workload in aggregate.workload_names(cfg):
+    for arm in runinfo.arms_of(cfg):
+        for workload in runinfo.workload_names(cfg):
             text = _read_table(exp_dir, f"article_{arm['name']}_{workload}.md")
             if text:
                 parts.append(_shift_headings(text, 2))
@@ -365,7 +366,7 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
         if text:
             parts.append(_shift_headings(text, 1))
     parts.append("## Plots\n")
-    for workload in aggregate.workload_names(cfg):
+    for workload in runinfo.workload_names(cfg):
         for kind in plots.KINDS:
             png = Path(plots.PLOTS_DIR) / f"{kind}_{workload}.png"
             if (exp_dir / png).exists():
