@@ -183,9 +183,10 @@ def make_experiment(
     speedup: float = 1.0,
     gpu_type: str = "cpu-x86_64",
     workloads: dict | None = None,
+    repeats: int = 2,
 ) -> tuple[Path, dict]:
     """speedup scales both arms' speed (a faster machine); slow_factor is the slow arm's speed relative to fast."""
-    cfg = make_config(experiment)
+    cfg = make_config(experiment, repeats)
     cfg["workloads"] = workloads or cfg["workloads"]
     exp_dir = root / experiment
     rng = random.Random(seed)

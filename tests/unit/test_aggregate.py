@@ -90,6 +90,17 @@ def test_two_repeats_give_no_interval_where_the_bootstrap_gave_nonsense():
     assert stats.verdict(Spread.of([1.0] * 3), b, None) == "n/a (3/2 repeats)"
 
 
+def test_a_quoted_number_adds_no_variance_and_needs_no_repeats():
+    """compare's published reference: one number without spread against our repeats."""
+    ours, published = Spread.of([100.0, 104.0, 96.0]), Spread.quoted(50.0)
+    lo, hi = ratio_interval(ours, published)
+    half = stats.t975(2) * ours.cv / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((2.0 * math.exp(-half), 2.0 * math.exp(half)))
+    assert stats.verdict(ours, published, (lo, hi)) == "resolved"
+    two = Spread.of([100.0, 104.0])
+    assert ratio_interval(two, published) is None and stats.verdict(two, published, None) == "n/a (2 repeats)"
+
+
 def test_verdicts():
     tight_fast, tight_base = Spread.of([200.0, 202.0, 198.0]), Spread.of([100.0, 101.0, 99.0])
     assert stats.verdict(tight_fast, tight_base, ratio_interval(tight_fast, tight_base)) == "resolved"
