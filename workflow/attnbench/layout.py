@@ -21,9 +21,13 @@ RAW_RECORD_FILES = ("records.jsonl", "levels.jsonl")
 TABLES_DIR = "tables"
 
 
+def run_rel(arm: str, repeat: int) -> str:
+    """A run folder's path inside the experiment folder, as the bundle manifest spells it."""
+    return f"runs/{arm}/rep{repeat}"
+
+
 def run_dir(exp_dir: Path, arm: str, repeat: int) -> Path:
-    """runs/<arm>/rep<k> of an experiment folder."""
-    return Path(exp_dir) / "runs" / arm / f"rep{repeat}"
+    return Path(exp_dir) / run_rel(arm, repeat)
 
 
 def has_raw_records(rdir: Path) -> bool:
