@@ -22,8 +22,8 @@ from attnbench.measure.crosscheck import MEAN_KEYS
 COLUMNS = ["arm", "workload", "concurrency", "metric", "value", "note"]
 
 
-class ReferenceError(AttnbenchError):
-    pass
+class ReferenceFileError(AttnbenchError):
+    """The config's analysis.reference file is missing, lacks a column, or names a metric the tables do not have."""
 
 
 @dataclass
@@ -60,11 +60,11 @@ class Row:
 def read_reference(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise ReferenceError(f"analysis.reference.file: {path} does not exist")
+        raise ReferenceFileError(f"analysis.reference.file: {path} does not exist")
     ref = pd.read_csv(path, comment="#")
     missing = [c for c in COLUMNS if c not in ref.columns]
     if missing:
-        raise ReferenceError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
+        raise ReferenceFileError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
     return ref
 
 
@@ -73,7 +73,7 @@ def compare(levels: pd.DataFrame, runs: list[runinfo.RunInfo], ref: pd.DataFrame
     rows = []
     for item in ref.itertuples(index=False):
         if item.metric not in levels.columns:
-            raise ReferenceError(f"reference metric {item.metric!r} is not a column of tables/levels.csv")
+            raise ReferenceFileError(f"reference metric {item.metric!r} is not a column of tables/levels.csv")
         sel = levels[
             (levels["arm"] == item.arm)
             & (levels["workload"] == item.workload)
