@@ -18,6 +18,7 @@ from attnbench.analysis import aggregate, markdown, runinfo, stats, tabletext, t
 from attnbench.analysis.runinfo import AggregateError
 from attnbench.analysis.stats import Spread
 from attnbench.analysis.stats import log_ratio_interval as ratio_interval
+from attnbench.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -536,3 +537,18 @@ def test_build_tables_reads_the_runs_once(experiment, monkeypatch):
     monkeypatch.setattr(runinfo, "load_runs", counting)
     tables = aggregate.build_tables(exp, cfg)
     assert len(calls) == 1 and "comparisons.csv" in tables and "kernels.md" in tables
+
+
+@pytest.mark.parametrize("command", ["aggregate", "plots", "report", "bundle", "verify", "compare"])
+def test_analysis_and_bundle_commands_describe_themselves(command, capsys):
+    """`attnbench <cmd> --help` says in one sentence what the command does; the commands that work on one
+    experiment folder take it the same way (EXP_DIR, --config), as the Snakemake rules call them."""
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    usage, description = text.split("\n\n")[:2]
+    assert usage.startswith(f"usage: attnbench {command}")
+    assert description[0].isupper() and description.rstrip().endswith(".") and "positional" not in description
+    if command in ("aggregate", "plots", "report", "bundle"):
+        assert "--config CONFIG" in usage and usage.rstrip().endswith("EXP_DIR")

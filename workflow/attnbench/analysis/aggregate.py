@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -124,16 +125,26 @@ def load_cfg(path: str) -> dict:
     return load_config(path)
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    cfg = load_cfg(args.config)
-    for path in write_tables(Path(args.exp_dir), cfg):
-        print(path)
-    return 0
+def experiment_parser(subparsers, name: str, about: str) -> argparse.ArgumentParser:
+    """The parser of a subcommand working on one experiment folder (aggregate, plots, report, bundle): the same
+    EXP_DIR and --config everywhere, and `about` both as its line in `attnbench --help` and as its description."""
+    p = subparsers.add_parser(name, help=about, description=f"{about[0].upper()}{about[1:]}.")
+    p.add_argument("exp_dir", metavar="EXP_DIR", help="the experiment folder, e.g. results/demo")
+    p.add_argument("--config", required=True, help="the experiment's config YAML (or its config.effective.json)")
+    return p
+
+
+def print_written(write: Callable[[Path, dict], list[Path]]) -> Callable[[argparse.Namespace], int]:
+    """A subcommand's function: write(EXP_DIR, config), then print each path written."""
+
+    def run(args: argparse.Namespace) -> int:
+        for path in write(Path(args.exp_dir), load_cfg(args.config)):
+            print(path)
+        return 0
+
+    return run
 
 
 def register(subparsers) -> None:
-    about = "build the tables of one experiment from its raw run folders"
-    p = subparsers.add_parser("aggregate", help=about, description=f"{about[0].upper()}{about[1:]}.")
-    p.add_argument("exp_dir", metavar="EXP_DIR", help="results/<experiment>")
-    p.add_argument("--config", required=True, help="the experiment's config YAML")
-    p.set_defaults(func=_cmd)
+    p = experiment_parser(subparsers, "aggregate", "build the tables of one experiment from its raw run folders")
+    p.set_defaults(func=print_written(write_tables))

@@ -419,8 +419,14 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("compare", help="compare result bundles (any GPU types) with each other and the article")
-    p.add_argument("bundles", nargs="*", help="bundle files, or folders of received bundles; the first is the base")
+    about = "compare result bundles (any GPU types) with each other and the article's published numbers"
+    p = subparsers.add_parser("compare", help=about, description=f"{about[0].upper()}{about[1:]}.")
+    p.add_argument(
+        "bundles",
+        nargs="*",
+        metavar="BUNDLE",
+        help="bundle files, or folders of received bundles; the first is the base",
+    )
     p.add_argument("--reference", help="'article' (config/reference/article_published.csv) or a CSV in that format")
     p.add_argument("--out", required=True, help="output folder for comparison.md, CSVs and plots")
     p.add_argument(

@@ -20,7 +20,6 @@ panels, so they never hide data. SVGs are byte-deterministic: a fixed `svg.hashs
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -482,15 +481,6 @@ def write_plots(exp_dir: Path, cfg: dict) -> list[Path]:
     return paths
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    cfg = aggregate.load_cfg(args.config)
-    for path in write_plots(Path(args.exp_dir), cfg):
-        print(path)
-    return 0
-
-
 def register(subparsers) -> None:
-    p = subparsers.add_parser("plots", help="draw the plots of one experiment (PNG + SVG) from its tables/")
-    p.add_argument("exp_dir", metavar="EXP_DIR", help="results/<experiment>")
-    p.add_argument("--config", required=True, help="the experiment's config YAML")
-    p.set_defaults(func=_cmd)
+    about = "draw the plots of one experiment (PNG + SVG) from its tables/"
+    aggregate.experiment_parser(subparsers, "plots", about).set_defaults(func=aggregate.print_written(write_plots))

@@ -8,7 +8,6 @@ decode efficiency, the kernels table, the article-format tables, the comparisons
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import math
@@ -50,6 +49,12 @@ def _shift_headings(md: str, by: int) -> str:
 def _read_table(exp_dir: Path, name: str) -> str | None:
     path = layout.tables_dir(exp_dir) / name
     return path.read_text(encoding="utf-8") if path.exists() else None
+
+
+def _embedded(exp_dir: Path, names: list[str], shift: int) -> list[str]:
+    """The tables of `names` that exist and are not empty, their headings moved `shift` levels down."""
+    texts = [_read_table(exp_dir, name) for name in names]
+    return [_shift_headings(text, shift) for text in texts if text]
 
 
 def what_ran(cfg: dict) -> str:
@@ -336,9 +341,7 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     if cfg.get("description"):
         parts.append(cfg["description"].strip() + "\n")
     parts += [what_ran(cfg), provenance(runs)]
-    flags = _read_table(exp_dir, "flags.md")
-    if flags:
-        parts.append(_shift_headings(flags, 1))
+    parts += _embedded(exp_dir, ["flags.md"], 1)
     missing = _read_table(exp_dir, "missing_runs.txt")
     if missing:
         parts.append("Runs the config names that hold no records yet: " + ", ".join(missing.split()) + "\n")
@@ -351,20 +354,11 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     ):
         if section:
             parts.append(section)
-    for name in ("decode_efficiency.md", "kernels.md"):
-        text = _read_table(exp_dir, name)
-        if text:
-            parts.append(_shift_headings(text, 1))
+    parts += _embedded(exp_dir, ["decode_efficiency.md", "kernels.md"], 1)
     parts.append("## Article-format tables\n\nOne per arm and workload, mean over repeats (tables/article_*.md).\n")
-    for arm in runinfo.arms_of(cfg):
-        for workload in runinfo.workload_names(cfg):
-            text = _read_table(exp_dir, f"article_{arm['name']}_{workload}.md")
-            if text:
-                parts.append(_shift_headings(text, 2))
-    for name in ("arms_vs_baseline.md", "vs_published.md"):
-        text = _read_table(exp_dir, name)
-        if text:
-            parts.append(_shift_headings(text, 1))
+    articles = [f"article_{a['name']}_{w}.md" for a in runinfo.arms_of(cfg) for w in runinfo.workload_names(cfg)]
+    parts += _embedded(exp_dir, articles, 2)
+    parts += _embedded(exp_dir, ["arms_vs_baseline.md", "vs_published.md"], 1)
     parts.append("## Plots\n")
     for workload in runinfo.workload_names(cfg):
         for kind in plots.KINDS:
@@ -465,17 +459,6 @@ def write_report(exp_dir: Path, cfg: dict) -> list[Path]:
     return [md_path, html_path]
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    cfg = aggregate.load_cfg(args.config)
-    for path in write_report(Path(args.exp_dir), cfg):
-        print(path)
-    return 0
-
-
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="write report.md and report.html of one experiment (after aggregate, plots)"
-    )
-    p.add_argument("exp_dir", metavar="EXP_DIR", help="results/<experiment>")
-    p.add_argument("--config", required=True, help="the experiment's config YAML")
-    p.set_defaults(func=_cmd)
+    about = "write report.md and report.html of one experiment (after aggregate and plots)"
+    aggregate.experiment_parser(subparsers, "report", about).set_defaults(func=aggregate.print_written(write_report))

@@ -24,6 +24,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from attnbench.analysis.aggregate import experiment_parser, load_cfg
+from attnbench.bundles import signing, verify
 from attnbench.bundles.manifest import (
     BUNDLE_SCHEMA_VERSION,
     MANIFEST,
@@ -172,24 +174,14 @@ def build_bundle(exp_dir: Path, cfg: dict, out: Path | None = None, *, environ: 
 # --- CLI --------------------------------------------------------------------------------------------------------
 
 
-def _load_cfg(path: str) -> dict:
-    from attnbench import config  # noqa: PLC0415  (config.py belongs to the pipeline; imported when used)
-
-    return config.load_config(path)
-
-
 def _cmd_bundle(args: argparse.Namespace) -> int:
-    cfg = _load_cfg(args.config)
+    cfg = load_cfg(args.config)
     path = build_bundle(Path(args.exp_dir), cfg, Path(args.out) if args.out else None)
     print(path)
     if args.sign_key:  # a detached SSH signature beside the archive: the archive's bytes stay reproducible
-        from attnbench.bundles import signing  # noqa: PLC0415
-
         print(signing.sign(path, Path(args.sign_key)))
     if args.verify:  # the pipeline's last step checks its own bundle the way a peer will
-        from attnbench.bundles.verify import report_result, verify_bundle  # noqa: PLC0415
-
-        status = report_result(str(path), verify_bundle(path))
+        status = verify.report_result(str(path), verify.verify_bundle(path))
         if status:
             return status
     if args.receipt:
@@ -200,15 +192,10 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bundle", help="write a verifiable result bundle (tar.gz + manifest + sha256)")
-    p.add_argument("exp_dir", help="experiment folder, e.g. results/demo")
-    p.add_argument("--config", required=True, help="the experiment config YAML")
+    p = experiment_parser(subparsers, "bundle", "write a verifiable result bundle (tar.gz + manifest + sha256)")
     p.add_argument("--out", help="output folder or .tar.gz path (default: EXP_DIR/bundle-<gpu-type>-<yyyymmdd>.tar.gz)")
     p.add_argument("--receipt", help="also write '<sha256>  <bundle name>' to this file (the Snakemake target)")
     p.add_argument("--sign-key", help="Ed25519 OpenSSH private key: also write BUNDLE.sig (ssh-keygen -Y sign)")
     p.add_argument("--verify", action="store_true", help="verify the written bundle; exit 1 (no receipt) if it fails")
     p.set_defaults(func=_cmd_bundle)
-
-    from attnbench.bundles import verify  # noqa: PLC0415  (cli.py lists modules; verify rides along with bundle)
-
-    verify.register(subparsers)
+    verify.register(subparsers)  # cli.py lists modules; verify rides along with bundle

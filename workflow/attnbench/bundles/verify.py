@@ -405,8 +405,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("verify", help="check a result bundle: checksums, schema, recomputed tables, consistency")
-    p.add_argument("bundle", help="bundle-<gpu-type>-<yyyymmdd>.tar.gz")
+    about = "check a result bundle: checksums, schema, recomputed tables and report, consistency, plausibility"
+    p = subparsers.add_parser("verify", help=about, description=f"{about[0].upper()}{about[1:]}.")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle-<gpu-type>-<yyyymmdd>.tar.gz")
     p.add_argument("--extract-to", help="keep the extracted bundle in this (empty) folder")
     p.add_argument("--signature", help="the bundle's SSH signature (default: BUNDLE.sig when present)")
     p.add_argument(
