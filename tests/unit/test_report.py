@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from attnbench.analysis import aggregate, plots, report, runinfo, stats, tidy
+from attnbench.config import load_config
+from attnbench.errors import ConfigError
+from attnbench.paths import REPO_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -137,3 +140,46 @@ def test_md_to_html_tables_escape_and_alignment(tmp_path):
     assert "<p>para <code>code</code> <strong>b</strong></p>" in html
     assert "<td>a&lt;b</td><td class=r>1</td>" in html
     assert "<ul>\n<li>item</li>\n</ul>" in html
+
+
+DEPARTURES = [
+    {"what": "--max-model-len 5000 -> 3300", "why": "the synthetic model's context | one GPU's memory"},
+    {"what": "no --trust-remote-code", "why": "Qwen2 is built into\n vLLM 0.7.1"},
+]
+
+
+def test_departures_from_the_article_get_their_own_section(experiment):
+    exp, cfg = experiment
+    with_them = dict(cfg, report={"departures": DEPARTURES})
+    md = report.build_report_md(exp, with_them)
+    section = md.split("## Departures from the article\n")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    # free text made one line and '|' made '/', so each departure stays one row of two cells
+    assert rows == [
+        ["What", "Why"],
+        ["--max-model-len 5000 -> 3300", "the synthetic model's context / one GPU's memory"],
+        ["no --trust-remote-code", "Qwen2 is built into vLLM 0.7.1"],
+    ]
+    assert md.index("## What ran") < md.index("## Departures from the article") < md.index("## Runs and hosts")
+
+
+def test_without_departures_the_report_is_unchanged(experiment):
+    """No `report` key (every bundle made before the field existed), no departures, or an empty list: the same
+    bytes, and no section."""
+    exp, cfg = experiment
+    before = report.build_report_md(exp, cfg)
+    assert "Departures" not in before
+    for variant in ({"report": {}}, {"report": {"departures": []}}):
+        assert report.build_report_md(exp, dict(cfg, **variant)) == before
+
+
+def test_departures_are_checked_by_the_config_schema():
+    demo = REPO_ROOT / "config" / "demo.yaml"
+    base = load_config(demo)
+    assert "report" not in base  # optional and without a default: effective configs stay as they were
+    cfg = load_config(dict(base, report={"departures": DEPARTURES}))
+    assert cfg["report"]["departures"] == DEPARTURES
+    with pytest.raises(ConfigError, match="report.departures"):
+        load_config(dict(base, report={"departures": [{"what": "--dtype"}]}))
+    with pytest.raises(ConfigError, match="report"):
+        load_config(dict(base, report={"departure": DEPARTURES}))

@@ -110,6 +110,18 @@ def what_ran(cfg: dict) -> str:
     return "\n".join(lines)
 
 
+def departures_section(cfg: dict) -> str:
+    """The config's `report.departures` as a table ('' without any, so a report without them is unchanged)."""
+    departures = (cfg.get("report") or {}).get("departures") or []
+    if not departures:
+        return ""
+    rows = [[" ".join(d["what"].split()), " ".join(d["why"].split())] for d in departures]
+    return (
+        "## Departures from the article\n\nWhere this experiment's server command differs from the article's, and "
+        "why (config `report.departures`).\n\n" + markdown.md_table(["What", "Why"], rows, right=set())
+    )
+
+
 def _gpu_telemetry(gpu: dict | None) -> list[str]:
     """run.json's `gpu` (gpumon.summarize) as report cells; runs without samples (CPU, older runs) say so."""
     if not gpu:
@@ -340,7 +352,11 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     parts = [f"# attnbench report: {cfg['experiment']}\n"]
     if cfg.get("description"):
         parts.append(cfg["description"].strip() + "\n")
-    parts += [what_ran(cfg), provenance(runs)]
+    parts.append(what_ran(cfg))
+    departures = departures_section(cfg)
+    if departures:  # only where the config lists some: reports made before the field existed stay as they were
+        parts.append(departures)
+    parts.append(provenance(runs))
     parts += _embedded(exp_dir, ["flags.md"], 1)
     missing = _read_table(exp_dir, "missing_runs.txt")
     if missing:
