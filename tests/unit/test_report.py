@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from attnbench.analysis import aggregate, plots, report, runinfo, stats, tidy
@@ -183,3 +184,26 @@ def test_departures_are_checked_by_the_config_schema():
         load_config(dict(base, report={"departures": [{"what": "--dtype"}]}))
     with pytest.raises(ConfigError, match="report"):
         load_config(dict(base, report={"departure": DEPARTURES}))
+
+
+def test_report_and_plots_read_the_comparisons_aggregate_wrote(experiment, monkeypatch):
+    """The arm comparison is computed once, by aggregate (tables/comparisons.csv): report and plots only read it.
+    With the computation made to fail they still run, and a ratio edited in the table is the one the report shows."""
+    exp, cfg = experiment
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("comparison computed again after aggregate")
+
+    for name in ("comparisons_frame", "log_ratio_interval", "verdict"):
+        monkeypatch.setattr(stats, name, not_again)
+    path = exp / "tables" / "comparisons.csv"
+    comp = pd.read_csv(path)
+    first = (comp["arm"] == "flash") & (comp["baseline"] == "nofa2") & (comp["metric"] == "generation_throughput_tps")
+    row = comp.index[first][0]
+    edited = comp.loc[row, "ci_high"]  # still inside its interval, so the plot's error bar stays drawable
+    assert f"{comp.loc[row, 'ratio']:.3f}" != f"{edited:.3f}"
+    comp.loc[row, "ratio"] = edited
+    comp.to_csv(path, index=False)
+    plots.write_plots(exp, cfg)
+    md = report.write_report(exp, cfg)[0].read_text(encoding="utf-8")
+    assert answer_rows(md, "flash over nofa2")[1][3].startswith(f"{edited:.3f} [")  # [0]: the header
