@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnbench.analysis import aggregate, plots, report, runinfo, stats, tidy
+from attnbench.analysis import aggregate, mdhtml, plots, report, runinfo, stats, tidy
 from attnbench.config import load_config
 from attnbench.errors import ConfigError
 from attnbench.paths import REPO_ROOT
@@ -136,7 +136,7 @@ def test_report_lists_flagged_runs(tmp_path):
 
 def test_md_to_html_tables_escape_and_alignment(tmp_path):
     md = "# T <x>\n\npara `code` **b**\n\n| A | N |\n|---|--:|\n| a<b | 1 |\n\n- item\n"
-    html = report.md_to_html(md, tmp_path, "t")
+    html = mdhtml.md_to_html(md, tmp_path, "t")
     assert "<h1>T &lt;x&gt;</h1>" in html
     assert "<p>para <code>code</code> <strong>b</strong></p>" in html
     assert "<td>a&lt;b</td><td class=r>1</td>" in html
