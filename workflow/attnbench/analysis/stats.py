@@ -27,7 +27,6 @@ COMPARED_METRICS = [
     ("tpot_ms_median", "Median TPOT (ms)", 3),
 ]
 
-#
 # A repeat is one server run, so the unit of replication is the run: every spread and interval here is over repeats,
 # never over the requests inside one (those share a server, a warm-up and a moment of machine load).
 

@@ -31,9 +31,6 @@ class RunData:
     gpu_samples: list[tuple[int, dict]] = field(default_factory=list)
 
 
-# --- typed loading ------------------------------------------------------------------------------------------------
-
-
 _NUMBER_TYPES = (int, float)  # exact types: json gives no subclasses, and bool must not pass for a number
 
 
