@@ -185,15 +185,15 @@ async def drive_ours_mp(
     given request count, not a time: in --seconds mode a first level calibrates the count to about `seconds` of work."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
     from attnbench.measure.client import Sampling
+    from attnbench.measure.level import Level
     from attnbench.measure.multiproc import ClientPool
-    from attnbench.measure.sweep import _Level
 
     sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
     ids = {"experiment": "b", "arm": "b", "repeat": 0, "workload": "b"}
     async with ClientPool(processes, base_url=url, model="m", concurrency=concurrency, timeout_s=120) as pool:
 
         async def level(n: int):
-            lv = _Level(ids, [("hi", 0)] * n, "measure", concurrency)
+            lv = Level(ids, [("hi", 0)] * n, "measure", concurrency)
             t0 = time.perf_counter()
             await pool.run(lv, sampling, _Discard(), None, lambda: None, 1e9)
             return lv.records, time.perf_counter() - t0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Here, with network: pack what the offline GPU host needs for the runtime-apptainer experiments into folders of at
-# most PART_MIB MiB (default 54: a call carries 64 MiB with the working tree), .gpu/b00, .gpu/b01, ...:
+# most PART_MIB MiB (default: what a call's 64 MiB leaves beside the working tree's tracked files, less 2 MiB; the
+# device tool refuses a call whose tree plus carry exceeds 64 MiB), .gpu/b00, .gpu/b01, ...:
 #   b00   Debian sid's Apptainer .debs (from the harness's sid root, tests/apptainer/setup.sh), the project's Python
 #         dependencies missing on the host (Python 3.12 wheels; the host list is ../shared/gpu/host-packages.txt),
 #         and the commit (.gpu/commit) for provenance;
@@ -12,7 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 KEY=${1:?engine line, e.g. vllm-0.7.1}
 HOST_PACKAGES=${2:-../shared/gpu/host-packages.txt}
-PART_MIB=${PART_MIB:-54}
+# Every call re-sends the tracked tree: published bundles make it grow (17 MiB on 2026-12-06, when 54 MiB parts no
+# longer fitted), so the part size follows it.
+TREE_MIB=$(git ls-files -z | xargs -0 stat -L -c %s 2>/dev/null | awk '{t += $1} END {print int(t / 1048576) + 1}')
+PART_MIB=${PART_MIB:-$((64 - TREE_MIB - 2))}
+echo "tracked tree ${TREE_MIB} MiB: parts of ${PART_MIB} MiB"
 SID=${ATTNBENCH_APPTAINER_DIR:-/var/tmp/attnbench-apptainer}/sid
 G=.gpu
 rm -rf "$G"/b* "$G/img"; mkdir -p "$G/b00/debs" "$G/b00/wh"

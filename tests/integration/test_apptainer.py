@@ -24,7 +24,9 @@ import httpx
 import pytest
 from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
 
-from attnbench.engines import apptainer
+from attnbench.engines import apptainer_exec, apptainer_transfer
+from attnbench.engines.files import sha256_file
+from attnbench.engines.lock import load_lock
 from attnbench.engines.server import LaunchSpec, Server, free_port
 from attnbench.errors import ServerError
 
@@ -69,7 +71,7 @@ def _stand_in_spec(sif: Path, port: int, *, exit_after_s: float | None = None) -
     """A stand-in server (python's http.server inside the engine image) that answers /health: the lifecycle tests
     need no model. With exit_after_s it dies with code 3, like a crashing engine."""
     code = stand_in_server_code(port, "127.0.0.1", exit_after_s=exit_after_s)
-    argv = apptainer.exec_argv(sif, ["python3", "-c", code, f"--port={port}"], env={"ATTNBENCH_TEST": "1"})
+    argv = apptainer_exec.exec_argv(sif, ["python3", "-c", code, f"--port={port}"], env={"ATTNBENCH_TEST": "1"})
     return LaunchSpec(argv=argv, runtime="apptainer", description={"image": str(sif)})
 
 
@@ -230,7 +232,8 @@ def test_run_arm_in_the_image_killed_server_keeps_records_and_names_the_cause(cp
     assert kept and sum('"measure"' in line for line in kept[0].read_text().splitlines()) >= 2
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "failed" and run["server"]["argv"][:2] == ["apptainer", "exec"]
-    assert run["engine"]["image_sha256"] == json.loads(apptainer.base_record_path(CPU_KEY).read_text())["sif_sha256"]
+    base_record = json.loads(apptainer_exec.base_record_path(CPU_KEY).read_text())
+    assert run["engine"]["image_sha256"] == base_record["sif_sha256"]
     deadline = time.monotonic() + 30
     while _container_processes(f"--port {port}") and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -240,11 +243,10 @@ def test_run_arm_in_the_image_killed_server_keeps_records_and_names_the_cause(cp
 def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
     """The offline-host path: export here, import into a fresh copy of the checkout, and a dry run there plans no
     image build; a part that was damaged, or an export from another lock, is refused."""
-    from attnbench.engines.containers import load_lock
 
     export = tmp_path / "export"
-    manifest = apptainer.export_image(CPU_KEY, export, images_dir=ROOT / "results/images", part_mib=256)
-    assert len(manifest["parts"]) >= 2 and manifest["base"]["sif_sha256"] == apptainer.sha256_file(cpu_sif)
+    manifest = apptainer_transfer.export_image(CPU_KEY, export, images_dir=ROOT / "results/images", part_mib=256)
+    assert len(manifest["parts"]) >= 2 and manifest["base"]["sif_sha256"] == sha256_file(cpu_sif)
     other = tmp_path / "checkout"
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
@@ -265,7 +267,7 @@ def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
         env=env,
     )
     assert imp.returncode == 0, imp.stderr
-    assert apptainer.sha256_file(other / "results/images" / CPU_KEY / "base.sif") == manifest["base"]["sif_sha256"]
+    assert sha256_file(other / "results/images" / CPU_KEY / "base.sif") == manifest["base"]["sif_sha256"]
     dry = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--use-singularity", "--configfile", "config/demo-apptainer.yaml"],
         cwd=other,
@@ -284,7 +286,7 @@ def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
     part.write_bytes(bytes(data))
     target = tmp_path / "images2"
     with pytest.raises(Exception, match="damaged"):
-        apptainer.import_image(export, load_lock(), images_dir=target)
+        apptainer_transfer.import_image(export, load_lock(), images_dir=target)
     data[100] ^= 1
     part.write_bytes(bytes(data))
     manifest_path = export / f"{CPU_KEY}.export.json"
@@ -292,7 +294,7 @@ def test_export_import_into_another_checkout_plans_no_build(cpu_sif, tmp_path):
     changed["base"]["lock_sha256"] = "0" * 64
     manifest_path.write_text(json.dumps(changed))
     with pytest.raises(Exception, match="refusing"):
-        apptainer.import_image(export, load_lock(), images_dir=target)
+        apptainer_transfer.import_image(export, load_lock(), images_dir=target)
     assert not (target / CPU_KEY / "base.sif").exists()
 
 
@@ -305,7 +307,7 @@ def test_vllm_071_image_contents_and_the_cutlass_layer_on_its_real_xformers():
             pytest.fail(f"{SIF_071} is missing (ATTNBENCH_REQUIRE_IMAGE071=1)")
         pytest.skip(f"{SIF_071} not built here (attnbench image build-base --key vllm-0.7.1, about 8 minutes)")
     versions = subprocess.run(
-        apptainer.exec_argv(
+        apptainer_exec.exec_argv(
             SIF_071,
             [
                 "python3",
@@ -320,7 +322,7 @@ def test_vllm_071_image_contents_and_the_cutlass_layer_on_its_real_xformers():
     assert versions.stdout.split()[-3:] == ["0.7.1", "2.5.1+cu124", "0.0.28.post3"], versions.stderr[-1000:]
     variant = str(ROOT / "containers/variants/xformers-cutlass")
     check = subprocess.run(
-        apptainer.exec_argv(
+        apptainer_exec.exec_argv(
             SIF_071, ["python3", "-m", "attnbench_xformers_cutlass"], env={"PYTHONPATH": variant}, binds=[variant]
         ),
         capture_output=True,
@@ -330,7 +332,7 @@ def test_vllm_071_image_contents_and_the_cutlass_layer_on_its_real_xformers():
     assert check.returncode == 0, check.stderr[-2000:]
     assert "'prefill': ['cutlassF-pt']" in check.stdout and "fa2F" not in check.stdout
     unpatched = subprocess.run(
-        apptainer.exec_argv(
+        apptainer_exec.exec_argv(
             SIF_071,
             [
                 "python3",

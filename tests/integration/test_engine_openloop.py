@@ -10,10 +10,11 @@ import time
 
 import pytest
 
+from attnbench.config import Workload
 from attnbench.measure.metrics import read_run as read_closed_run
 from attnbench.measure.openloop import read_run
 from attnbench.measure.records import read_levels, read_requests
-from attnbench.measure.sweep import Workload, run_sweep
+from attnbench.measure.sweep import run_sweep
 
 pytestmark = pytest.mark.engine
 

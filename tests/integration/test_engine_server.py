@@ -4,7 +4,7 @@ counts one word as one token, and leaves no process behind when stopped."""
 import httpx
 import pytest
 
-from attnbench.engines.server import parse_backend
+from attnbench.engines.backend import parse_backend
 
 pytestmark = pytest.mark.engine
 

@@ -11,10 +11,11 @@ import time
 
 import pytest
 
+from attnbench.config import Workload
 from attnbench.errors import SweepError
 from attnbench.measure.metrics import read_run
 from attnbench.measure.records import read_levels, read_requests
-from attnbench.measure.sweep import Workload, run_sweep
+from attnbench.measure.sweep import run_sweep
 
 pytestmark = pytest.mark.engine
 IDS = dict(experiment="t", arm="cpu", repeat=0)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from standin import stand_in_server_code  # tests/integration is on sys.path (pytest prepend import mode)
 
-from attnbench.engines import containers
+from attnbench.engines import dockerserver
 from attnbench.engines.server import LaunchSpec, free_port
 from attnbench.errors import ContainerError
 
@@ -60,7 +60,7 @@ def cpu_image(podman_api):
 
 
 def _ours(client) -> list:
-    return client.containers.list(all=True, filters={"label": f"{containers.ROLE_LABEL}=server"})
+    return client.containers.list(all=True, filters={"label": f"{dockerserver.ROLE_LABEL}=server"})
 
 
 def _health_server_spec(port: int, *, exit_after_s: float | None = None) -> LaunchSpec:
@@ -79,7 +79,7 @@ def _health_server_spec(port: int, *, exit_after_s: float | None = None) -> Laun
 def test_container_lifecycle_port_logs_cleanup(podman_api, cpu_image, tmp_path):
     port = free_port()
     log = tmp_path / "server.log"
-    with containers.DockerServer(_health_server_spec(port), log, f"http://127.0.0.1:{port}", 60) as srv:
+    with dockerserver.DockerServer(_health_server_spec(port), log, f"http://127.0.0.1:{port}", 60) as srv:
         srv.start()  # idempotent: run-arm calls it inside the with block
         assert srv.wait_ready() < 60
         assert srv.alive() and srv.exit_reason() is None
@@ -95,7 +95,7 @@ def test_container_lifecycle_port_logs_cleanup(podman_api, cpu_image, tmp_path):
 def test_dying_server_fails_startup_with_its_exit_code(podman_api, cpu_image, tmp_path):
     port = free_port()
     with pytest.raises(ContainerError, match="exited with code 3"):
-        with containers.DockerServer(
+        with dockerserver.DockerServer(
             _health_server_spec(9, exit_after_s=0.5), tmp_path / "s.log", f"http://127.0.0.1:{port}", 60
         ) as srv:
             srv.wait_ready()  # the stand-in listens on another port, so only the death ends the wait
@@ -107,12 +107,12 @@ import signal, sys, time
 # Ctrl-C as a terminal delivers it, even when this test runs where SIGINT is ignored (a background job).
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
-from attnbench.engines import containers
+from attnbench.engines import dockerserver
 from attnbench.engines.server import LaunchSpec
 sys.path[:0] = [{tests!r}, {tests!r} + '/integration']
 from integration.test_podman import _health_server_spec
 port = int(sys.argv[1])
-with containers.DockerServer(_health_server_spec(port), Path(sys.argv[2]), f"http://127.0.0.1:{{port}}", 60) as srv:
+with dockerserver.DockerServer(_health_server_spec(port), Path(sys.argv[2]), f"http://127.0.0.1:{{port}}", 60) as srv:
     srv.wait_ready()
     print(srv.container.id, flush=True)
     time.sleep(600)
@@ -151,7 +151,7 @@ def test_sigkilled_parent_leaves_an_orphan_that_the_next_start_removes(podman_ap
     proc.kill()
     proc.wait(timeout=30)
     assert cid in [c.id for c in _ours(podman_api)]  # nothing could clean up after SIGKILL...
-    removed = containers.cleanup_orphans(podman_api)  # ...until the next DockerServer.start does this
+    removed = dockerserver.cleanup_orphans(podman_api)  # ...until the next DockerServer.start does this
     assert any(cid.startswith(short) for short in removed)
     assert cid not in [c.id for c in _ours(podman_api)]
 

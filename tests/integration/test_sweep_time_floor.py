@@ -5,8 +5,9 @@ import asyncio
 
 import pytest
 
+from attnbench.config import Workload
 from attnbench.measure.records import read_levels, read_requests
-from attnbench.measure.sweep import Workload, run_sweep
+from attnbench.measure.sweep import run_sweep
 
 pytestmark = pytest.mark.engine
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from attnbench.config import load_config
-from attnbench.engines import apptainer
-from attnbench.engines.containers import load_lock
+from attnbench.engines import apptainer, apptainer_exec
+from attnbench.engines.apptainer_transfer import export_image, import_image
+from attnbench.engines.files import sha256_file
+from attnbench.engines.lock import load_lock, requirements_path
 from attnbench.errors import ContainerError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,32 +26,32 @@ def built(tmp_path):
     """images/<KEY>/base.sif (3.5 MiB of bytes) with the base.json a build writes."""
     lock = load_lock()
     images = tmp_path / "images"
-    sif = apptainer.base_sif(KEY, images)
+    sif = apptainer_exec.base_sif(KEY, images)
     sif.parent.mkdir(parents=True)
     sif.write_bytes(os.urandom(3 * (1 << 20) + 12345))
-    req = apptainer.requirements_path(lock["images"][KEY], KEY)
+    req = requirements_path(lock["images"][KEY], KEY)
     record = {
         "key": KEY,
-        "sif_sha256": apptainer.sha256_file(sif),
+        "sif_sha256": sha256_file(sif),
         "sif_bytes": sif.stat().st_size,
-        "lock_sha256": apptainer.sha256_file(req),
+        "lock_sha256": sha256_file(req),
         "requirements": str(req.relative_to(ROOT)),
     }
-    apptainer.base_record_path(KEY, images).write_text(json.dumps(record))
-    apptainer.base_versions_path(KEY, images).write_text(json.dumps({"vllm": "0.32.0"}))
+    apptainer_exec.base_record_path(KEY, images).write_text(json.dumps(record))
+    apptainer_exec.base_versions_path(KEY, images).write_text(json.dumps({"vllm": "0.32.0"}))
     return lock, images, record
 
 
 def test_export_then_import_elsewhere_gives_the_same_image(built, tmp_path):
     lock, images, record = built
-    manifest = apptainer.export_image(KEY, tmp_path / "out", images_dir=images, part_mib=1)
+    manifest = export_image(KEY, tmp_path / "out", images_dir=images, part_mib=1)
     assert [p["bytes"] for p in manifest["parts"]] == [1 << 20] * 3 + [12345]
     other = tmp_path / "other"
-    got = apptainer.import_image(tmp_path / "out", lock, images_dir=other)
+    got = import_image(tmp_path / "out", lock, images_dir=other)
     assert got["sif_sha256"] == record["sif_sha256"]
-    assert apptainer.sha256_file(apptainer.base_sif(KEY, other)) == record["sif_sha256"]
-    assert json.loads(apptainer.base_versions_path(KEY, other).read_text()) == {"vllm": "0.32.0"}
-    assert "imported" in json.loads(apptainer.base_record_path(KEY, other).read_text())
+    assert sha256_file(apptainer_exec.base_sif(KEY, other)) == record["sif_sha256"]
+    assert json.loads(apptainer_exec.base_versions_path(KEY, other).read_text()) == {"vllm": "0.32.0"}
+    assert "imported" in json.loads(apptainer_exec.base_record_path(KEY, other).read_text())
     assert apptainer.check_base(KEY, lock, other)["sif_sha256"] == record["sif_sha256"]
 
 
@@ -57,7 +59,7 @@ def test_export_then_import_elsewhere_gives_the_same_image(built, tmp_path):
 def test_import_refuses_a_damaged_or_foreign_export(built, tmp_path, damage):
     lock, images, _ = built
     out = tmp_path / "out"
-    manifest = apptainer.export_image(KEY, out, images_dir=images, part_mib=1)
+    manifest = export_image(KEY, out, images_dir=images, part_mib=1)
     part = out / manifest["parts"][1]["name"]
     if damage == "flip":
         data = bytearray(part.read_bytes())
@@ -71,17 +73,17 @@ def test_import_refuses_a_damaged_or_foreign_export(built, tmp_path, damage):
         (out / f"{KEY}.export.json").write_text(json.dumps(changed))
     words = {"flip": "damaged", "missing": "is missing", "lock": "refusing"}[damage]
     with pytest.raises(ContainerError, match=words):
-        apptainer.import_image(out, lock, images_dir=tmp_path / "other")
-    assert not apptainer.base_sif(KEY, tmp_path / "other").exists()
+        import_image(out, lock, images_dir=tmp_path / "other")
+    assert not apptainer_exec.base_sif(KEY, tmp_path / "other").exists()
     assert not list((tmp_path / "other").rglob("*.partial"))
 
 
 def test_export_refuses_an_image_that_changed_after_its_build(built, tmp_path):
     _, images, _ = built
-    with apptainer.base_sif(KEY, images).open("ab") as fh:
+    with apptainer_exec.base_sif(KEY, images).open("ab") as fh:
         fh.write(b"x")
     with pytest.raises(ContainerError, match="does not match"):
-        apptainer.export_image(KEY, tmp_path / "out", images_dir=images)
+        export_image(KEY, tmp_path / "out", images_dir=images)
 
 
 def test_layer_digest_changes_with_the_variant_and_backend_only(built):
@@ -104,6 +106,6 @@ def test_layer_digest_changes_with_the_variant_and_backend_only(built):
 
 def test_check_base_names_a_lock_mismatch(built):
     lock, images, record = built
-    apptainer.base_record_path(KEY, images).write_text(json.dumps({**record, "lock_sha256": "e" * 64}))
+    apptainer_exec.base_record_path(KEY, images).write_text(json.dumps({**record, "lock_sha256": "e" * 64}))
     with pytest.raises(ContainerError, match="rebuild the image"):
         apptainer.check_base(KEY, lock, images)

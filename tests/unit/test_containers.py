@@ -13,7 +13,9 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from attnbench.config import load_config
-from attnbench.engines import containers
+from attnbench.engines import dockerbuild, dockerserver, images
+from attnbench.engines import lock as lock_mod
+from attnbench.engines.image_provenance import image_provenance as provenance_of
 from attnbench.errors import CompatibilityError, ConfigError, ContainerError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +26,7 @@ TEST_DIGEST = "sha256:" + "ab" * 32
 
 @pytest.fixture(scope="module")
 def lock():
-    return containers.load_lock()
+    return lock_mod.load_lock()
 
 
 def article(**engine):
@@ -78,8 +80,8 @@ def test_pinned_lock_builds_from_the_digest(lock, tmp_path):
     pinned = json.loads(json.dumps(lock))
     pinned["images"]["vllm-0.7.1"]["digest"] = TEST_DIGEST
     cfg = article()
-    spec = containers.image_spec(cfg, cfg["arms"][0], H100, pinned)
-    docker = parse_dockerfile(containers.render_dockerfile(spec), tmp_path)
+    spec = images.image_spec(cfg, cfg["arms"][0], H100, pinned)
+    docker = parse_dockerfile(images.render_dockerfile(spec), tmp_path)
     assert docker.baseimage == f"docker.io/vllm/vllm-openai@{TEST_DIGEST}"
     assert docker.labels["org.attnbench.lock-digest"] == TEST_DIGEST
 
@@ -87,8 +89,8 @@ def test_pinned_lock_builds_from_the_digest(lock, tmp_path):
 def test_vllm_026_bakes_flags_not_env(lock, tmp_path):
     cfg = article(image="vllm-0.26.0", version="0.26.0")
     arm = {"name": "fa2", "backend": "FLASH_ATTN", "flash_attn_version": 2}
-    spec = containers.image_spec(cfg, arm, H100, lock)
-    docker = parse_dockerfile(containers.render_dockerfile(spec), tmp_path)
+    spec = images.image_spec(cfg, arm, H100, lock)
+    docker = parse_dockerfile(images.render_dockerfile(spec), tmp_path)
     assert docker.baseimage == "docker.io/vllm/vllm-openai:v0.26.0"
     assert "VLLM_ATTENTION_BACKEND" not in docker.envs
     entrypoint = json.loads(docker.structure[-1]["value"])
@@ -98,8 +100,8 @@ def test_vllm_026_bakes_flags_not_env(lock, tmp_path):
 
 def test_dockerfile_env_and_labels_round_trip(lock, tmp_path):
     cfg = article()
-    spec = containers.image_spec(cfg, cfg["arms"][1], "rtx3070-laptop-sm86-8g", lock)
-    docker = parse_dockerfile(containers.render_dockerfile(spec), tmp_path)
+    spec = images.image_spec(cfg, cfg["arms"][1], "rtx3070-laptop-sm86-8g", lock)
+    docker = parse_dockerfile(images.render_dockerfile(spec), tmp_path)
     assert docker.envs["VLLM_ATTENTION_BACKEND"] == "FLASH_ATTN"
     assert docker.envs["ATTNBENCH_GPU_TYPE"] == "rtx3070-laptop-sm86-8g"
     assert docker.labels == spec.labels
@@ -109,53 +111,53 @@ def test_variant_is_copied_in_and_put_on_pythonpath(lock, tmp_path, monkeypatch)
     variant = tmp_path / "variants" / "xformers-cutlass"
     variant.mkdir(parents=True)
     (variant / "sitecustomize.py").write_text("# test variant\n")
-    monkeypatch.setattr(containers, "variant_dir", lambda name: variant)
+    monkeypatch.setattr(dockerbuild, "variant_dir", lambda name: variant)
     cfg = article()
     arm = {"name": "xformers_cutlass", "backend": "XFORMERS", "variant": "xformers-cutlass"}
-    spec = containers.image_spec(cfg, arm, H100, lock)
-    docker = parse_dockerfile(containers.render_dockerfile(spec), tmp_path)
-    assert f"COPY variant {containers.VARIANT_TARGET}" in docker.content
+    spec = images.image_spec(cfg, arm, H100, lock)
+    docker = parse_dockerfile(images.render_dockerfile(spec), tmp_path)
+    assert f"COPY variant {images.VARIANT_TARGET}" in docker.content
     assert docker.labels["org.attnbench.variant"] == "xformers-cutlass"
 
 
 def test_missing_variant_folder_is_a_clear_error(lock, tmp_path, monkeypatch):
-    monkeypatch.setattr(containers, "CONTAINERS_DIR", tmp_path)
+    monkeypatch.setattr(lock_mod, "CONTAINERS_DIR", tmp_path)
     with pytest.raises(ContainerError, match="variant 'nope'"):
-        containers.variant_dir("nope")
+        lock_mod.variant_dir("nope")
 
 
 def test_unpinned_build_refused_without_allow_unpinned(lock):
     entry = lock["images"]["vllm-0.7.1"]
     with pytest.raises(ContainerError, match="allow_unpinned") as err:
-        containers.require_pinned(article(), entry, "vllm-0.7.1")
+        dockerbuild.require_pinned(article(), entry, "vllm-0.7.1")
     assert "skopeo inspect" in str(err.value)  # tells how to resolve it
-    containers.require_pinned(article(allow_unpinned=True), entry, "vllm-0.7.1")
+    dockerbuild.require_pinned(article(allow_unpinned=True), entry, "vllm-0.7.1")
 
 
 def test_build_checks_the_gpu_pair_before_writing_anything(lock, tmp_path):
     out = tmp_path / "img" / "xformers.json"
     cfg = article(allow_unpinned=True)
     with pytest.raises(CompatibilityError, match="rtx5090-sm120-32g"):
-        containers.build_image(cfg, cfg["arms"][0], "rtx5090-sm120-32g", out, lock=lock)
+        dockerbuild.build_image(cfg, cfg["arms"][0], "rtx5090-sm120-32g", out, lock=lock)
     assert not out.parent.exists()
 
 
 def test_apptainer_runtime_has_no_per_arm_image_build(lock, tmp_path):
     cfg = article(allow_unpinned=True)
     with pytest.raises(ConfigError, match="base image per engine line"):
-        containers.build_image(cfg, cfg["arms"][0], H100, tmp_path / "x.json", lock=lock)
+        dockerbuild.build_image(cfg, cfg["arms"][0], H100, tmp_path / "x.json", lock=lock)
 
 
 def test_container_argv_listens_on_all_interfaces_inside_only():
     argv = ["python3", "-m", "vllm", "--host", "127.0.0.1", "--port", "8000"]
-    assert containers.container_argv(argv) == ["python3", "-m", "vllm", "--host", "0.0.0.0", "--port", "8000"]
+    assert dockerserver.container_argv(argv) == ["python3", "-m", "vllm", "--host", "0.0.0.0", "--port", "8000"]
     assert argv[4] == "127.0.0.1"  # the caller's argv (recorded in run.json) is untouched
 
 
 def test_image_paths_one_base_per_line_a_layer_per_arm_and_gpu_type():
     cfg = article(runtime="apptainer")
-    assert containers.image_for(cfg, cfg["arms"][0], gpu_type=H100) == "results/images/vllm-0.7.1/base.sif"
-    files = {arm["name"]: containers.image_files(cfg, arm["name"], H100, "results/article") for arm in cfg["arms"]}
+    assert images.image_for(cfg, cfg["arms"][0], gpu_type=H100) == "results/images/vllm-0.7.1/base.sif"
+    files = {arm["name"]: images.image_files(cfg, arm["name"], H100, "results/article") for arm in cfg["arms"]}
     assert files["xformers"] == [
         f"results/article/images/vllm-0.7.1/{H100}/xformers.layer.json",
         "results/images/vllm-0.7.1/base.sif",
@@ -166,17 +168,17 @@ def test_image_paths_one_base_per_line_a_layer_per_arm_and_gpu_type():
         and files["flash_attn"][1:] == files["xformers"][1:]
     )
     docker_cfg = article(runtime="docker")
-    tag = containers.image_for(docker_cfg, cfg["arms"][0], gpu_type=H100)
+    tag = images.image_for(docker_cfg, cfg["arms"][0], gpu_type=H100)
     assert tag == f"localhost/attnbench-article-vllm-0.7.1-xformers:{H100}"
-    assert containers.image_files(docker_cfg, "xformers", H100, "r") == [f"r/images/vllm-0.7.1/{H100}/xformers.json"]
+    assert images.image_files(docker_cfg, "xformers", H100, "r") == [f"r/images/vllm-0.7.1/{H100}/xformers.json"]
 
 
 def test_image_provenance_reads_the_build_records(tmp_path, monkeypatch):
-    from attnbench.engines import apptainer
+    from attnbench.engines import apptainer_exec
 
     monkeypatch.chdir(tmp_path)
     cfg = article(runtime="apptainer")
-    base = apptainer.base_record_path("vllm-0.7.1")
+    base = apptainer_exec.base_record_path("vllm-0.7.1")
     base.parent.mkdir(parents=True)
     base.write_text(
         json.dumps(
@@ -188,21 +190,19 @@ def test_image_provenance_reads_the_build_records(tmp_path, monkeypatch):
             }
         )
     )
-    apptainer.base_versions_path("vllm-0.7.1").write_text(
+    apptainer_exec.base_versions_path("vllm-0.7.1").write_text(
         json.dumps({"vllm": "0.7.1", "torch": "2.5.1", "cuda": "12.4", "xformers": "0.0.28.post3", "gpus": []})
     )
-    layer = Path(containers.image_files(cfg, "xformers", H100, "results/article")[0])
+    layer = Path(images.image_files(cfg, "xformers", H100, "results/article")[0])
     layer.parent.mkdir(parents=True)
     layer.write_text(json.dumps({"digest": "sha256:" + "3" * 64, "variant": None, "variant_sha256": None}))
-    prov = containers.image_provenance(cfg, cfg["arms"][0], gpu_type=H100, results_dir="results/article")
+    prov = provenance_of(cfg, cfg["arms"][0], gpu_type=H100, results_dir="results/article")
     assert prov["image_sha256"] == "1" * 64 and prov["lock_sha256"] == "2" * 64 and prov["pinned"] is True
     assert prov["layer_digest"] == "sha256:" + "3" * 64
     assert prov["versions"] == {"vllm": "0.7.1", "torch": "2.5.1", "cuda": "12.4", "xformers": "0.0.28.post3"}
-    missing = containers.image_provenance(cfg, cfg["arms"][1], gpu_type=H100, results_dir="results/article")
+    missing = provenance_of(cfg, cfg["arms"][1], gpu_type=H100, results_dir="results/article")
     assert missing["layer_digest"] is None and missing["image_sha256"] == "1" * 64
-    docker = containers.image_provenance(
-        article(runtime="docker"), cfg["arms"][1], gpu_type=H100, results_dir="results/article"
-    )
+    docker = provenance_of(article(runtime="docker"), cfg["arms"][1], gpu_type=H100, results_dir="results/article")
     assert docker["digest"] is None and docker["versions"] == {}
 
 

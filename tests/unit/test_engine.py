@@ -1,6 +1,7 @@
 """Engine command lines: backend selection per vLLM version and the argv/env of each runtime. The apptainer and
 docker command lines are checked as text here: neither runtime exists on the test machine."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import yaml
 
 from attnbench.config import load_config
 from attnbench.engines import engine
-from attnbench.engines.engine import backend_selection, build_venv, launch_spec
+from attnbench.engines.backend import backend_selection
+from attnbench.engines.engine import build_venv, launch_spec
 from attnbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +96,7 @@ def test_real_model_path_has_no_dummy_load():
 
 def test_apptainer_command_line_for_the_article_argv_text(tmp_path):
     """Argv text only (the real exec runs in tests/integration/test_apptainer.py, on the CPU engine image)."""
-    from attnbench.engines import apptainer
+    from attnbench.engines import apptainer_exec
 
     cfg = _cfg("errata.yaml")
     spec = _spec(cfg, 2, trace_dir=tmp_path / "trace")  # xformers_cutlass: a variant, and the kernel probe
@@ -118,18 +120,18 @@ def test_apptainer_command_line_for_the_article_argv_text(tmp_path):
     assert _flag(after_image, "--max-model-len") == "5000"
     assert "--quantization" not in after_image and "--trust-remote-code" in after_image
     assert "--attention-backend" not in argv  # vLLM 0.7.1 only reads the env var
-    caps = apptainer.missing_capabilities()
+    caps = apptainer_exec.missing_capabilities()
     assert ("--drop-caps" in argv) == bool(caps)
 
 
 def test_missing_capabilities_from_the_bounding_set():
     """The H100 host and the build machines lack CAP_SYS_RESOURCE (bit 24) in their bounding set."""
-    from attnbench.engines import apptainer
+    from attnbench.engines import apptainer_exec
 
     full = (1 << 41) - 1
-    assert apptainer.missing_capabilities(f"Name:\tx\nCapBnd:\t{full:016x}\n") == []
-    assert apptainer.missing_capabilities(f"CapBnd:\t{full & ~(1 << 24):016x}\n") == ["CAP_SYS_RESOURCE"]
-    argv = apptainer.exec_argv("i.sif", ["true"], missing_caps=["CAP_SYS_RESOURCE"])
+    assert apptainer_exec.missing_capabilities(f"Name:\tx\nCapBnd:\t{full:016x}\n") == []
+    assert apptainer_exec.missing_capabilities(f"CapBnd:\t{full & ~(1 << 24):016x}\n") == ["CAP_SYS_RESOURCE"]
+    argv = apptainer_exec.exec_argv("i.sif", ["true"], missing_caps=["CAP_SYS_RESOURCE"])
     assert argv == ["apptainer", "exec", "--cleanenv", "--drop-caps", "CAP_SYS_RESOURCE", "i.sif", "true"]
 
 
@@ -170,3 +172,32 @@ def test_build_venv_refuses_forbidden_packages(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "_run", fake_run)
     with pytest.raises(engine.EngineError, match="torchvision got into the engine venv"):
         build_venv(req, tmp_path / "venv")
+
+
+ENGINES_COMMANDS = ("make-model", "engine", "run-arm", "gpu", "image", "kernels")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    # argparse has no public way to walk its subcommands
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices if actions else {}
+
+
+def test_every_engines_subcommand_says_what_it_does():
+    """`attnbench <cmd> [action] --help` opens with a one-line description for every command of the engines modules,
+    and within one command an option name means one thing (--lock: the containers lock file, read)."""
+    from attnbench.cli import build_parser
+
+    commands = _subparsers(build_parser())
+    seen = []
+    todo = [((name,), commands[name]) for name in ENGINES_COMMANDS]
+    while todo:
+        path, parser = todo.pop()
+        seen.append(" ".join(path))
+        assert parser.description and "\n" not in parser.description.strip(), path
+        assert " ".join(parser.description.split()) in " ".join(parser.format_help().split()), path
+        todo += [((*path, name), sub) for name, sub in _subparsers(parser).items()]
+    assert {"image build-base", "image layer", "gpu check", "engine build-venv", "kernels attribute"} <= set(seen)
+    build_venv = _subparsers(commands["engine"])["build-venv"]
+    assert build_venv.parse_args(["--requirements", "r", "--venv", "v", "--lock", "x"]).lock == "x"  # the rule's name
+    assert build_venv.parse_args(["--requirements", "r", "--venv", "v", "--freeze", "x"]).lock == "x"

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from attnbench.engines.runarm import check_backend, keep_failed, model_paths
+from attnbench.engines.backend import check_backend
+from attnbench.engines.runarm import keep_failed, model_paths
 
 
 def parsed(logged=None, refused=()):

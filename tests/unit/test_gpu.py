@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from attnbench.config import load_config
-from attnbench.engines import gpu
-from attnbench.engines.containers import load_lock
+from attnbench.engines import compat, gpu, gputype
+from attnbench.engines.lock import load_lock
 from attnbench.errors import CompatibilityError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ SMI_LINES = {
 def test_gpu_type_key_from_nvidia_smi(line, key):
     (info,) = gpu.parse_nvidia_smi(line)
     assert info.key == key
-    assert gpu.parse_gpu_type(key).compute_cap == info.compute_cap
+    assert gputype.parse_gpu_type(key).compute_cap == info.compute_cap
 
 
 def test_multi_gpu_output_keeps_order_and_driver():
@@ -47,15 +47,15 @@ def test_multi_gpu_output_keeps_order_and_driver():
 
 
 def test_no_gpu_gives_cpu_key():
-    assert gpu.host_gpu_type([]) == gpu.cpu_key()
-    assert gpu.cpu_key("x86_64") == "cpu-x86_64"
-    assert gpu.parse_gpu_type("cpu-x86_64").is_cpu
+    assert gpu.host_gpu_type([]) == gputype.cpu_key()
+    assert gputype.cpu_key("x86_64") == "cpu-x86_64"
+    assert gputype.parse_gpu_type("cpu-x86_64").is_cpu
 
 
 @pytest.mark.parametrize("bad", ["rtx3070", "rtx3070-sm86", "RTX3070-sm86-8g", "h100-sm9.0-80g", ""])
 def test_bad_gpu_type_key_names_the_field(bad):
     with pytest.raises(CompatibilityError, match="gpu.type"):
-        gpu.parse_gpu_type(bad)
+        gputype.parse_gpu_type(bad)
 
 
 def test_bad_nvidia_smi_line_is_an_error():
@@ -83,8 +83,8 @@ def test_weight_estimates_match_known_checkpoints():
     awq = json.loads((ROOT / "config/models/qwen2.5-7b-instruct-awq.json").read_text())
     fp = json.loads((ROOT / "config/models/qwen2.5-7b-instruct.json").read_text())
     # Qwen2.5-7B-Instruct: 7.62e9 parameters (15.2 GB in 16 bit); the AWQ checkpoint's safetensors total ~5.6 GB.
-    assert 15.0e9 < gpu.estimate_weight_bytes(fp, "float16") < 15.5e9
-    assert 5.2e9 < gpu.estimate_weight_bytes(awq, "float16") < 5.9e9
+    assert 15.0e9 < compat.estimate_weight_bytes(fp, "float16") < 15.5e9
+    assert 5.2e9 < compat.estimate_weight_bytes(awq, "float16") < 5.9e9
 
 
 # --- compatibility -----------------------------------------------------------------------------------------------
@@ -102,13 +102,13 @@ def article(**engine):
 
 
 def test_article_pair_on_the_articles_laptop_card_is_fine(lock):
-    gpu.check_compatible(article(), "rtx3070-laptop-sm86-8g", lock)
-    gpu.check_compatible(article(), "h100-80gb-hbm3-sm90-80g", lock)
+    compat.check_compatible(article(), "rtx3070-laptop-sm86-8g", lock)
+    compat.check_compatible(article(), "h100-80gb-hbm3-sm90-80g", lock)
 
 
 def test_vllm_071_on_blackwell_names_both_and_the_alternative(lock):
     with pytest.raises(CompatibilityError) as err:
-        gpu.check_compatible(article(), "rtx5090-sm120-32g", lock)
+        compat.check_compatible(article(), "rtx5090-sm120-32g", lock)
     msg = str(err.value)
     assert "vllm-0.7.1" in msg and "rtx5090-sm120-32g" in msg and "sm_120" in msg
     assert "vllm-0.26.0" in msg  # what to choose instead
@@ -116,31 +116,31 @@ def test_vllm_071_on_blackwell_names_both_and_the_alternative(lock):
 
 
 def test_flash_attn_needs_ampere(lock):
-    problems = gpu.compatibility_problems(
+    problems = compat.compatibility_problems(
         article(), {"name": "flash_attn", "backend": "FLASH_ATTN"}, "t4-sm75-15g", lock
     )
     assert len(problems) == 1
     assert "FLASH_ATTN needs sm_80+" in problems[0] and "t4-sm75-15g" in problems[0]
-    assert gpu.compatibility_problems(article(), {"name": "x", "backend": "XFORMERS"}, "t4-sm75-15g", lock) == []
+    assert compat.compatibility_problems(article(), {"name": "x", "backend": "XFORMERS"}, "t4-sm75-15g", lock) == []
 
 
 def test_8gib_card_needs_the_awq_model(lock):
     cfg = article()
     cfg["model"].update(architecture=str(ROOT / "config/models/qwen2.5-7b-instruct.json"), quantization=None)
-    problems = gpu.compatibility_problems(cfg, cfg["arms"][0], "rtx3070-laptop-sm86-8g", lock)
+    problems = compat.compatibility_problems(cfg, cfg["arms"][0], "rtx3070-laptop-sm86-8g", lock)
     assert len(problems) == 1 and "AWQ" in problems[0] and "14.2 GiB" in problems[0]
-    assert gpu.compatibility_problems(cfg, cfg["arms"][0], "a100-sxm4-40gb-sm80-40g", lock) == []
+    assert compat.compatibility_problems(cfg, cfg["arms"][0], "a100-sxm4-40gb-sm80-40g", lock) == []
 
 
 def test_cuda_engine_on_a_cpu_host_points_at_the_demo(lock):
     with pytest.raises(CompatibilityError, match="demo.yaml"):
-        gpu.check_compatible(article(), "cpu-x86_64", lock)
+        compat.check_compatible(article(), "cpu-x86_64", lock)
 
 
 def test_variant_must_exist_for_the_engine_line(lock):
     cfg = article(image="vllm-0.26.0", version="0.26.0")
     arm = {"name": "nofa2", "backend": "FLASH_ATTN", "variant": "xformers-cutlass"}
-    (problem,) = gpu.compatibility_problems(cfg, arm, "h100-80gb-hbm3-sm90-80g", lock)
+    (problem,) = compat.compatibility_problems(cfg, arm, "h100-80gb-hbm3-sm90-80g", lock)
     assert "xformers-cutlass" in problem and "vllm-0.7.1" in problem
 
 
@@ -186,5 +186,5 @@ def test_gpu_detect_cli_prints_cpu_key_here_or_a_gpu_key():
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    gpu.parse_gpu_type(out["gpu_type"])
+    gputype.parse_gpu_type(out["gpu_type"])
     assert out["gpu_type"].startswith("cpu-") == (out["gpus"] == [])

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from attnbench.engines.server import LaunchSpec, Server, free_port, parse_backend
+from attnbench.engines.backend import parse_backend
+from attnbench.engines.server import LaunchSpec, Server, free_port
 from attnbench.errors import ServerError
 
 # A stand-in process tree: a parent that forks a child (as vLLM forks its engine core) and serves /health.
@@ -204,3 +205,14 @@ def test_start_is_idempotent_inside_with(tmp_path):
         srv.start()  # run-arm calls start() inside the with block
         assert srv.pid == pid
     assert not srv.alive()
+
+
+def test_every_runtime_shares_one_startup_wait():
+    """wait_ready exists once (server.ServerLifecycle): the process server (venv, native, apptainer) and the docker
+    server differ only in the error they raise and in letting the container's log stream catch up."""
+    from attnbench.engines.dockerserver import DockerServer
+    from attnbench.engines.server import ServerLifecycle
+    from attnbench.errors import ContainerError
+
+    assert DockerServer.wait_ready is Server.wait_ready is ServerLifecycle.wait_ready
+    assert (Server.error, DockerServer.error) == (ServerError, ContainerError)

@@ -6,20 +6,19 @@ import time
 import pytest
 
 from attnbench.cli import main
+from attnbench.config import Workload
 from attnbench.errors import SweepError
+from attnbench.measure.loadcli import parse_concurrency, parse_workload
 from attnbench.measure.records import RequestRecord, append_jsonl
 from attnbench.measure.sweep import (
-    Workload,
     expected_requests,
-    parse_concurrency,
-    parse_workload,
     requests_for,
     run_sweep,
 )
 
 
 def test_parse_workload_spec_and_names():
-    assert parse_workload("short=45:512", {}) == Workload("short", 45, 512, [])
+    assert parse_workload("short=45:512", {}) == Workload("short", 45, 512, ())
     known = {"long": Workload("long", 2771, 512, [1, 2, 4])}
     assert parse_workload("long", known) is known["long"]
     with pytest.raises(SweepError, match="expected NAME=PROMPT_TOKENS:OUTPUT_TOKENS"):
@@ -134,10 +133,10 @@ def test_expected_requests_from_the_warmup():
 
 
 def test_level_time_floor_builds_prompts_until_it_is_reached():
-    from attnbench.measure.sweep import _Level
+    from attnbench.measure.level import Level
 
     async def scenario():
-        level = _Level({}, [("p0", 0)], "measure", 1)
+        level = Level({}, [("p0", 0)], "measure", 1)
         built = []
 
         async def more(index):
@@ -158,7 +157,7 @@ def test_level_time_floor_builds_prompts_until_it_is_reached():
 
     # without a floor the level ends with its prepared prompts
     async def no_floor():
-        level = _Level({}, [("p0", 0)], "measure", 1)
+        level = Level({}, [("p0", 0)], "measure", 1)
         level.set_floor(0.0, None)
         first = await level.wants_more()
         level.next += 1
@@ -168,10 +167,11 @@ def test_level_time_floor_builds_prompts_until_it_is_reached():
 
 
 def test_progress_lines_in_a_log_say_requests_seconds_and_rate(monkeypatch, capsys):
-    from attnbench.measure import sweep as sweep_mod
+    from attnbench.measure import progress as progress_mod
+    from attnbench.measure.level import Level
 
-    monkeypatch.setattr(sweep_mod, "PROGRESS_EVERY_S", 0.0)  # a line at every tick
-    level = sweep_mod._Level({}, [("p", 0)] * 4, "measure", 2)
+    monkeypatch.setattr(progress_mod, "PROGRESS_EVERY_S", 0.0)  # a line at every tick
+    level = Level({}, [("p", 0)] * 4, "measure", 2)
     now = time.time()
     level.records = [
         RequestRecord(
@@ -190,7 +190,7 @@ def test_progress_lines_in_a_log_say_requests_seconds_and_rate(monkeypatch, caps
         )
         for i in range(2)
     ]
-    progress = sweep_mod._Progress("short c=2", 4, 10.0)
+    progress = progress_mod.Progress("short c=2", 4, 10.0)
     progress.tick(level)
     progress.finish("2.0 s, 64.0 output tok/s")
     err = capsys.readouterr().err.splitlines()

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from attnbench.measure.crosscheck import compare, vllm_bench_argv
+from attnbench.measure.crosscheck import CrosscheckRun, compare, vllm_bench_argv
 
 
 def run(tps, ttft, tpot):
@@ -26,7 +26,7 @@ def test_compare_ratio_differences_and_noise():
 
 
 def test_vllm_argv_matches_the_workload(tmp_path):
-    args = argparse.Namespace(
+    point = CrosscheckRun(
         engine_python="/py",
         api="chat",
         base_url="http://127.0.0.1:1",
@@ -38,8 +38,13 @@ def test_vllm_argv_matches_the_workload(tmp_path):
         num_prompts=32,
         warmup=2,
         temperature=1.0,
+        repeats=2,
+        api_key_env=None,
+        seed=1000,
+        timeout=60.0,
+        output=tmp_path,
     )
-    argv = vllm_bench_argv(args, 7, tmp_path, "r.json")
+    argv = vllm_bench_argv(point, 7, tmp_path, "r.json")
     pairs = dict(zip(argv[3::1], argv[4::1]))
     assert argv[:2] == ["/py", "-c"]
     for flag, value in {
@@ -64,3 +69,18 @@ def test_compare_keeps_each_tools_mean_over_repetitions():
         {"output_throughput_tps": 161.0, "ttft_ms_median": 21.0, "tpot_ms_median": 6.1}
     )
     assert means["ours"]["output_throughput_tps"] == 161.0
+
+
+def test_measure_commands_describe_themselves_and_crosscheck_takes_sweeps_option_name(tmp_path):
+    from attnbench.cli import build_parser
+    from attnbench.measure.crosscheck import CrosscheckRun
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("sweep", "open-loop", "crosscheck"):
+        description = commands[name].description or ""
+        assert len(description) > 40 and description.endswith("."), name
+    argv = ["--base-url", "http://127.0.0.1:9", "--model", "m", "--tokenizer", "t", "--engine-python", "/py"]
+    args = commands["crosscheck"].parse_args([*argv, "--requests", "7", "--output", str(tmp_path / "x")])
+    point = CrosscheckRun.from_namespace(args)
+    assert point.num_prompts == 7 and point.output == tmp_path / "x" and point.repeats == 2

@@ -30,7 +30,11 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="attnbench",
+        description="Reproducible vLLM attention-backend benchmarks: engines, load, tables, plots, reports and "
+        "verifiable result bundles. The Snakemake workflow calls these commands; `attnbench COMMAND --help` for each.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"attnbench.{name}")

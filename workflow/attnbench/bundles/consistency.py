@@ -79,8 +79,8 @@ def _check_levels(rel: str, requests, levels, workloads: dict) -> list[Finding]:
 
 def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Path, device: str) -> list[Finding]:
     """Re-read the backend evidence from the bundled server log with the pipeline's own parser and policy
-    (server.parse_backend, runarm.check_backend) and hold it against run.json and the arm's expectation."""
-    from attnbench.engines.runarm import check_backend  # noqa: PLC0415
+    (server.parse_backend, backend.check_backend) and hold it against run.json and the arm's expectation."""
+    from attnbench.engines.backend import check_backend  # noqa: PLC0415
     from attnbench.engines.server import parse_backend  # noqa: PLC0415
 
     out = []

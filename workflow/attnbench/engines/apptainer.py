@@ -1,5 +1,4 @@
-"""Apptainer engine images: one base image per engine line, a small layer per arm, and moving images to hosts
-without network.
+"""Apptainer engine images: one base image per engine line and a small layer per arm.
 
 Base image (results/images/<line>/base.sif, shared by every experiment): a Debian root filesystem from
 containers/base.def.in (`Bootstrap: debootstrap`, no %post: Apptainer's %post needs capabilities that unprivileged
@@ -14,14 +13,12 @@ Arm layer (results/<exp>/images/<line>/<gpu type>/<arm>.json): what makes an arm
 first on PYTHONPATH) with checksums, and a digest of all of it: the pinned "container per backend and GPU type" of
 the design, without a multi-gigabyte image per arm.
 
-Offline hosts: `attnbench image export` writes the base image as checksummed parts with its records;
-`attnbench image import` joins them on the other host, refuses an image whose checksum or lock differs from the
-checkout's, and puts the files where the workflow looks, so Snakemake plans no build there.
+Where the images live and the `apptainer exec` command line are apptainer_exec.py; export and import for hosts
+without network are apptainer_transfer.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -34,159 +31,51 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from attnbench.engines.apptainer_exec import apptainer_env as apptainer_env  # moved to apptainer_exec
+from attnbench.engines.apptainer_exec import (
+    apptainer_version,
+    base_dir,
+    base_record_path,
+    base_sif,
+    run_apptainer,
+)
+from attnbench.engines.apptainer_exec import exec_argv as exec_argv  # moved to apptainer_exec
+from attnbench.engines.apptainer_exec import install_hint as install_hint  # moved to apptainer_exec
+from attnbench.engines.apptainer_transfer import export_image as export_image  # moved to apptainer_transfer
+from attnbench.engines.apptainer_transfer import import_image as import_image  # moved to apptainer_transfer
+from attnbench.engines.backend import backend_selection
+from attnbench.engines.compat import check_compatible
+from attnbench.engines.files import read_json, sha256_file, tree_digest, write_json
+from attnbench.engines.lock import (
+    CONTAINERS_DIR,
+    build_spec,
+    load_lock,
+    lock_entry,
+    requirements_path,
+    requirements_sha256,
+    variant_dir,
+)
 from attnbench.errors import ContainerError
-from attnbench.paths import REPO_ROOT
 
-CONTAINERS_DIR = REPO_ROOT / "containers"
+# Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
+# parallel branches (the workflow's rules, integration tests) still merge. Drop them once every caller imports the new
+# module.
+
 BASE_DEF_TEMPLATE = CONTAINERS_DIR / "base.def.in"
 INSTALL_SCRIPT = CONTAINERS_DIR / "install-engine.sh"
-IMAGES_DIR = Path("results/images")  # relative to the workflow's working directory
 BUILD_DIR_IN_IMAGE = "/opt/attnbench"
 WHEELS_IN_IMAGE = "/opt/attnbench/wheels"
-EXPORT_SCHEMA = 1
-# The capabilities Apptainer requests for root by default (CAP_CHOWN .. CAP_CHECKPOINT_RESTORE, bits 0-40).
-CAPABILITY_NAMES = (
-    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE NET_BIND_SERVICE "
-    "NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT "
-    "SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
-    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE"
-).split()
 
 
-# --- where things are -----------------------------------------------------------------------------------------
-
-
-def base_dir(key: str, images_dir: str | os.PathLike | None = None) -> Path:
-    return Path(images_dir or IMAGES_DIR) / key
-
-
-def base_sif(key: str, images_dir: str | os.PathLike | None = None) -> Path:
-    return base_dir(key, images_dir) / "base.sif"
-
-
-def base_record_path(key: str, images_dir: str | os.PathLike | None = None) -> Path:
-    return base_dir(key, images_dir) / "base.json"
-
-
-def base_versions_path(key: str, images_dir: str | os.PathLike | None = None) -> Path:
-    return base_dir(key, images_dir) / "base.versions.json"
-
-
-def layer_path(exp_dir: str | os.PathLike, key: str, gpu_type: str, arm: str) -> Path:
-    return Path(exp_dir) / "images" / key / gpu_type / f"{arm}.json"
-
-
-def build_spec(entry: dict, key: str) -> dict:
-    """The lock entry's `apptainer` section, checked: how the base image of this engine line is built."""
-    spec = entry.get("apptainer")
-    if not isinstance(spec, dict) or not spec.get("requirements"):
-        raise ContainerError(
-            f"containers/lock.yaml: {key} has no apptainer.requirements, so no Apptainer base image can be built for it"
-        )
-    return spec
-
-
-def requirements_path(entry: dict, key: str) -> Path:
-    path = REPO_ROOT / build_spec(entry, key)["requirements"]
-    if not path.is_file():
-        raise ContainerError(f"containers/lock.yaml: {key}: requirements lock {path} does not exist")
-    return path
+# --- the base image ----------------------------------------------------------------------------------------------
 
 
 def base_recipe_digest(key: str, lock: dict | None = None) -> str:
     """sha256 over what decides a base image's content: the lock entry's apptainer section and the requirements
     lock's bytes. A changed value makes Snakemake rebuild the image (its params rerun trigger)."""
-    from attnbench.engines.containers import load_lock, lock_entry
-
     entry = lock_entry(lock or load_lock(), key)
     text = json.dumps(build_spec(entry, key), sort_keys=True) + sha256_file(requirements_path(entry, key))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_json(path: str | os.PathLike) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _write_json(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-# --- host quirks ----------------------------------------------------------------------------------------------
-
-
-def missing_capabilities(status_text: str | None = None) -> list[str]:
-    """Capabilities Apptainer asks for as root that this host's bounding set lacks (CAP_SYS_RESOURCE on the
-    machines this was built on). Apptainer aborts its starter when root requests one it cannot have; dropping them
-    (--drop-caps / APPTAINER_DROP_CAPS) is the fix that needs no edit of apptainer.conf. Empty for non-root users,
-    who get no capabilities by default."""
-    if status_text is None:
-        if os.geteuid() != 0:
-            return []
-        try:
-            status_text = Path("/proc/self/status").read_text(encoding="utf-8")
-        except OSError:
-            return []
-    for line in status_text.splitlines():
-        if line.startswith("CapBnd:"):
-            bounding = int(line.split()[1], 16)
-            return [f"CAP_{name}" for bit, name in enumerate(CAPABILITY_NAMES) if not bounding >> bit & 1]
-    return []
-
-
-def apptainer_env() -> dict[str, str]:
-    """Environment for apptainer commands that attnbench does not build itself (Snakemake's container: rules)."""
-    missing = missing_capabilities()
-    return {"APPTAINER_DROP_CAPS": ",".join(missing)} if missing else {}
-
-
-def _apptainer(args: list[str], what: str, log=None, timeout: float | None = None) -> subprocess.CompletedProcess:
-    exe = shutil.which("apptainer")
-    if exe is None:
-        raise ContainerError(f"{what}: apptainer is not on PATH ({install_hint()})")
-    env = {**os.environ, **apptainer_env()}
-    proc = subprocess.run(
-        [exe, *args], env=env, text=True, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
-    )
-    if proc.returncode != 0:
-        tail = " | ".join((proc.stdout or "").strip().splitlines()[-8:]) if log is None else f"see {log.name}"
-        raise ContainerError(f"{what} failed (exit {proc.returncode}): {tail}")
-    return proc
-
-
-def install_hint() -> str:
-    return (
-        "install Apptainer >= 1.1 (https://apptainer.org/docs/admin/main/installation.html: the apptainer "
-        "package of your distribution, or the project's .deb/.rpm); on Debian 12 without it, "
-        "`bash tests/apptainer/setup.sh` provides one (see README.md)"
-    )
-
-
-def apptainer_version() -> str | None:
-    exe = shutil.which("apptainer")
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout.strip() or None
-
-
-# --- the base image ---------------------------------------------------------------------------------------------
 
 
 def debian_mirror() -> str:
@@ -266,8 +155,6 @@ def build_base(
     extra_pip_args: list[str] | None = None,
 ) -> dict:
     """Build results/images/<key>/base.sif from the lock entry and write base.json. Returns the record."""
-    from attnbench.engines.containers import lock_entry
-
     entry = lock_entry(lock, key)
     spec = build_spec(entry, key)
     req = requirements_path(entry, key)
@@ -304,7 +191,7 @@ def build_base(
         step("download wheels (hash-checked)", download)
         step(
             "bootstrap root filesystem",
-            lambda: _apptainer(
+            lambda: run_apptainer(
                 ["build", "--force", "--sandbox", str(sandbox), str(definition)], "apptainer build --sandbox", log
             ),
         )
@@ -315,7 +202,7 @@ def build_base(
             shutil.copy2(req, target / "requirements.txt")
             shutil.copy2(INSTALL_SCRIPT, target / "install-engine.sh")
             (target / "trim.txt").write_text("\n".join(spec.get("trim", [])) + "\n", encoding="utf-8")
-            _apptainer(
+            run_apptainer(
                 [
                     "exec",
                     "--writable",
@@ -339,7 +226,7 @@ def build_base(
             + (["--mksquashfs-args", " ".join(squash)] if squash else [])
             + [str(sif), str(sandbox)]
         )
-        step("squash into SIF", lambda: _apptainer(args, "apptainer build (SIF)", log))
+        step("squash into SIF", lambda: run_apptainer(args, "apptainer build (SIF)", log))
         freeze = sandbox / BUILD_DIR_IN_IMAGE.lstrip("/") / "engine-lock.txt"
         engine_lock = out_dir / "engine-lock.txt"
         if freeze.is_file():
@@ -370,7 +257,7 @@ def build_base(
         "build_seconds": times,
         "engine_lock_sha256": sha256_file(engine_lock) if engine_lock.is_file() else None,
     }
-    _write_json(record_path, record)
+    write_json(record_path, record)
     return record
 
 
@@ -388,15 +275,13 @@ def _tree_bytes(root: Path) -> int:
 def check_base(key: str, lock: dict, images_dir: str | os.PathLike | None = None) -> dict:
     """The base record, after checking that it belongs to this checkout's lock and that the SIF is the one
     recorded. Raises ContainerError naming what differs."""
-    from attnbench.engines.containers import lock_entry
-
     record = read_json(base_record_path(key, images_dir))
     if record is None:
         raise ContainerError(
             f"{base_record_path(key, images_dir)} is missing or unreadable: build the base image "
             f"(snakemake ... or attnbench image build-base --key {key}) or import it"
         )
-    want = sha256_file(requirements_path(lock_entry(lock, key), key))
+    want = requirements_sha256(lock, key)
     if record.get("lock_sha256") != want:
         raise ContainerError(
             f"image {key}: built from a lock with sha256 {record.get('lock_sha256')}, but this "
@@ -408,22 +293,8 @@ def check_base(key: str, lock: dict, images_dir: str | os.PathLike | None = None
 # --- the arm layer ----------------------------------------------------------------------------------------------
 
 
-def tree_digest(folder: Path) -> dict:
-    """sha256 of every file under folder (sorted relative paths) and one digest over all of them."""
-    files = {
-        str(p.relative_to(folder)): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-    total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in files.items()).encode()).hexdigest()
-    return {"sha256": total, "files": files}
-
-
 def layer_record(cfg: dict, arm: dict, gpu_type: str, base: dict) -> dict:
     """What an arm's container is: the base image (by sha256) plus the arm's backend environment and variant."""
-    from attnbench.engines.containers import variant_dir
-    from attnbench.engines.engine import backend_selection
-
     args, env = backend_selection(cfg["engine"]["version"], arm)
     variant = arm.get("variant")
     variant_files = tree_digest(variant_dir(variant)) if variant else None
@@ -453,226 +324,8 @@ def layer_record(cfg: dict, arm: dict, gpu_type: str, base: dict) -> dict:
 def write_layer(
     cfg: dict, arm: dict, gpu_type: str, out: Path, lock: dict, images_dir: str | os.PathLike | None = None
 ) -> dict:
-    from attnbench.engines.gpu import check_compatible
-
     check_compatible(cfg, gpu_type, lock, [arm])
     base = check_base(cfg["engine"]["image"], lock, images_dir)
     record = layer_record(cfg, arm, gpu_type, base)
-    _write_json(Path(out), record)
+    write_json(Path(out), record)
     return record
-
-
-# --- the server's command line ------------------------------------------------------------------------------------
-
-
-def exec_argv(
-    sif: str | os.PathLike,
-    inner_argv: list[str],
-    *,
-    env: dict[str, str] | None = None,
-    binds: list[str] | None = None,
-    gpu: bool = False,
-    missing_caps: list[str] | None = None,
-) -> list[str]:
-    """`apptainer exec` of inner_argv in the image. --cleanenv: the host's environment (a PYTHONPATH meant for the
-    host's Python, say) must not leak into the engine; what the server needs is passed with --env, so it is also
-    visible in the recorded argv. --nv binds the host's NVIDIA driver into the container."""
-    argv = ["apptainer", "exec", "--cleanenv"]
-    if gpu:
-        argv.append("--nv")
-    caps = missing_capabilities() if missing_caps is None else missing_caps
-    if caps:
-        argv += ["--drop-caps", ",".join(caps)]
-    for bind in binds or []:
-        argv += ["--bind", bind]
-    for key, value in sorted((env or {}).items()):
-        argv += ["--env", f"{key}={value}"]
-    return [*argv, str(sif), *inner_argv]
-
-
-# Host variables a server in a container still needs under --cleanenv (the GPUs a scheduler assigned).
-PASSED_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "TZ")
-
-
-def server_binds_env(arm: dict, paths: list, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """Binds (same path inside as outside) and env for one arm's server: the model, tokenizer and trace folders, the
-    arm's variant folder and any layer folders on the spec's PYTHONPATH, first on PYTHONPATH inside."""
-    from attnbench.engines.containers import variant_dir
-
-    env = dict(env)
-    pythonpath = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if arm.get("variant"):
-        vdir = str(variant_dir(arm["variant"]).resolve())
-        pythonpath = [vdir, *[p for p in pythonpath if p != vdir]]
-        env["ATTNBENCH_VARIANT"] = arm["variant"]
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
-    for name in PASSED_ENV:
-        if name in os.environ and name not in env:
-            env[name] = os.environ[name]
-    binds = sorted({str(Path(p).resolve()) for p in [*paths, *pythonpath] if p is not None})
-    return binds, env
-
-
-# --- moving an image to an offline host --------------------------------------------------------------------------
-
-
-def export_image(key: str, out: Path, *, images_dir: str | os.PathLike | None = None, part_mib: int = 60) -> dict:
-    """Write <out>/<key>.export.json and <out>/<key>.partNNN: the base SIF in parts of part_mib MiB, each with its
-    sha256, plus base.json and base.versions.json."""
-    record = read_json(base_record_path(key, images_dir))
-    sif = base_sif(key, images_dir)
-    if record is None or not sif.is_file():
-        raise ContainerError(f"no built base image {sif} (with base.json) to export")
-    if sha256_file(sif) != record["sif_sha256"]:
-        raise ContainerError(f"{sif} does not match the sha256 in base.json; rebuild it before exporting")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    parts = []
-    size = part_mib << 20
-    with sif.open("rb") as fh:
-        index = 0
-        while chunk := fh.read(size):
-            name = f"{key}.part{index:03d}"
-            (out / name).write_bytes(chunk)
-            parts.append({"name": name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
-            index += 1
-    manifest = {
-        "schema": EXPORT_SCHEMA,
-        "key": key,
-        "base": record,
-        "parts": parts,
-        "versions": read_json(base_versions_path(key, images_dir)),
-        "definition": (base_dir(key, images_dir) / "base.def").read_text(encoding="utf-8")
-        if (base_dir(key, images_dir) / "base.def").is_file()
-        else None,
-    }
-    _write_json(out / f"{key}.export.json", manifest)
-    return manifest
-
-
-def import_image(src: Path, lock: dict, *, key: str | None = None, images_dir: str | os.PathLike | None = None) -> dict:
-    """Join an export's parts into results/images/<key>/base.sif after checking every part, the whole SIF and the
-    lock against this checkout's; write base.json (and base.versions.json). Newer than every input of the build
-    rule, so Snakemake plans no build."""
-    from attnbench.engines.containers import lock_entry
-
-    src = Path(src)
-    manifests = sorted(src.glob(f"{key or '*'}.export.json"))
-    if len(manifests) != 1:
-        raise ContainerError(f"{src}: expected one <key>.export.json, found {len(manifests)}")
-    manifest = read_json(manifests[0])
-    if not isinstance(manifest, dict) or manifest.get("schema") != EXPORT_SCHEMA or "base" not in manifest:
-        raise ContainerError(f"{manifests[0]}: not an attnbench image export (schema {EXPORT_SCHEMA})")
-    key = manifest["key"]
-    record = manifest["base"]
-    want_lock = sha256_file(requirements_path(lock_entry(lock, key), key))
-    if record.get("lock_sha256") != want_lock:
-        raise ContainerError(
-            f"image {key} in {src} was built from a lock with sha256 {record.get('lock_sha256')}; "
-            f"this checkout's lock has {want_lock}: refusing it"
-        )
-    out_dir = base_dir(key, images_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "base.sif.partial"
-    whole = hashlib.sha256()
-    with partial.open("wb") as fh:
-        for part in manifest["parts"]:
-            path = src / Path(part["name"]).name
-            if not path.is_file():
-                partial.unlink(missing_ok=True)
-                raise ContainerError(f"{src}: part {part['name']} is missing")
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != part["sha256"]:
-                partial.unlink(missing_ok=True)
-                raise ContainerError(f"{path}: sha256 differs from the export's; the part is damaged")
-            whole.update(data)
-            fh.write(data)
-    if whole.hexdigest() != record["sif_sha256"]:
-        partial.unlink(missing_ok=True)
-        raise ContainerError(f"joined image sha256 {whole.hexdigest()} differs from base.json's {record['sif_sha256']}")
-    partial.replace(base_sif(key, images_dir))
-    if manifest.get("definition"):
-        (out_dir / "base.def").write_text(manifest["definition"], encoding="utf-8")
-    if manifest.get("versions"):
-        _write_json(base_versions_path(key, images_dir), manifest["versions"])
-    _write_json(base_record_path(key, images_dir), {**record, "imported": datetime.now(timezone.utc).isoformat()})
-    return record
-
-
-# --- CLI ------------------------------------------------------------------------------------------------------------
-
-
-def _cmd_build_base(args: argparse.Namespace) -> int:
-    from attnbench.engines.containers import load_lock
-
-    record = build_base(
-        args.key, load_lock(args.lock), images_dir=args.images_dir, log_path=Path(args.log) if args.log else None
-    )
-    print(f"built {base_sif(args.key, args.images_dir)}: {record['sif_bytes']} bytes, sha256 {record['sif_sha256']}")
-    return 0
-
-
-def _cmd_layer(args: argparse.Namespace) -> int:
-    from attnbench.config import arm_by_name, load_config
-    from attnbench.engines.containers import load_lock
-    from attnbench.engines.gpu import resolve_gpu_type
-
-    cfg = load_config(args.config)
-    record = write_layer(
-        cfg,
-        arm_by_name(cfg, args.arm),
-        resolve_gpu_type(cfg, args.gpu_type),
-        Path(args.out),
-        load_lock(args.lock),
-        args.images_dir,
-    )
-    print(f"arm {args.arm}: base {record['base_sif_sha256'][:16]}..., layer {record['digest']}")
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    manifest = export_image(args.key, Path(args.out), images_dir=args.images_dir, part_mib=args.part_mib)
-    print(f"exported {args.key}: {len(manifest['parts'])} parts in {args.out}")
-    return 0
-
-
-def _cmd_import(args: argparse.Namespace) -> int:
-    from attnbench.engines.containers import load_lock
-
-    record = import_image(Path(args.src), load_lock(args.lock), key=args.key, images_dir=args.images_dir)
-    print(f"imported {record['key']} into {base_sif(record['key'], args.images_dir)} (sha256 {record['sif_sha256']})")
-    return 0
-
-
-def register_image_commands(sub) -> None:
-    """Subcommands of `attnbench image` for Apptainer base images (containers.register adds them)."""
-    for name, func, helptext in (
-        (
-            "build-base",
-            _cmd_build_base,
-            "build an engine line's Apptainer base image from its hash-locked requirements",
-        ),
-        ("layer", _cmd_layer, "write an arm's layer record (base image sha256, backend env, variant checksums)"),
-        ("export", _cmd_export, "write a built base image as checksummed parts for a host without network"),
-        ("import", _cmd_import, "join and check exported parts into results/images/<line>/ (refuses another lock)"),
-    ):
-        c = sub.add_parser(name, help=helptext, description=helptext)
-        c.add_argument("--lock", default=None, help="lock file (default: containers/lock.yaml)")
-        c.add_argument("--images-dir", default=None, help=f"base images folder (default: {IMAGES_DIR})")
-        if name in ("build-base", "export"):
-            c.add_argument("--key", required=True, help="engine line, a key of containers/lock.yaml")
-        if name == "build-base":
-            c.add_argument("--log", default=None, help="build log (default: <images-dir>/<key>/build.log)")
-        if name == "layer":
-            c.add_argument("--config", required=True, help="experiment config YAML")
-            c.add_argument("--arm", required=True, help="arm name")
-            c.add_argument("--gpu-type", default=None, help="GPU type key (default: gpu.type; auto = detect)")
-            c.add_argument("--out", required=True, help="layer record to write")
-        if name == "export":
-            c.add_argument("--out", required=True, help="folder for the parts and <key>.export.json")
-            c.add_argument("--part-mib", type=int, default=60, help="part size in MiB [60]")
-        if name == "import":
-            c.add_argument("src", help="folder holding <key>.export.json and its parts")
-            c.add_argument("--key", default=None, help="engine line (default: the one export in SRC)")
-        c.set_defaults(func=func)

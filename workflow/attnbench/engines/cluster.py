@@ -4,7 +4,7 @@ The rules pass these dicts as their `resources:`; snakemake-executor-plugin-slur
 (`gpu` + `gpu_model` -> `--gpus=<model>:<n>`, `slurm_partition` -> `-p`, `slurm_account` -> `-A`,
 `cpus_per_gpu`/`cpus_per_task`, `mem_mb` -> `--mem`, `runtime` (minutes) -> `-t`). Local runs ignore them.
 
-GPU types are attnbench's keys (gpu.py, e.g. h100-80gb-hbm3-sm90-80g); a cluster names its GPU models its own way
+GPU types are attnbench's keys (gputype.py, e.g. h100-80gb-hbm3-sm90-80g); a cluster names its GPU models its own way
 (h100, nvidia_h100_80gb_hbm3...), so `slurm.gpu_models` maps one to the other and can route each type to its own
 partition. docs/cluster.md explains the whole profile.
 """

@@ -8,13 +8,16 @@ Also `attnbench engine build-venv`: the pinned CPU engine as a virtual environme
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import venv
 from pathlib import Path
 
-from attnbench.config import ATTENTION_FLAG_VERSION, engine_venv_dir, version_tuple
+from attnbench.config import engine_venv_dir, version_tuple
+from attnbench.engines import apptainer_exec
+from attnbench.engines.backend import backend_selection
+from attnbench.engines.images import image_for
+from attnbench.engines.kernels import profiler_settings
 from attnbench.engines.server import LaunchSpec
 from attnbench.errors import AttnbenchError, ConfigError
 
@@ -26,30 +29,6 @@ FORBIDDEN_IN_ENGINE = ("torchvision", "torchaudio", "torchcodec")
 
 class EngineError(AttnbenchError):
     pass
-
-
-def backend_selection(vllm_version: str, arm: dict) -> tuple[list[str], dict[str, str]]:
-    """(server args, env) that request the arm's attention backend from this vLLM version.
-
-    Before 0.11 vLLM reads VLLM_ATTENTION_BACKEND; from 0.11 on it ignores that variable and takes
-    --attention-backend, or --attention-config when a FlashAttention version is pinned as well (never both flags).
-    """
-    backend = arm.get("backend")
-    fa_version = arm.get("flash_attn_version")
-    if backend is None and fa_version is None:
-        return [], {}
-    if version_tuple(vllm_version) < ATTENTION_FLAG_VERSION:
-        if fa_version is not None:
-            raise ConfigError(
-                f"arms.{arm.get('name')}.flash_attn_version: vLLM {vllm_version} cannot pin a FlashAttention version"
-            )
-        return [], {"VLLM_ATTENTION_BACKEND": backend}
-    if fa_version is not None:
-        attention = {"flash_attn_version": fa_version}
-        if backend is not None:
-            attention = {"backend": backend, **attention}
-        return ["--attention-config", json.dumps(attention, separators=(",", ":"))], {}
-    return ["--attention-backend", backend], {}
 
 
 def venv_python(cfg: dict) -> Path:
@@ -67,9 +46,7 @@ def engine_python(cfg: dict) -> str:
 
 
 def image_path(cfg: dict, arm: dict) -> str:
-    """The image an apptainer/docker arm runs (containers.py owns images and where they live)."""
-    from attnbench.engines.containers import image_for
-
+    """The image an apptainer/docker arm runs (images.py owns images and where they live)."""
     return image_for(cfg, arm)
 
 
@@ -128,8 +105,6 @@ def launch_spec(
     args += backend_args + list(engine.get("extra_args", [])) + list(arm.get("server_args", []))
     env = {**_str_env(engine.get("env")), **backend_env, **_str_env(arm.get("env"))}
     if trace_dir is not None:
-        from attnbench.engines.kernels import profiler_settings
-
         prof_args, prof_env = profiler_settings(engine["version"], Path(trace_dir))
         args += prof_args
         env.update(_merge_pythonpath(env, prof_env))
@@ -140,24 +115,22 @@ def launch_spec(
         "backend": arm.get("backend"),
         "backend_args": backend_args,
         "backend_env": backend_env,
-        "device": engine.get("device"),  # containers.DockerServer requests the GPU from this
+        "device": engine.get("device"),  # dockerserver.DockerServer requests the GPU from this
     }
     if runtime in ("venv", "native"):
         argv = [engine_python(cfg), "-m", API_SERVER_MODULE, *args]
         description["python"] = argv[0]
     elif runtime == "apptainer":
-        from attnbench.engines import apptainer
-
         image = str(Path(image_path(cfg, arm)).resolve())
         # The arm's layer (variant folder, profiler layer) is bound in at the same path and put on PYTHONPATH; the
         # engine settings go in as --env (the container starts from a clean environment), visible in the argv.
-        binds, env = apptainer.server_binds_env(arm, [model_dir, tokenizer_dir, trace_dir], env)
-        argv = apptainer.exec_argv(
+        binds, env = apptainer_exec.server_binds_env(arm, [model_dir, tokenizer_dir, trace_dir], env)
+        argv = apptainer_exec.exec_argv(
             image, ["python3", "-m", API_SERVER_MODULE, *args], env=env, binds=binds, gpu=engine.get("device") == "cuda"
         )
         description["image"] = image
     elif runtime == "docker":
-        # containers.DockerServer runs this argv inside the image with env and the GPU request.
+        # dockerserver.DockerServer runs this argv inside the image with env and the GPU request.
         image = image_path(cfg, arm)
         argv = ["python3", "-m", API_SERVER_MODULE, *args]
         description["image"] = image
@@ -238,12 +211,21 @@ def _cmd_build_venv(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("engine", help="engine environments (the pinned CPU engine venv)")
+    text = "engine environments (the pinned CPU engine venv)"
+    p = subparsers.add_parser("engine", help=text, description=text)
     sub = p.add_subparsers(dest="engine_command", required=True, metavar="ACTION")
-    b = sub.add_parser("build-venv", help="create a venv from a pinned requirements file (pip install --no-deps -r)")
+    text = "create a venv from a pinned requirements file (pip install --no-deps -r)"
+    b = sub.add_parser("build-venv", help=text, description=text)
     b.add_argument("--requirements", required=True, help="pinned requirements file (config/engines/*.txt)")
     b.add_argument("--venv", required=True, help="folder of the venv to create")
-    b.add_argument("--lock", default=None, help="where to write pip freeze (default: VENV/../engine-lock.txt)")
+    # --freeze, so that --lock means the containers lock file (to read) in every command; --lock stays for the rule.
+    b.add_argument(
+        "--freeze",
+        "--lock",
+        dest="lock",
+        default=None,
+        help="where to write pip freeze (default: VENV/../engine-lock.txt)",
+    )
     b.add_argument("--expect-version", default=None, help="fail unless the venv imports this vLLM version")
     b.add_argument(
         "--pip-arg",

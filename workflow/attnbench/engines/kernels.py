@@ -432,9 +432,11 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("kernels", help="attention kernel attribution from torch profiler traces")
+    text = "attention kernel attribution from torch profiler traces"
+    parser = subparsers.add_parser("kernels", help=text, description=text)
     sub = parser.add_subparsers(dest="kernels_command", required=True, metavar="ACTION")
-    p = sub.add_parser("attribute", help="kernel families and their share of time in a trace folder -> kernels.json")
+    text = "kernel families and their share of time in a trace folder -> kernels.json"
+    p = sub.add_parser("attribute", help=text, description=text)
     p.add_argument("trace_dir", help="folder of torch profiler traces (*.json, *.json.gz), searched recursively")
     p.add_argument("--out", help="output file (default: TRACE_DIR/../kernels.json)")
     p.add_argument(
@@ -459,6 +461,7 @@ def register(subparsers) -> None:
         help="family that must not run (repeatable); exit status 1 when an expectation fails",
     )
     p.set_defaults(func=_cmd_attribute)
-    p = sub.add_parser("classify", help="print the kernel family of kernel names")
+    text = "print the kernel family of kernel names"
+    p = sub.add_parser("classify", help=text, description=text)
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=_cmd_classify)

@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from attnbench.engines.files import write_json
 from attnbench.errors import ConfigError
 
 # Qwen's chat special tokens, then an unknown-word token (WordLevel needs one). They take the first ids.
@@ -113,10 +114,6 @@ def tokenizer_config(max_length: int) -> dict:
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def write_synthetic_model(
     architecture_json: Path, model_dir: Path, tokenizer_dir: Path, extra: dict | None = None
 ) -> None:
@@ -138,11 +135,11 @@ def write_synthetic_model(
         raise ConfigError("model_dir and tokenizer_dir must differ: the tokenizer folder must not hold a config.json")
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(model_dir / "config.json", config)
+    write_json(model_dir / "config.json", config)
     max_length = int(config.get("max_position_embeddings", 4096))
-    _write_json(tokenizer_dir / "tokenizer.json", tokenizer_json(int(config["vocab_size"])))
-    _write_json(tokenizer_dir / "tokenizer_config.json", tokenizer_config(max_length))
-    _write_json(
+    write_json(tokenizer_dir / "tokenizer.json", tokenizer_json(int(config["vocab_size"])))
+    write_json(tokenizer_dir / "tokenizer_config.json", tokenizer_config(max_length))
+    write_json(
         tokenizer_dir / "special_tokens_map.json",
         {
             "eos_token": EOS_TOKEN,
@@ -164,9 +161,8 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "make-model", help="write a synthetic model folder (dummy weights) and a one-word-one-token tokenizer"
-    )
+    text = "write a synthetic model folder (dummy weights) and a one-word-one-token tokenizer"
+    p = subparsers.add_parser("make-model", help=text, description=text)
     p.add_argument("--architecture", required=True, help="HF config.json of the architecture (config/models/*.json)")
     p.add_argument("--model-dir", required=True, help="folder to receive config.json")
     p.add_argument(

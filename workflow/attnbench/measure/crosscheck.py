@@ -23,12 +23,16 @@ import os
 import shutil
 import statistics
 import subprocess
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from attnbench.config.experiment import SweepSettings, Workload
 from attnbench.engines.server import log_tail
 from attnbench.errors import AttnbenchError
+from attnbench.measure.loadcli import api_key_from_env
 from attnbench.measure.metrics import read_run
-from attnbench.measure.sweep import Workload, run_sweep
+from attnbench.measure.records import read_requests
+from attnbench.measure.sweep import run_sweep
 
 # Runs inside the engine interpreter: vLLM's own benchmark entry point, without the broken console script.
 VLLM_BENCH = """
@@ -48,10 +52,40 @@ class CrosscheckError(AttnbenchError):
     pass
 
 
-def vllm_bench_argv(args: argparse.Namespace, seed: int, result_dir: Path, result_name: str) -> list[str]:
-    backend, endpoint = ("openai-chat", "/v1/chat/completions") if args.api == "chat" else ("openai", "/v1/completions")
+@dataclass(frozen=True)
+class CrosscheckRun:
+    """One crosscheck point: the server, the workload both tools send, and how often each runs."""
+
+    base_url: str
+    model: str
+    tokenizer: str  # vLLM's benchmark builds its prompts with it
+    engine_python: str  # the interpreter that imports vllm
+    input_len: int  # vLLM's random-input-len (before the chat template)
+    output_len: int
+    concurrency: int
+    num_prompts: int  # measured requests per run
+    warmup: int
+    repeats: int  # runs per tool
+    api: str
+    api_key_env: str | None
+    seed: int
+    temperature: float
+    timeout: float  # seconds per run
+    output: Path  # a fresh folder for both tools' raw results
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> CrosscheckRun:
+        """The point the command line's options (or run-arm's namespace of the same names) describe."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        return cls(**{**values, "output": Path(values["output"])})
+
+
+def vllm_bench_argv(point: CrosscheckRun, seed: int, result_dir: Path, result_name: str) -> list[str]:
+    backend, endpoint = (
+        ("openai-chat", "/v1/chat/completions") if point.api == "chat" else ("openai", "/v1/completions")
+    )
     return [
-        args.engine_python,
+        point.engine_python,
         "-c",
         VLLM_BENCH,
         "--backend",
@@ -59,30 +93,30 @@ def vllm_bench_argv(args: argparse.Namespace, seed: int, result_dir: Path, resul
         "--endpoint",
         endpoint,
         "--base-url",
-        args.base_url,
+        point.base_url,
         "--model",
-        args.model,
+        point.model,
         "--tokenizer",
-        args.tokenizer,
+        point.tokenizer,
         "--dataset-name",
         "random",
         "--random-input-len",
-        str(args.input_len),
+        str(point.input_len),
         "--random-output-len",
-        str(args.output_len),
+        str(point.output_len),
         "--random-range-ratio",
         "0",
         "--ignore-eos",
         "--max-concurrency",
-        str(args.concurrency),
+        str(point.concurrency),
         "--num-prompts",
-        str(args.num_prompts),
+        str(point.num_prompts),
         "--num-warmups",
-        str(args.warmup),
+        str(point.warmup),
         "--seed",
         str(seed),
         "--temperature",
-        str(args.temperature),
+        str(point.temperature),
         "--disable-tqdm",
         "--save-result",
         "--save-detailed",
@@ -93,18 +127,18 @@ def vllm_bench_argv(args: argparse.Namespace, seed: int, result_dir: Path, resul
     ]
 
 
-def run_vllm(args: argparse.Namespace, seed: int, out: Path, tag: str) -> dict:
+def run_vllm(point: CrosscheckRun, seed: int, out: Path, tag: str) -> dict:
     log = out / f"{tag}.log"
     env = dict(os.environ)
-    if args.api_key_env:
-        env["OPENAI_API_KEY"] = os.environ[args.api_key_env]  # vLLM's benchmark reads the key from there
+    if point.api_key_env:
+        env["OPENAI_API_KEY"] = os.environ[point.api_key_env]  # vLLM's benchmark reads the key from there
     with log.open("w") as fh:
         code = subprocess.run(
-            vllm_bench_argv(args, seed, out, f"{tag}.json"),
+            vllm_bench_argv(point, seed, out, f"{tag}.json"),
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
-            timeout=args.timeout,
+            timeout=point.timeout,
         ).returncode
     result = out / f"{tag}.json"
     if code != 0 or not result.exists():
@@ -126,24 +160,26 @@ def run_vllm(args: argparse.Namespace, seed: int, out: Path, tag: str) -> dict:
     }
 
 
-def run_ours(args: argparse.Namespace, seed: int, prompt_tokens: int, out: Path, tag: str) -> dict:
-    api_key = os.environ[args.api_key_env] if args.api_key_env else None
-    cfg = {
-        "api": args.api,
-        "warmup_requests": args.warmup,
-        "requests_per_level": args.num_prompts,
-        "system_prompt": None,
-        "seed": seed,
-        "request_timeout_s": args.timeout,
-        "temperature": args.temperature,
-    }
-    workload = Workload("crosscheck", prompt_tokens, args.output_len, [args.concurrency])
+def run_ours(point: CrosscheckRun, seed: int, prompt_tokens: int, out: Path, tag: str) -> dict:
+    api_key = api_key_from_env(point.api_key_env, CrosscheckError)
+    settings = SweepSettings.for_caller(
+        {
+            "api": point.api,
+            "warmup_requests": point.warmup,
+            "requests_per_level": point.num_prompts,
+            "system_prompt": None,
+            "seed": seed,
+            "request_timeout_s": point.timeout,
+            "temperature": point.temperature,
+        }
+    )
+    workload = Workload("crosscheck", prompt_tokens, point.output_len, (point.concurrency,))
     asyncio.run(
         run_sweep(
-            args.base_url,
-            args.model,
+            point.base_url,
+            point.model,
             [workload],
-            cfg,
+            settings,
             out / tag,
             experiment="crosscheck",
             arm="ours",
@@ -152,8 +188,6 @@ def run_ours(args: argparse.Namespace, seed: int, prompt_tokens: int, out: Path,
         )
     )
     row = read_run(out / tag).iloc[0]
-    from attnbench.measure.records import read_requests
-
     prompts = [r.prompt_tokens for r in read_requests(out / tag / "records.jsonl") if r.phase == "measure"]
     return {
         "tool": "ours",
@@ -242,41 +276,42 @@ def format_report(vllm_runs: list[dict], our_runs: list[dict], cmp: dict) -> str
     return "\n".join(lines)
 
 
-def crosscheck(args: argparse.Namespace) -> dict:
-    """Both tools, alternating, args.repeats times each; writes args.output/crosscheck.json and returns its content.
-    `args` holds the CLI's options (run-arm builds the same namespace for its crosscheck points)."""
-    if args.api_key_env and not os.environ.get(args.api_key_env):
-        raise CrosscheckError(f"environment variable {args.api_key_env} (--api-key-env) is not set or empty")
-    if not (Path(args.engine_python).exists() or shutil.which(args.engine_python)):
-        raise CrosscheckError(f"--engine-python {args.engine_python} does not exist")
-    out = Path(args.output)
+def crosscheck(point: CrosscheckRun | argparse.Namespace) -> dict:
+    """Both tools, alternating, point.repeats times each; writes point.output/crosscheck.json and returns its
+    content. A Namespace of the same names is still taken (run-arm builds one) and converted first."""
+    if isinstance(point, argparse.Namespace):
+        point = CrosscheckRun.from_namespace(point)
+    api_key_from_env(point.api_key_env, CrosscheckError)
+    if not (Path(point.engine_python).exists() or shutil.which(point.engine_python)):
+        raise CrosscheckError(f"--engine-python {point.engine_python} does not exist")
+    out = Path(point.output)
     if out.exists() and any(out.iterdir()):
         raise CrosscheckError(f"{out} is not empty; give a fresh --output folder")
     out.mkdir(parents=True, exist_ok=True)
     vllm_runs: list[dict] = []
     our_runs: list[dict] = []
     target = None
-    for i in range(args.repeats):
-        seed = args.seed + i
+    for i in range(point.repeats):
+        seed = point.seed + i
         # Who goes first alternates (vLLM first in the first round, which also gives our prompt target), so a
         # drift of the server or the machine does not always favour the same tool.
         if i % 2 == 0:
-            vllm_runs.append(run_vllm(args, seed, out, f"vllm-{i + 1}"))
+            vllm_runs.append(run_vllm(point, seed, out, f"vllm-{i + 1}"))
         target = target or round(vllm_runs[0]["prompt_tokens_median"])  # vLLM's real prompt length, template included
-        our_runs.append(run_ours(args, seed, target, out, f"ours-{i + 1}"))
+        our_runs.append(run_ours(point, seed, target, out, f"ours-{i + 1}"))
         if i % 2 == 1:
-            vllm_runs.append(run_vllm(args, seed, out, f"vllm-{i + 1}"))
+            vllm_runs.append(run_vllm(point, seed, out, f"vllm-{i + 1}"))
     result = {
         "vllm": vllm_runs,
         "ours": our_runs,
         "comparison": compare(vllm_runs, our_runs),
         "workload": {
-            "input_len": args.input_len,
-            "output_len": args.output_len,
-            "concurrency": args.concurrency,
-            "num_prompts": args.num_prompts,
-            "warmup": args.warmup,
-            "api": args.api,
+            "input_len": point.input_len,
+            "output_len": point.output_len,
+            "concurrency": point.concurrency,
+            "num_prompts": point.num_prompts,
+            "warmup": point.warmup,
+            "api": point.api,
         },
     }
     (out / "crosscheck.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -284,13 +319,18 @@ def crosscheck(args: argparse.Namespace) -> dict:
 
 
 def _cmd_crosscheck(args: argparse.Namespace) -> int:
-    result = crosscheck(args)
+    result = crosscheck(CrosscheckRun.from_namespace(_checked(args)))
     print(format_report(result["vllm"], result["ours"], result["comparison"]))
     return 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("crosscheck", help="run vLLM's own benchmark and our sweep back to back; compare")
+    p = subparsers.add_parser(
+        "crosscheck",
+        help="run vLLM's own benchmark and our sweep back to back; compare",
+        description="Run vLLM's own benchmark client and our sweep back to back, alternating, on one running "
+        "server and one workload, and compare throughput, TTFT and TPOT with each tool's run-to-run noise.",
+    )
     p.add_argument("--base-url", required=True, help="running server, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", required=True, help="served model name")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (vLLM's benchmark builds prompts with it)")
@@ -300,18 +340,20 @@ def register(subparsers) -> None:
         help="interpreter that imports vllm (default: $ATTNBENCH_ENGINE_PYTHON)",
     )
     p.add_argument("--input-len", type=int, default=45, help="vLLM random-input-len (before the chat template)")
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--num-prompts", type=int, default=32, help="measured requests per run")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--output-len", type=int, default=64, help="output tokens of every request")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (vLLM's --max-concurrency)")
+    p.add_argument(
+        "--num-prompts", "--requests", type=int, default=32, help="measured requests per run (--requests as in sweep)"
+    )
+    p.add_argument("--warmup", type=int, default=2, help="warmup requests per run, recorded but excluded")
     p.add_argument("--repeats", type=int, default=2, help="runs per tool (>= 2 to measure run-to-run noise)")
-    p.add_argument("--api", choices=["chat", "completions"], default="chat")
-    p.add_argument("--api-key-env", help="name of the environment variable holding the API key")
-    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--api", choices=["chat", "completions"], default="chat", help="endpoint (default chat)")
+    p.add_argument("--api-key-env", help="name of the environment variable holding the API key (never the key)")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the first run; each run adds one")
     p.add_argument("--temperature", type=float, default=1.0, help="sent by both tools (vLLM's default is the server's)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     p.add_argument("--output", required=True, help="fresh folder for both tools' raw results")
-    p.set_defaults(func=lambda a: _cmd_crosscheck(_checked(a)))
+    p.set_defaults(func=_cmd_crosscheck)
 
 
 def _checked(args: argparse.Namespace) -> argparse.Namespace:

@@ -4,7 +4,7 @@ One Python process parses every SSE chunk of every stream on one core; at a few 
 server, can become the limit (lag.py shows when). With `sweep.client_processes: P > 1` a level's N in-flight
 requests are split over P worker processes (N // P each, the remainder to the first ones), each with its own event
 loop, Client and connections, kept for the whole sweep. A level's prompts are dealt round-robin to the workers
-that hold requests; each worker runs sweep.py's own closed loop over its share.
+that hold requests; each worker runs the sweep's own closed loop (level.py) over its share.
 
 Records travel back over a pipe as each request finishes, and the parent appends them to the one records.jsonl
 (a crash loses at most the records in the pipe). Each worker measures its own event-loop lag and CPU time; the
@@ -24,30 +24,25 @@ from multiprocessing.connection import Connection
 from attnbench.errors import SweepError
 from attnbench.measure.client import Client, Sampling
 from attnbench.measure.lag import ClientLoad, LoopLagMonitor
+from attnbench.measure.level import UNREACHABLE, Level, closed_loop
 from attnbench.measure.records import RequestRecord
 
 
-class _Share:
-    """A worker's part of a level: sweep._Level's interface (prompts, next, records, abort, record_ids) over the
-    record ids the parent computed, so the worker runs sweep._closed_loop unchanged."""
+class _Share(Level):
+    """A worker's part of a level: a Level over the record ids the parent computed, so the worker runs
+    level.closed_loop unchanged. A share has no time floor (sweep.min_level_seconds applies to single-process
+    levels; a pooled level is sized by its request count)."""
 
     def __init__(self, prompts: list[tuple[str, int]], ids: list[dict], concurrency: int, phase: str):
-        self.prompts, self._ids, self.concurrency, self.phase = prompts, ids, concurrency, phase
-        self.next = 0
-        self.records: list[RequestRecord] = []
-        self.abort: str | None = None
+        super().__init__({}, prompts, phase, concurrency)
+        self._ids = ids
 
     def record_ids(self, index: int) -> dict:
         return self._ids[index]
 
-    async def wants_more(self) -> bool:
-        """sweep._Level's question: another prepared prompt left? A share has no time floor (sweep.min_level_seconds
-        applies to single-process levels; a pooled level is sized by its request count)."""
-        return self.next < len(self.prompts)
-
 
 class _PipeWriter:
-    """sweep._closed_loop's writer: sends each finished record to the parent at once."""
+    """level.closed_loop's writer: sends each finished record to the parent at once."""
 
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -61,8 +56,6 @@ def _worker(conn: Connection, client_args: dict) -> None:
 
 
 async def _worker_loop(conn: Connection, client_args: dict) -> None:
-    from attnbench.measure.sweep import _closed_loop
-
     loop = asyncio.get_running_loop()
     async with Client(**client_args) as client:
         while True:
@@ -72,7 +65,7 @@ async def _worker_loop(conn: Connection, client_args: dict) -> None:
             share = _Share(message["prompts"], message["ids"], message["concurrency"], "measure")
             monitor = LoopLagMonitor(limit_ms=message["lag_limit_ms"])
             monitor.start()
-            await _closed_loop(client, share, Sampling(**message["sampling"]), _PipeWriter(conn), None, lambda: None)
+            await closed_loop(client, share, Sampling(**message["sampling"]), _PipeWriter(conn), None, lambda: None)
             load = await monitor.stop()
             conn.send(("done", asdict(load)))
 
@@ -120,9 +113,8 @@ class ClientPool:
         progress: Callable[[], None],
         lag_limit_ms: float,
     ) -> list[ClientLoad]:
-        """sweep._closed_loop's job for `level` (a sweep._Level), over the workers: each finished record is appended
+        """level.closed_loop's job for `level` (a level.Level), over the workers: each finished record is appended
         to writer and level.records at once. Returns the workers' lag records."""
-        from attnbench.measure.sweep import UNREACHABLE
 
         def on_record(record: RequestRecord) -> None:
             writer.append(record)

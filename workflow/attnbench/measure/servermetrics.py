@@ -29,10 +29,11 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from attnbench.config.experiment import section_defaults
 from attnbench.measure.records import JsonlAppender, iter_jsonl
 
 FILE = "servermetrics.jsonl"
-DEFAULT_INTERVAL_S = 2.0
+DEFAULT_INTERVAL_S = float(section_defaults("server_metrics")["interval_s"])  # the schema's; run-arm imports it
 # What the summary reads, by the names vLLM has used across versions (first present wins).
 GAUGES = {
     "running": ["vllm:num_requests_running"],

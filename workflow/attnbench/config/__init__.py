@@ -1,5 +1,6 @@
 """Experiment configs: load a YAML file, validate it against workflow/schemas/config.schema.yaml, fill defaults,
-and check the rules that span several fields (which JSON-schema cannot say clearly).
+and check the rules that span several fields (which JSON-schema cannot say clearly). load_experiment gives the
+typed tree of the result (experiment.py); the dict stays for the modules that have not moved to it yet.
 
 Every error is a ConfigError whose message names the field (as a path such as `arms[1].backend`) and, where the
 schema has them, the allowed values. The Snakefile validates with snakemake.utils.validate against the same schema
@@ -20,19 +21,15 @@ from typing import Any
 import jsonschema
 import yaml
 
+from attnbench.config.experiment import Experiment, OpenLoopSettings, SweepSettings, Workload
+from attnbench.config.schema import SCHEMA_PATH, fill_defaults, load_schema, with_defaults
 from attnbench.errors import ConfigError
-from attnbench.paths import PACKAGE_DIR
 
-# attnbench/schemas links to workflow/schemas in a checkout and is a copy (package data) in an installed package.
-SCHEMA_PATH = PACKAGE_DIR / "schemas" / "config.schema.yaml"
+# The typed tree and the schema's helpers, importable from here.
+__all__ = ["SCHEMA_PATH", "Experiment", "OpenLoopSettings", "SweepSettings", "Workload", "fill_defaults", "load_schema"]
 
 # vLLM 0.11 replaced the VLLM_ATTENTION_BACKEND variable by --attention-backend / --attention-config.
 ATTENTION_FLAG_VERSION = (0, 11)
-
-
-def load_schema() -> dict:
-    with SCHEMA_PATH.open(encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -55,21 +52,6 @@ def field_path(parts) -> str:
     for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
-
-
-def _with_defaults(validator_class):
-    """A validator that writes each property's schema default into the instance before validating it, so nested
-    objects get their defaults too (the recipe from the jsonschema FAQ, with copies of mutable defaults)."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if "default" in subschema and name not in instance:
-                    instance[name] = copy.deepcopy(subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
 def _near(word: object, choices, n: int = 1) -> list[str]:
@@ -111,7 +93,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 def schema_problems(cfg: dict) -> list[str]:
     """Every schema violation as one line (defaults filled into cfg on the way), the most relevant first."""
-    validator_cls = _with_defaults(jsonschema.Draft202012Validator)
+    validator_cls = with_defaults(jsonschema.Draft202012Validator)
     errors = list(validator_cls(load_schema()).iter_errors(cfg))
     lines: list[str] = []
     for err in sorted(errors, key=jsonschema.exceptions.relevance):
@@ -355,16 +337,12 @@ def engine_venv_dir(cfg: dict) -> Path:
     return Path(venv) if venv else Path("results") / "engines" / engine_id(cfg) / "venv"
 
 
-def workloads_of(cfg: dict) -> list[Any]:
-    """The config's workloads as sweep.Workload objects, in config order."""
-    from attnbench.measure.sweep import Workload
+def load_experiment(path_or_dict: str | Path | dict) -> Experiment:
+    """The typed experiment (config/experiment.py) of a config file or mapping, validated as load_config does."""
+    return Experiment.from_config(load_config(path_or_dict))
 
-    return [
-        Workload(
-            name=name,
-            prompt_tokens=w["prompt_tokens"],
-            output_tokens=w["output_tokens"],
-            concurrency=list(w["concurrency"]),
-        )
-        for name, w in cfg["workloads"].items()
-    ]
+
+def workloads_of(cfg: dict | Experiment) -> list[Workload]:
+    """The workloads of a validated config (or experiment), in config order."""
+    exp = cfg if isinstance(cfg, Experiment) else Experiment.from_config(cfg)
+    return list(exp.workloads)
