@@ -1,6 +1,7 @@
 """JSON from untrusted hands (a bundle received from a peer): bounded nesting, bounded numbers, no NaN/Infinity,
-and a printable form for any name or value that reaches the terminal; the package's one JSON file reader
-(`read_json`, `load_file`) and file digest (`sha256_file`).
+and a printable form for any name or value that reaches the terminal. `read_json` and `load_file` are the strict
+readers (run folders, bundles); engines/files.read_json is the lenient one for the engines' own records, where a
+damaged record counts as not written yet.
 
 The standard parser accepts `NaN`, turns `1e999` into inf, raises a bare ValueError on an integer of 5000 digits and
 a RecursionError on deep nesting; each of these became a traceback in `attnbench verify`. Here every one of them is
@@ -9,7 +10,6 @@ an `UnsafeInputError` whose message names the file and line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -98,16 +98,6 @@ def read_json(path: Path, where: str | None = None) -> Any | None:
         return load_file(path, str(path) if where is None else where)
     except FileNotFoundError:
         return None
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (bundles and images are far larger than memory should
-    hold at once)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def iter_jsonl(path: Path, where: str) -> Iterator[tuple[int, Any]]:

@@ -38,9 +38,9 @@ from attnbench.bundles.manifest import (
     section_digest,
 )
 from attnbench.engines import provenance
+from attnbench.engines.files import sha256_file
 from attnbench.errors import BundleError
 from attnbench.layout import OPTIONAL_RUN_FILES, RUN_FILES, run_dir
-from attnbench.safejson import sha256_file
 
 # Files kept from each run folder (runs/<arm>/rep<k>/); profiler traces in subfolders stay out (large, not needed
 # to recompute anything: kernels.json holds their attribution).

@@ -36,6 +36,7 @@ from attnbench.bundles import plausibility, rundata, signing
 from attnbench.bundles.consistency import allowed_mismatches, check_consistency
 from attnbench.bundles.extract import DEFAULT_LIMITS, Limits, safe_extract
 from attnbench.bundles.rundata import RunData
+from attnbench.engines.files import sha256_file
 from attnbench.errors import BundleError, UnsafeInputError
 from attnbench.paths import PACKAGE_DIR, REPO_ROOT
 from attnbench.safejson import printable
@@ -182,7 +183,7 @@ def check_files(root: Path, manifest: dict) -> list[Finding]:
         size = path.stat().st_size
         if entry.get("bytes") != size:
             findings.append(Finding(rel, "bytes", entry.get("bytes"), size))
-        digest = safejson.sha256_file(path)
+        digest = sha256_file(path)
         if entry.get("sha256") != digest:
             findings.append(Finding(rel, "sha256", entry.get("sha256"), digest))
     return findings
