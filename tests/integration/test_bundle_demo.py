@@ -140,9 +140,10 @@ def test_compare_two_demo_bundles_and_the_article(demo_bundles, tmp_path):
     gen = rat[(rat["metric"] == "generation_throughput_tps") & (rat["base_source"] == a_label)]
     assert set(zip(gen["workload"], gen["concurrency"])) == {("short", 1), ("short", 2), ("long", 1)}
     assert gen["ratio"].gt(0).all()
-    assert set(gen["exceeds_noise"]) <= {"yes", "no"}  # two repeats each side: the noise is measured
+    # two repeats each side: too few for an interval (stats.MIN_REPEATS_FOR_INTERVAL), and the verdict says so
+    assert set(gen["verdict"]) == {"n/a (2 repeats)"} and gen["ci_low"].isna().all()
     md = (out / "comparison.md").read_text()
-    assert "PASS" in md and "exceeds noise" in md
+    assert "PASS" in md and "| verdict" in md
 
 
 def test_compare_rule_on_a_folder_of_received_bundles(demo_bundles):

@@ -77,6 +77,8 @@ def write_run(
                 window_start = t
                 for i in range(count):
                     dur = (0.5 + rng.random() * 0.05) / speed
+                    # the stream fits its request at any length (plausibility checks ttft + sum(itl) <= end - start)
+                    gap = min(dur / 5, 0.75 * dur / max(wl["output_tokens"] - 1, 1))
                     append_jsonl(
                         rdir / "records.jsonl",
                         RequestRecord(
@@ -87,7 +89,7 @@ def write_run(
                             start=round(t, 6),
                             end=round(t + dur, 6),
                             ttft=round(dur / 5, 6),
-                            itl=[round(dur / 5, 6)] * (wl["output_tokens"] - 1),
+                            itl=[round(gap, 6)] * (wl["output_tokens"] - 1),
                             prompt_tokens=wl["prompt_tokens"],
                             completion_tokens=wl["output_tokens"],
                             http_status=200,
@@ -183,9 +185,10 @@ def make_experiment(
     speedup: float = 1.0,
     gpu_type: str = "cpu-x86_64",
     workloads: dict | None = None,
+    repeats: int = 2,
 ) -> tuple[Path, dict]:
     """speedup scales both arms' speed (a faster machine); slow_factor is the slow arm's speed relative to fast."""
-    cfg = make_config(experiment)
+    cfg = make_config(experiment, repeats)
     cfg["workloads"] = workloads or cfg["workloads"]
     exp_dir = root / experiment
     rng = random.Random(seed)

@@ -14,9 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnbench.analysis import aggregate
-from attnbench.analysis.aggregate import AggregateError, Spread
-from attnbench.analysis.aggregate import log_ratio_interval as ratio_interval
+from attnbench.analysis import aggregate, markdown, runinfo, stats, tabletext, tidy
+from attnbench.analysis.runinfo import AggregateError
+from attnbench.analysis.stats import Spread
+from attnbench.analysis.stats import log_ratio_interval as ratio_interval
+from attnbench.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -53,9 +55,9 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
 
 
 def test_t_quantiles():
-    assert aggregate.t975(2) == 4.303 and aggregate.t975(2.9) == 4.303  # Welch df rounded down
-    assert aggregate.t975(30) == 2.042
-    assert aggregate.t975(120) == pytest.approx(1.980, abs=0.002)
+    assert stats.t975(2) == 4.303 and stats.t975(2.9) == 4.303  # Welch df rounded down
+    assert stats.t975(30) == 2.042
+    assert stats.t975(120) == pytest.approx(1.980, abs=0.002)
 
 
 def test_spread_counts_only_defined_repeats():
@@ -84,19 +86,30 @@ def test_two_repeats_give_no_interval_where_the_bootstrap_gave_nonsense():
     # two repeats carry no interval at all.
     a, b = Spread.of([20.0, 460.0]), Spread.of([160.0, 130.0])
     assert ratio_interval(a, b) is None
-    assert aggregate.verdict(a, b, None) == "n/a (2 repeats)"
-    assert aggregate.fmt_interval(float("nan"), float("nan"), 2, 2) == "n/a (2 repeats)"
-    assert aggregate.verdict(Spread.of([1.0] * 3), b, None) == "n/a (3/2 repeats)"
+    assert stats.verdict(a, b, None) == "n/a (2 repeats)"
+    assert markdown.fmt_interval(float("nan"), float("nan"), 2, 2) == "n/a (2 repeats)"
+    assert stats.verdict(Spread.of([1.0] * 3), b, None) == "n/a (3/2 repeats)"
+
+
+def test_a_quoted_number_adds_no_variance_and_needs_no_repeats():
+    """compare's published reference: one number without spread against our repeats."""
+    ours, published = Spread.of([100.0, 104.0, 96.0]), Spread.quoted(50.0)
+    lo, hi = ratio_interval(ours, published)
+    half = stats.t975(2) * ours.cv / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((2.0 * math.exp(-half), 2.0 * math.exp(half)))
+    assert stats.verdict(ours, published, (lo, hi)) == "resolved"
+    two = Spread.of([100.0, 104.0])
+    assert ratio_interval(two, published) is None and stats.verdict(two, published, None) == "n/a (2 repeats)"
 
 
 def test_verdicts():
     tight_fast, tight_base = Spread.of([200.0, 202.0, 198.0]), Spread.of([100.0, 101.0, 99.0])
-    assert aggregate.verdict(tight_fast, tight_base, ratio_interval(tight_fast, tight_base)) == "resolved"
+    assert stats.verdict(tight_fast, tight_base, ratio_interval(tight_fast, tight_base)) == "resolved"
     same = Spread.of([100.5, 99.0, 101.5])
-    assert aggregate.verdict(same, tight_base, ratio_interval(same, tight_base)) == "not resolved (interval spans 1)"
+    assert stats.verdict(same, tight_base, ratio_interval(same, tight_base)) == "not resolved (interval spans 1)"
     # Far apart means, but one side spreads 30%: the repeats do not support quoting the ratio.
     noisy = Spread.of([140.0, 200.0, 260.0])
-    assert aggregate.verdict(noisy, tight_base, ratio_interval(noisy, tight_base)) == "not resolved (CV 30% > 10%)"
+    assert stats.verdict(noisy, tight_base, ratio_interval(noisy, tight_base)) == "not resolved (CV 30% > 10%)"
 
 
 # --- tables from hand-made frames ------------------------------------------------------------------------------
@@ -114,7 +127,7 @@ def test_arms_vs_baseline_row_hand_checked():
             ("fast", 2, "short", 1, 220.0, 10.0, False),
         ]
     )
-    comp = aggregate.comparisons_frame(df, cfg, aggregate.read_published())
+    comp = stats.comparisons_frame(df, cfg, stats.read_published())
     gen = comp[comp["metric"] == "generation_throughput_tps"].iloc[0]
     assert (gen["arm"], gen["baseline"], gen["arm_n"], gen["base_n"]) == ("fast", "base", 3, 3)
     assert gen["ratio"] == pytest.approx(2.0) and gen["verdict"] == "resolved"
@@ -123,7 +136,7 @@ def test_arms_vs_baseline_row_hand_checked():
     # the article's own ratio for this pair (FLASH_ATTN / XFORMERS, short, c=1): 60.04 / 58.49
     assert gen["published_pair"] == "FLASH_ATTN/XFORMERS"
     assert gen["published_ratio"] == pytest.approx(60.04 / 58.49)
-    text = aggregate.arms_vs_baseline(comp, cfg)
+    text = tabletext.arms_vs_baseline(comp, cfg)
     row = next(line for line in text.splitlines() if "Generation throughput" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells == [
@@ -151,7 +164,7 @@ def test_arms_vs_baseline_two_repeats_say_na_and_marks_flags():
             ("fast", 1, "short", 2, 160.0, 10.0, False),
         ]
     )
-    text = aggregate.arms_vs_baseline(aggregate.comparisons_frame(df, cfg, aggregate.read_published()), cfg)
+    text = tabletext.arms_vs_baseline(stats.comparisons_frame(df, cfg, stats.read_published()), cfg)
     row = next(line for line in text.splitlines() if "Generation throughput" in line)
     assert "n/a (2 repeats)" in row and "[" not in row.split("|")[7]
     assert "2 (!)" in row and row.rstrip(" |").endswith("run")
@@ -161,10 +174,10 @@ def test_arms_vs_baseline_two_repeats_say_na_and_marks_flags():
 def test_extra_compare_pairs_and_unknown_arm():
     arms = [{"name": "nofa2"}, {"name": "xformers"}, {"name": "flash"}]
     cfg = synth_runs.config(arms=arms, analysis={"compare": [{"arm": "flash", "baseline": "xformers"}]})
-    assert aggregate.comparison_pairs(cfg) == [("xformers", "nofa2"), ("flash", "nofa2"), ("flash", "xformers")]
+    assert stats.comparison_pairs(cfg) == [("xformers", "nofa2"), ("flash", "nofa2"), ("flash", "xformers")]
     cfg["analysis"]["compare"] = [{"arm": "flash", "baseline": "nope"}]
     with pytest.raises(AggregateError, match="nope is not an arm; allowed values: flash, nofa2, xformers"):
-        aggregate.comparison_pairs(cfg)
+        stats.comparison_pairs(cfg)
 
 
 def test_vs_published_join_matches_backend_workload_concurrency():
@@ -177,7 +190,7 @@ def test_vs_published_join_matches_backend_workload_concurrency():
             ("fast", 0, "long", 2, 80.0, 20.0, True),
         ]
     )
-    vp = aggregate.vs_published_frame(df, cfg, aggregate.read_published())
+    vp = tabletext.vs_published_frame(df, cfg, stats.read_published())
     assert list(zip(vp["arm"], vp["article_backend"], vp["workload"], vp["concurrency"])) == [
         ("base", "XFORMERS", "short", 1),
         ("fast", "FLASH_ATTN", "long", 2),
@@ -189,7 +202,7 @@ def test_vs_published_join_matches_backend_workload_concurrency():
     assert base["repeats"] == 2
     fast = vp.iloc[1]
     assert fast["generation_throughput_tps_published"] == 78.83 and bool(fast["flagged"])
-    md = aggregate.vs_published_md(vp)
+    md = tabletext.vs_published_md(vp)
     assert "60.00" in md and "58.49" in md
     assert "2 (!)" in md
 
@@ -197,14 +210,14 @@ def test_vs_published_join_matches_backend_workload_concurrency():
 def test_vs_published_without_article_backend_says_so():
     cfg = synth_runs.config(arms=[{"name": "a"}, {"name": "b"}])
     df = frame([("a", 0, "short", 1, 50.0, 20.0, False)])
-    vp = aggregate.vs_published_frame(df, cfg, aggregate.read_published())
+    vp = tabletext.vs_published_frame(df, cfg, stats.read_published())
     assert vp.empty
-    assert "No arm names an `article_backend`" in aggregate.vs_published_md(vp)
+    assert "No arm names an `article_backend`" in tabletext.vs_published_md(vp)
 
 
 def test_decode_efficiency_hand_checked():
     cfg = synth_runs.config(analysis={"weights_gb": 15.2, "bandwidth_tb_s": 3.35})
-    assert aggregate.decode_bound_ms(cfg) == pytest.approx(4.537, abs=1e-3)
+    assert tidy.decode_bound_ms(cfg) == pytest.approx(4.537, abs=1e-3)
     cfg = synth_runs.config(analysis={"weights_gb": 0.1, "bandwidth_tb_s": 0.05})  # 2 ms bound
     df = frame(
         [
@@ -213,10 +226,10 @@ def test_decode_efficiency_hand_checked():
             ("base", 0, "short", 2, 1.0, 99.0, False),
         ]
     )
-    text = aggregate.decode_efficiency_md(df, cfg)
+    text = tabletext.decode_efficiency_md(df, cfg)
     row = next(line for line in text.splitlines() if line.startswith("| base"))
     assert [c.strip() for c in row.strip("|").split("|")] == ["base", "short", "25.000", "2.000", "8.0", "2"]
-    assert "No bound" in aggregate.decode_efficiency_md(df, synth_runs.config())
+    assert "No bound" in tabletext.decode_efficiency_md(df, synth_runs.config())
 
 
 def test_kernel_summaries():
@@ -226,23 +239,23 @@ def test_kernel_summaries():
         "fa2": {"share": 0.15, "attention_share": 0.75},
         "other": {"share": 0.8, "attention_share": None},
     }
-    assert aggregate.families_summary(fams) == "fa2 75.0%, paged_attention 25.0%"
-    assert aggregate.families_summary({"b": 0.4, "a": 0.6}) == "a 60.0%, b 40.0%"  # plain shares
+    assert runinfo.families_summary(fams) == "fa2 75.0%, paged_attention 25.0%"
+    assert runinfo.families_summary({"b": 0.4, "a": 0.6}) == "a 60.0%, b 40.0%"  # plain shares
     phases = {
         "decode": {"time_us": 1, "families": {"paged_attention": {"share": 0.1, "attention_share": 1.0}}},
         "idle": {"time_us": 1, "families": {"other": {"share": 1.0, "attention_share": None}}},
         "prefill": {"time_us": 1, "families": {"fa2": {"share": 0.2, "attention_share": 1.0}}},
     }
-    assert aggregate.phases_summary(phases) == "prefill: fa2 100.0%; decode: paged_attention 100.0%"
-    assert aggregate.families_summary(None) == "" and aggregate.phases_summary(None) == ""
-    assert aggregate.attention_share_text({"attention_share": 0.0581}) == "5.8%"
-    assert aggregate.attention_share_text(None) == "n/a"
+    assert runinfo.phases_summary(phases) == "prefill: fa2 100.0%; decode: paged_attention 100.0%"
+    assert runinfo.families_summary(None) == "" and runinfo.phases_summary(None) == ""
+    assert runinfo.attention_share_text({"attention_share": 0.0581}) == "5.8%"
+    assert runinfo.attention_share_text(None) == "n/a"
 
 
 def test_md_table_pads_and_aligns():
-    text = aggregate.md_table(["A", "Num"], [["x", "1.5"], ["long", "10.25"]], right={1})
+    text = markdown.md_table(["A", "Num"], [["x", "1.5"], ["long", "10.25"]], right={1})
     assert text.splitlines() == ["| A    |   Num |", "|------|------:|", "| x    |   1.5 |", "| long | 10.25 |"]
-    assert aggregate.md_table(["A"], [["x | y"]]).splitlines()[2] == "| x / y |"
+    assert markdown.md_table(["A"], [["x | y"]]).splitlines()[2] == "| x / y |"
 
 
 # --- from raw records (metrics.read_run) -----------------------------------------------------------------------
@@ -340,7 +353,7 @@ def test_write_tables_matches_build_and_writes_parquet(experiment):
     for name, text in built.items():
         assert (exp / "tables" / name).read_bytes() == text.encode("utf-8")
     parquet = pd.read_parquet(exp / "tables" / "levels.parquet")
-    assert len(parquet) == 12 and list(parquet.columns) == list(aggregate.read_levels_csv(exp).columns)
+    assert len(parquet) == 12 and list(parquet.columns) == list(tidy.read_levels_csv(exp).columns)
     assert exp / "tables" / "levels.parquet" in written
 
 
@@ -487,7 +500,7 @@ def test_vs_published_csv_always_has_its_header(tmp_path):
     exp = tmp_path / "synth"
     synth_runs.write_run(exp, cfg, "a", 0, 1.0)
     text = aggregate.build_tables(exp, cfg)["vs_published.csv"]
-    assert text.splitlines() == [",".join(aggregate.VS_PUBLISHED_COLUMNS)]
+    assert text.splitlines() == [",".join(tabletext.VS_PUBLISHED_COLUMNS)]
 
 
 def test_format_1_tables_are_rebuilt_as_format_1(experiment):
@@ -507,3 +520,35 @@ def test_format_1_tables_are_rebuilt_as_format_1(experiment):
     (exp / "tables" / "tables_format.txt").write_text("two\n", encoding="utf-8")
     with pytest.raises(AggregateError, match="expected a format number"):
         aggregate.build_tables(exp, cfg)
+
+
+def test_build_tables_reads_the_runs_once(experiment, monkeypatch):
+    """The run folders are read once per build (they were read twice: once for the tidy frame, once for the kernel
+    and flag tables), and the frame is built from those very runs."""
+    exp, cfg = experiment
+    calls = []
+    real = aggregate.load_runs
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(aggregate, "load_runs", counting)
+    monkeypatch.setattr(runinfo, "load_runs", counting)
+    tables = aggregate.build_tables(exp, cfg)
+    assert len(calls) == 1 and "comparisons.csv" in tables and "kernels.md" in tables
+
+
+@pytest.mark.parametrize("command", ["aggregate", "plots", "report", "bundle", "verify", "compare"])
+def test_analysis_and_bundle_commands_describe_themselves(command, capsys):
+    """`attnbench <cmd> --help` says in one sentence what the command does; the commands that work on one
+    experiment folder take it the same way (EXP_DIR, --config), as the Snakemake rules call them."""
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    usage, description = text.split("\n\n")[:2]
+    assert usage.startswith(f"usage: attnbench {command}")
+    assert description[0].isupper() and description.rstrip().endswith(".") and "positional" not in description
+    if command in ("aggregate", "plots", "report", "bundle"):
+        assert "--config CONFIG" in usage and usage.rstrip().endswith("EXP_DIR")

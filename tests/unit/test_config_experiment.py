@@ -53,7 +53,7 @@ def test_the_tree_carries_no_defaults_of_its_own():
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 defaulted.add(f"{cls.__name__}.{f.name}")
-    assert defaulted == {"Workload.rates", "AnalysisSettings.reference", "Reference.label"}
+    assert defaulted == {"Workload.rates", "AnalysisSettings.reference", "Reference.label", "Experiment.report"}
 
 
 def _classes(cls):

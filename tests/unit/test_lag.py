@@ -7,7 +7,7 @@ import time
 
 from synth_runs import config, write_run
 
-from attnbench.analysis import aggregate
+from attnbench.analysis import aggregate, tidy
 from attnbench.measure.lag import LoopLagMonitor, as_record, lag_columns
 from attnbench.measure.metrics import level_table
 from attnbench.measure.records import LevelRecord, RequestRecord, append_jsonl, read_levels, read_requests
@@ -93,7 +93,7 @@ def test_lagged_level_is_flagged_in_aggregate_tables(tmp_path):
             }
             append_jsonl(rdir / "levels.jsonl", lv)
         assert read_requests(rdir / "records.jsonl")
-    frame = aggregate.levels_frame(tmp_path, cfg)
+    frame = tidy.levels_frame(tmp_path, cfg)
     flagged = frame[frame["flagged"]]
     assert [(r.arm, r.workload, r.concurrency) for r in flagged.itertuples()] == [("fast", "short", 2)]
     assert "client lagged (event-loop p99 25.0 ms" in flagged.iloc[0]["flag_reason"]

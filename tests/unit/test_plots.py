@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnbench.analysis import aggregate, plots
+from attnbench.analysis import aggregate, plots, runinfo
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -59,7 +59,7 @@ def test_flagged_run_is_marked_and_labelled(experiment):
 
 
 def test_plots_need_the_tables_first(tmp_path):
-    with pytest.raises(aggregate.AggregateError, match="levels.csv is missing"):
+    with pytest.raises(runinfo.AggregateError, match="levels.csv is missing"):
         plots.write_plots(tmp_path, synth_runs.config())
 
 

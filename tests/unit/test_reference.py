@@ -3,13 +3,18 @@ against a reference CSV; bad reference files are named."""
 
 from __future__ import annotations
 
+import builtins
+import importlib
+import inspect
 import json
+import pkgutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from attnbench.analysis import aggregate, reference, report
+from attnbench.analysis import aggregate, reference, report, runinfo, tidy
+from attnbench.errors import AttnbenchError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -71,7 +76,7 @@ def write_ref(path: Path, rows: list[str], header: str = "arm,workload,concurren
 
 def test_range_verdict_gpus_and_same_server_client(experiment, tmp_path):
     exp, cfg = experiment
-    levels = aggregate.read_levels_csv(exp)
+    levels = tidy.read_levels_csv(exp)
     base = levels[(levels.arm == "base") & (levels.workload == "short") & (levels.concurrency == 1)]
     lo, hi = base.output_throughput_tps.min(), base.output_throughput_tps.max()
     assert hi > lo * 1.05  # the repeats do differ (speeds 1.0 .. 1.1)
@@ -83,7 +88,7 @@ def test_range_verdict_gpus_and_same_server_client(experiment, tmp_path):
             "fast,long,1,tpot_ms_median,1.0,",
         ],
     )
-    rows = reference.compare(levels, aggregate.load_runs(exp, cfg), reference.read_reference(ref))
+    rows = reference.compare(levels, runinfo.load_runs(exp, cfg), reference.read_reference(ref))
     inside, above, fast = rows
     assert inside.within and inside.outside_by == 0
     assert inside.ours_mean == pytest.approx(base.output_throughput_tps.mean())
@@ -131,10 +136,30 @@ def test_report_carries_the_section_and_gpu_telemetry(experiment, tmp_path):
 def test_bad_reference_is_named(experiment, tmp_path, rows, header, message):
     exp, cfg = experiment
     ref = write_ref(tmp_path / "ref.csv", rows, **({"header": header} if header else {}))
-    with pytest.raises(reference.ReferenceError, match=message):
-        reference.compare(aggregate.read_levels_csv(exp), aggregate.load_runs(exp, cfg), reference.read_reference(ref))
+    with pytest.raises(reference.ReferenceFileError, match=message):
+        reference.compare(tidy.read_levels_csv(exp), runinfo.load_runs(exp, cfg), reference.read_reference(ref))
 
 
 def test_missing_reference_file_is_named(tmp_path):
-    with pytest.raises(reference.ReferenceError, match="does not exist"):
+    with pytest.raises(reference.ReferenceFileError, match="does not exist"):
         reference.read_reference(tmp_path / "nope.csv")
+
+
+def test_analysis_and_bundle_errors_are_the_projects_and_shadow_no_builtin():
+    """One exception tree: every error class analysis/ and bundles/ define derives from AttnbenchError (the CLI
+    prints those as one line) and none takes a builtin's name (ReferenceError did)."""
+    import attnbench.analysis
+    import attnbench.bundles
+
+    defined = []
+    for pkg in (attnbench.analysis, attnbench.bundles):
+        for info in pkgutil.iter_modules(pkg.__path__):
+            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+            defined += [
+                obj
+                for obj in vars(module).values()
+                if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__
+            ]
+    assert reference.ReferenceFileError in defined and len(defined) >= 2
+    for cls in defined:
+        assert issubclass(cls, AttnbenchError) and not hasattr(builtins, cls.__name__), cls

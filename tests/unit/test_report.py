@@ -5,9 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from attnbench.analysis import aggregate, plots, report
+from attnbench.analysis import aggregate, mdhtml, plots, report, runinfo, stats, tidy
+from attnbench.config import load_config
+from attnbench.config.experiment import Departure, Experiment
+from attnbench.errors import ConfigError
+from attnbench.paths import REPO_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 import synth_runs  # noqa: E402
@@ -74,8 +79,8 @@ def test_report_md_sections_and_answer(experiment):
         "prompt: article",
         "flags",
     ]
-    levels = aggregate.read_levels_csv(exp)
-    published = aggregate.read_published()
+    levels = tidy.read_levels_csv(exp)
+    published = stats.read_published()
     for row, (workload, conc) in zip(rows[1:], [("short", 1), ("short", 2), ("long", 1)], strict=True):
         assert row[:3] == [workload, str(conc), "3/3"]
         at = levels[(levels["workload"] == workload) & (levels["concurrency"] == conc)]
@@ -114,7 +119,7 @@ def test_report_html_is_self_contained(experiment):
     _, html_path = report.write_report(exp, cfg)
     html = html_path.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
-    figures = len(aggregate.workload_names(cfg)) * len(plots.KINDS) + len(plots.FIGURES)
+    figures = len(runinfo.workload_names(cfg)) * len(plots.KINDS) + len(plots.FIGURES)
     assert html.count("data:image/png;base64,") == figures
     assert "<table>" in html and 'src="plots/' not in html
 
@@ -132,8 +137,75 @@ def test_report_lists_flagged_runs(tmp_path):
 
 def test_md_to_html_tables_escape_and_alignment(tmp_path):
     md = "# T <x>\n\npara `code` **b**\n\n| A | N |\n|---|--:|\n| a<b | 1 |\n\n- item\n"
-    html = report.md_to_html(md, tmp_path, "t")
+    html = mdhtml.md_to_html(md, tmp_path, "t")
     assert "<h1>T &lt;x&gt;</h1>" in html
     assert "<p>para <code>code</code> <strong>b</strong></p>" in html
     assert "<td>a&lt;b</td><td class=r>1</td>" in html
     assert "<ul>\n<li>item</li>\n</ul>" in html
+
+
+DEPARTURES = [
+    {"what": "--max-model-len 5000 -> 3300", "why": "the synthetic model's context | one GPU's memory"},
+    {"what": "no --trust-remote-code", "why": "Qwen2 is built into\n vLLM 0.7.1"},
+]
+
+
+def test_departures_from_the_article_get_their_own_section(experiment):
+    exp, cfg = experiment
+    with_them = dict(cfg, report={"departures": DEPARTURES})
+    md = report.build_report_md(exp, with_them)
+    section = md.split("## Departures from the article\n")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    # free text made one line and '|' made '/', so each departure stays one row of two cells
+    assert rows == [
+        ["What", "Why"],
+        ["--max-model-len 5000 -> 3300", "the synthetic model's context / one GPU's memory"],
+        ["no --trust-remote-code", "Qwen2 is built into vLLM 0.7.1"],
+    ]
+    assert md.index("## What ran") < md.index("## Departures from the article") < md.index("## Runs and hosts")
+
+
+def test_without_departures_the_report_is_unchanged(experiment):
+    """No `report` key (every bundle made before the field existed) or an empty list: the same bytes, no section."""
+    exp, cfg = experiment
+    before = report.build_report_md(exp, cfg)
+    assert "Departures" not in before
+    assert report.build_report_md(exp, dict(cfg, report={"departures": []})) == before
+
+
+def test_departures_are_checked_by_the_config_schema():
+    demo = REPO_ROOT / "config" / "demo.yaml"
+    base = load_config(demo)
+    assert "report" not in base  # optional and without a default: effective configs stay as they were
+    cfg = load_config(dict(base, report={"departures": DEPARTURES}))
+    assert cfg["report"]["departures"] == DEPARTURES
+    with pytest.raises(ConfigError, match="report.departures"):
+        load_config(dict(base, report={"departures": [{"what": "--dtype"}]}))
+    with pytest.raises(ConfigError, match="report"):
+        load_config(dict(base, report={"departure": DEPARTURES}))
+    tree = Experiment.from_config(cfg).report
+    assert tree.departures[1] == Departure("no --trust-remote-code", "Qwen2 is built into\n vLLM 0.7.1")
+    assert Experiment.from_config(base).report is None
+
+
+def test_report_and_plots_read_the_comparisons_aggregate_wrote(experiment, monkeypatch):
+    """The arm comparison is computed once, by aggregate (tables/comparisons.csv): report and plots only read it.
+    With the computation made to fail they still run, and a ratio edited in the table is the one the report shows."""
+    exp, cfg = experiment
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("comparison computed again after aggregate")
+
+    for name in ("comparisons_frame", "log_ratio_interval", "verdict"):
+        monkeypatch.setattr(stats, name, not_again)
+    path = exp / "tables" / "comparisons.csv"
+    comp = pd.read_csv(path)
+    first = (comp["arm"] == "flash") & (comp["baseline"] == "nofa2") & (comp["metric"] == "generation_throughput_tps")
+    row = comp.index[first][0]
+    edited = comp.loc[row, "ci_high"]  # still inside its interval, so the plot's error bar stays drawable
+    assert f"{comp.loc[row, 'ratio']:.3f}" != f"{edited:.3f}"
+    comp.loc[row, "ratio"] = edited
+    comp.to_csv(path, index=False)
+    plots.write_plots(exp, cfg)
+    md = report.write_report(exp, cfg)[0].read_text(encoding="utf-8")
+    assert answer_rows(md, "flash over nofa2")[1][3].startswith(f"{edited:.3f} [")  # [0]: the header

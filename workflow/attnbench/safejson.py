@@ -1,5 +1,7 @@
 """JSON from untrusted hands (a bundle received from a peer): bounded nesting, bounded numbers, no NaN/Infinity,
-and a printable form for any name or value that reaches the terminal.
+and a printable form for any name or value that reaches the terminal. `read_json` and `load_file` are the strict
+readers (run folders, bundles); engines/files.read_json is the lenient one for the engines' own records, where a
+damaged record counts as not written yet.
 
 The standard parser accepts `NaN`, turns `1e999` into inf, raises a bare ValueError on an integer of 5000 digits and
 a RecursionError on deep nesting; each of these became a traceback in `attnbench verify`. Here every one of them is
@@ -87,6 +89,15 @@ def read_text(path: Path, where: str) -> str:
 
 def load_file(path: Path, where: str) -> Any:
     return loads(read_text(path, where), where)
+
+
+def read_json(path: Path, where: str | None = None) -> Any | None:
+    """A JSON file that may be absent (run.json of a run still going, kernels.json without a probe): None when it
+    is, the value when it parses, UnsafeInputError naming `where` (default: the path) when it does not."""
+    try:
+        return load_file(path, str(path) if where is None else where)
+    except FileNotFoundError:
+        return None
 
 
 def iter_jsonl(path: Path, where: str) -> Iterator[tuple[int, Any]]:

@@ -4,8 +4,9 @@ Each bundle is verified first (a bundle that fails is refused unless --allow-unv
 report). Its tidy per-repeat table (tables/levels.csv, which verify has just recomputed from the raw records) is the
 only input. Rows are keyed by GPU type, source, arm, workload and concurrency, so bundles from different GPUs merge
 into one report. The first bundle is the base: every other source, and the reference, is divided by it where the
-same workload and concurrency were measured, with a bootstrap interval of the ratio over repeats (aggregate's
-`ratio_interval`, seeded), which says whether a difference exceeds the run-to-run noise.
+same workload and concurrency were measured, with the interval and verdict of the experiment's own tables
+(stats.log_ratio_interval, stats.verdict: no interval below 3 repeats; a published number counts as exact), which say
+whether a difference exceeds the run-to-run noise.
 
 Writes to DIR: comparison.md (the report), sources.csv, side_by_side.csv, ratios.csv, plots/*.png|svg.
 """
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.analysis import aggregate
+from attnbench.analysis import compare_plots, markdown, stats, tabletext, tidy
 from attnbench.errors import BundleError
 
-ARTICLE_METRICS = [c for c, _, _ in aggregate.ARTICLE_COLUMNS]
+ARTICLE_METRICS = [c for c, _, _ in tabletext.ARTICLE_COLUMNS]
 MODERN_METRICS = [
     "output_throughput_tps",
     "request_throughput_rps",
@@ -36,8 +37,7 @@ MODERN_METRICS = [
 ]
 # The article ran on one GPU; its key in the GPU-type scheme of provenance/gpu.py.
 ARTICLE_GPU_TYPE = "rtx3070-laptop-sm86-8g"
-REFERENCES = {"article": aggregate.PUBLISHED_CSV}
-PLOTTED = ["generation_throughput_tps", "prompt_throughput_tps", "max_ttft_s"]
+REFERENCES = {"article": stats.PUBLISHED_CSV}
 KEY = ["gpu_type", "source", "arm", "workload", "concurrency"]
 
 
@@ -78,7 +78,7 @@ def load_bundle(path: Path, *, allow_unverified: bool = False, allowed_signers: 
             )
         if result.manifest is None:
             raise BundleError(f"{path}: unsafe archive, nothing extracted ({result.findings[0]})")
-        levels = aggregate.read_levels_csv(root)
+        levels = tidy.read_levels_csv(root)
     m = result.manifest
     cfg_arms = m["config"].get("arms", [])
     versions = (m.get("engine") or {}).get("versions") or {}
@@ -107,7 +107,7 @@ def load_reference(name_or_path: str) -> Source:
     """The article's published numbers (or a CSV in the same format) as a source with one 'repeat' per level."""
     path = REFERENCES.get(name_or_path, Path(name_or_path))
     # "article": read_published looks in the checkout, the working directory and the installed package's data
-    pub = aggregate.read_published(None if name_or_path in REFERENCES else Path(path))
+    pub = stats.read_published(None if name_or_path in REFERENCES else Path(path))
     needed = {"backend", "workload", "concurrency"}
     if not needed <= set(pub.columns):
         raise BundleError(f"{path}: reference table needs columns {sorted(needed)}, has {list(pub.columns)}")
@@ -167,11 +167,9 @@ def side_by_side(sources: list[Source], metrics: list[str]) -> pd.DataFrame:
             for m in metrics:
                 if m not in g:
                     continue
-                vals = [float(v) for v in g[m] if pd.notna(v)]
-                if not vals:
+                spread = stats.Spread.of(g[m])
+                if not spread.n:
                     continue
-                mean = math.fsum(vals) / len(vals)
-                std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
                 rows.append(
                     {
                         "gpu_type": s.gpu_type,
@@ -181,13 +179,13 @@ def side_by_side(sources: list[Source], metrics: list[str]) -> pd.DataFrame:
                         "workload": workload,
                         "concurrency": int(conc),
                         "metric": m,
-                        "mean": mean,
-                        "std": std,
-                        "n": len(vals),
-                        "values": vals,
+                        "mean": spread.mean,
+                        "std": spread.sd,
+                        "n": spread.n,
+                        "spread": spread,
                     }
                 )
-    return pd.DataFrame(rows, columns=KEY[:3] + ["backend"] + KEY[3:] + ["metric", "mean", "std", "n", "values"])
+    return pd.DataFrame(rows, columns=KEY[:3] + ["backend"] + KEY[3:] + ["metric", "mean", "std", "n", "spread"])
 
 
 def pairs(base: Source, other: Source) -> list[tuple[str, str]]:
@@ -217,19 +215,11 @@ def ratio_rows(sbs: pd.DataFrame, base: Source, other: Source, metrics: list[str
                 b = index.get((base.label, b_arm, workload, conc, m))
                 if o is None or b is None or not b.mean:
                     continue
-                o_vals, b_vals = list(o.values), list(b.values)
-                # A published number has no spread: repeating it lets the bootstrap resample only our side.
-                if base.is_reference:
-                    b_vals = b_vals * 2
-                if other.is_reference:
-                    o_vals = o_vals * 2
-                key = f"{other.label}/{o_arm} vs {base.label}/{b_arm}/{workload}/c{conc}/{m}"
-                interval = aggregate.ratio_interval(o_vals, b_vals, key=key)
+                # A published number is one run without spread: exact, so only our repeats make the interval.
+                o_s = stats.Spread.quoted(o.mean) if other.is_reference else o.spread
+                b_s = stats.Spread.quoted(b.mean) if base.is_reference else b.spread
+                interval = stats.log_ratio_interval(o_s, b_s)
                 ratio = o.mean / b.mean
-                if interval is None:
-                    verdict = "n/a (needs 2+ repeats)"
-                else:
-                    verdict = "yes" if interval[0] > 1.0 or interval[1] < 1.0 else "no"
                 rows.append(
                     {
                         "gpu_type": other.gpu_type,
@@ -248,7 +238,7 @@ def ratio_rows(sbs: pd.DataFrame, base: Source, other: Source, metrics: list[str
                         "ratio": ratio,
                         "ci_low": interval[0] if interval else None,
                         "ci_high": interval[1] if interval else None,
-                        "exceeds_noise": verdict,
+                        "verdict": stats.verdict(o_s, b_s, interval),
                     }
                 )
     return rows
@@ -280,7 +270,7 @@ def ratios(sources: list[Source], sbs: pd.DataFrame, metrics: list[str]) -> pd.D
         "ratio",
         "ci_low",
         "ci_high",
-        "exceeds_noise",
+        "verdict",
     ]
     return pd.DataFrame(rows, columns=columns)
 
@@ -289,7 +279,7 @@ def ratios(sources: list[Source], sbs: pd.DataFrame, metrics: list[str]) -> pd.D
 
 
 def _num(v, d: int = 2) -> str:
-    return aggregate.fmt(None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v), d)
+    return markdown.fmt(None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v), d)
 
 
 def sources_table(sources: list[Source]) -> pd.DataFrame:
@@ -319,7 +309,7 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
         "Sources (the first bundle is the base of every ratio; verify: PASS means checksums, recomputed tables "
         "and consistency checks all passed; signed: the signer's principal or key fingerprint, UNSIGNED when "
         "anyone could have written the bundle):\n",
-        aggregate.md_table(list(st.columns), [[str(v) for v in r] for r in st.itertuples(index=False)], set()),
+        markdown.md_table(list(st.columns), [[str(v) for v in r] for r in st.itertuples(index=False)], set()),
     ]
     column = {(s.label, a): f"{s.gpu_type} {a}" for s in sources for a in s.levels["arm"].unique()}
     if len(set(column.values())) < len(column):  # two sources of one GPU type: say which is which
@@ -343,8 +333,10 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
                         cells.append(_num(r["mean"]) + (f" ± {_num(r['std'])}" if pd.notna(r["std"]) else ""))
                 rows.append(cells)
             parts.append(f"\n### {workload} / {metric}\n")
-            parts.append(aggregate.md_table(["Concurrency"] + [column[c] for c in cols], rows))
-    parts.append("\n## Ratios (source / base) with 95% bootstrap interval over repeats\n")
+            parts.append(markdown.md_table(["Concurrency"] + [column[c] for c in cols], rows))
+    parts.append(
+        f"\n## Ratios (source / base)\n\nInterval: {stats.INTERVAL_METHOD}; a published number counts as exact.\n"
+    )
     if rat.empty:
         parts.append("\nNo level (workload, concurrency) was measured by both a source and the base.\n")
     for (src, arm, bsrc, barm), g in rat.groupby(["source", "arm", "base_source", "base_arm"], sort=False):
@@ -358,13 +350,13 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
                 _num(r.base_value),
                 _num(r.ratio, 3),
                 "" if pd.isna(r.ci_low) else f"[{_num(r.ci_low, 3)}, {_num(r.ci_high, 3)}]",
-                r.exceeds_noise,
+                r.verdict,
             ]
             for r in g.itertuples(index=False)
         ]
         parts.append(
-            aggregate.md_table(
-                ["Workload", "Concurrency", "Metric", src, bsrc, "ratio", "95% CI", "exceeds noise"],
+            markdown.md_table(
+                ["Workload", "Concurrency", "Metric", src, bsrc, "ratio", "95% CI", "verdict"],
                 rows,
                 right={1, 3, 4, 5, 6},
             )
@@ -373,88 +365,6 @@ def report_md(sources: list[Source], sbs: pd.DataFrame, rat: pd.DataFrame, plots
         parts.append("\n## Plots\n")
         parts += [f"\n![{p.stem}](plots/{p.name})\n" for p in plots if p.suffix == ".png"]
     return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
-
-
-# --- plots ------------------------------------------------------------------------------------------------------
-
-
-def _short_names(sbs: pd.DataFrame) -> dict[str, str]:
-    """Legend name of each source: its GPU type when that is unique among the sources, else its label."""
-    gpu_of = dict(zip(sbs["source"], sbs["gpu_type"]))
-    gpus = list(gpu_of.values())
-    return {src: gpu if gpus.count(gpu) == 1 else src for src, gpu in gpu_of.items()}
-
-
-def _legend_below(fig, axes) -> None:
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7, frameon=False)
-
-
-def _workload_panels(frame: pd.DataFrame, plt):
-    """One figure per workload of `frame` with a panel per plotted metric: yields (workload, fig, axes,
-    [(ax, metric, rows of that metric)]) for the caller to draw into."""
-    for workload in dict.fromkeys(frame["workload"]):
-        sub = frame[(frame["workload"] == workload) & frame["metric"].isin(PLOTTED)]
-        if sub.empty:
-            continue
-        metrics = [m for m in PLOTTED if m in set(sub["metric"])]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-        yield workload, fig, axes, [(ax, m, sub[sub["metric"] == m]) for ax, m in zip(axes[0], metrics)]
-
-
-def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Metric vs concurrency per workload, one line per (source, arm); and the ratios with their intervals."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    from attnbench.analysis import plots as plots_mod  # noqa: PLC0415  (same look and deterministic saving as the run plots)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = _short_names(sbs)
-    written = []
-    with plt.rc_context(plots_mod.RC):
-        for workload, fig, axes, panels in _workload_panels(sbs, plt):
-            for ax, metric, msub in panels:
-                for (_gpu, src, arm), g in msub.groupby(["gpu_type", "source", "arm"], sort=False):
-                    g = g.sort_values("concurrency")
-                    style = "--" if src in REFERENCES else "-"
-                    ax.errorbar(
-                        g["concurrency"],
-                        g["mean"],
-                        yerr=g["std"].fillna(0),
-                        linestyle=style,
-                        marker="o",
-                        capsize=2,
-                        label=f"{name[src]} {arm}",
-                    )
-                plots_mod.setup_concurrency_axis(ax, sorted(msub["concurrency"].unique()))
-                ax.set_title(metric)
-            _legend_below(fig, axes)
-            fig.suptitle(f"{workload}: side by side (mean ± std over repeats)", y=1.03)
-            written += plots_mod.save_figure(fig, out_dir, f"side_by_side_{workload}")
-        for workload, fig, axes, panels in _workload_panels(rat, plt):
-            for ax, metric, msub in panels:
-                for (src, arm, bsrc, barm), g in msub.groupby(["source", "arm", "base_source", "base_arm"], sort=False):
-                    g = g.sort_values("concurrency")
-                    low = (g["ratio"] - g["ci_low"]).fillna(0).clip(lower=0)
-                    high = (g["ci_high"] - g["ratio"]).fillna(0).clip(lower=0)
-                    ax.errorbar(
-                        g["concurrency"],
-                        g["ratio"],
-                        yerr=[low, high],
-                        marker="o",
-                        capsize=2,
-                        label=f"{name[src]} {arm} / {name[bsrc]} {barm}",
-                    )
-                ax.axhline(1.0, color="grey", linewidth=0.8)
-                plots_mod.setup_concurrency_axis(ax, sorted(msub["concurrency"].unique()))
-                ax.set_title(f"{metric} ratio")
-            _legend_below(fig, axes)
-            fig.suptitle(f"{workload}: ratio to base (95% bootstrap interval)", y=1.03)
-            written += plots_mod.save_figure(fig, out_dir, f"ratios_{workload}")
-    return written
 
 
 # --- entry points -----------------------------------------------------------------------------------------------
@@ -481,15 +391,15 @@ def compare(
     sbs = side_by_side(sources, metrics)
     rat = ratios(sources, sbs, metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(sbs, rat, out_dir / "plots")
+    plots = compare_plots.write_plots(sbs, rat, out_dir / "plots", {s.label for s in sources if s.is_reference})
     written = []
     for name, frame in (
         ("sources.csv", sources_table(sources)),
-        ("side_by_side.csv", sbs.drop(columns="values")),
+        ("side_by_side.csv", sbs.drop(columns="spread")),
         ("ratios.csv", rat),
     ):
         path = out_dir / name
-        frame.to_csv(path, index=False, float_format=aggregate.FLOAT_FORMAT, lineterminator="\n")
+        frame.to_csv(path, index=False, float_format=tidy.FLOAT_FORMAT, lineterminator="\n")
         written.append(path)
     report = out_dir / "comparison.md"
     report.write_text(report_md(sources, sbs, rat, plots), encoding="utf-8")
@@ -509,8 +419,14 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("compare", help="compare result bundles (any GPU types) with each other and the article")
-    p.add_argument("bundles", nargs="*", help="bundle files, or folders of received bundles; the first is the base")
+    about = "compare result bundles (any GPU types) with each other and the article's published numbers"
+    p = subparsers.add_parser("compare", help=about, description=f"{about[0].upper()}{about[1:]}.")
+    p.add_argument(
+        "bundles",
+        nargs="*",
+        metavar="BUNDLE",
+        help="bundle files, or folders of received bundles; the first is the base",
+    )
     p.add_argument("--reference", help="'article' (config/reference/article_published.csv) or a CSV in that format")
     p.add_argument("--out", required=True, help="output folder for comparison.md, CSVs and plots")
     p.add_argument(

@@ -20,7 +20,6 @@ panels, so they never hide data. SVGs are byte-deterministic: a fixed `svg.hashs
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +29,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from attnbench.analysis import aggregate  # noqa: E402
+from attnbench import layout  # noqa: E402
+from attnbench.analysis import aggregate, markdown, runinfo, stats, tabletext, tidy  # noqa: E402
 
 PLOTS_DIR = "plots"
 KINDS = ("throughput", "ttft", "speedup", "decode")  # one figure per workload
@@ -52,7 +52,7 @@ SD_NOTE = "error bars: ± 1 sample sd over repeats (none with one repeat)"
 
 def plot_names(cfg: dict) -> list[str]:
     """The file names `write_plots` produces for a config (Snakemake lists them as outputs)."""
-    per_workload = [f"{kind}_{wl}" for wl in aggregate.workload_names(cfg) for kind in KINDS]
+    per_workload = [f"{kind}_{wl}" for wl in runinfo.workload_names(cfg) for kind in KINDS]
     return [f"{stem}.{ext}" for stem in per_workload + list(FIGURES) for ext in FORMATS]
 
 
@@ -165,15 +165,15 @@ def plot_throughput(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -
         ("generation_throughput_tps", "generation throughput (tokens/s)"),
         ("prompt_throughput_tps", "prompt throughput (tokens/s)"),
     ]
-    summ = aggregate.summary_frame(sub, [m for m, _ in panels])
+    summ = stats.summary_frame(sub, [m for m, _ in panels])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"wspace": 0.3})
     marks = Marks()
     for ax, (m, label) in zip(axes, panels):
-        for i, arm in enumerate(aggregate.arms_of(cfg)):
+        for i, arm in enumerate(runinfo.arms_of(cfg)):
             s = _arm_series(summ, arm["name"])
             if s.empty:
                 continue
-            _errorbar_sd(ax, s, m, color=arm_color(i), label=aggregate.arm_label(arm["name"], bool(s["flagged"].any())))
+            _errorbar_sd(ax, s, m, color=arm_color(i), label=markdown.arm_label(arm["name"], bool(s["flagged"].any())))
             marks.levels(ax, s, m, f"{m}_mean")
         setup_concurrency_axis(ax, cfg["workloads"][workload]["concurrency"])
         log_y(ax, summ[f"{m}_mean"])
@@ -188,15 +188,15 @@ def plot_ttft(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> list
     # The article's min/max TTFT columns are in seconds; here every TTFT is in ms like the rest of the analysis.
     sub["min_ttft_ms"] = sub["min_ttft_s"] * 1000.0
     sub["max_ttft_ms"] = sub["max_ttft_s"] * 1000.0
-    summ = aggregate.summary_frame(sub, ["min_ttft_ms", "ttft_ms_median", "max_ttft_ms"])
+    summ = stats.summary_frame(sub, ["min_ttft_ms", "ttft_ms_median", "max_ttft_ms"])
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     marks = Marks()
-    for i, arm in enumerate(aggregate.arms_of(cfg)):
+    for i, arm in enumerate(runinfo.arms_of(cfg)):
         s = _arm_series(summ, arm["name"])
         if s.empty:
             continue
         color = arm_color(i)
-        name = aggregate.arm_label(arm["name"], bool(s["flagged"].any()))
+        name = markdown.arm_label(arm["name"], bool(s["flagged"].any()))
         _errorbar_sd(ax, s, "ttft_ms_median", color=color, label=f"{name}: median")
         ax.fill_between(
             s["concurrency"],
@@ -224,7 +224,7 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
         ("generation_throughput_tps", "generation throughput ratio"),
         ("prompt_throughput_tps", "prompt throughput ratio"),
     ]
-    pairs = aggregate.comparison_pairs(cfg)
+    pairs = stats.comparison_pairs(cfg)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"wspace": 0.3})
     marks = Marks()
     concurrency = cfg["workloads"][workload]["concurrency"]
@@ -234,7 +234,7 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
         ax.axhline(1.0, color="grey", linewidth=1)
         published_drawn: set[str] = set()
         for i, (arm, base) in enumerate(pairs):
-            c = aggregate.comparison_rows(comp, arm, base, workload)
+            c = tabletext.comparison_rows(comp, arm, base, workload)
             c = c[(c["metric"] == m) & c["ratio"].notna() & (c["ratio"] > 0)].sort_values("concurrency")
             if c.empty:
                 continue
@@ -249,7 +249,7 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
                 c["ratio"],
                 color=color,
                 linewidth=1,
-                label=aggregate.arm_label(f"{arm} / {base}", bool(flagged.any())),
+                label=markdown.arm_label(f"{arm} / {base}", bool(flagged.any())),
             )
             has = c["ci_low"].notna()
             ax.errorbar(
@@ -299,7 +299,7 @@ def plot_speedup(comp: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) ->
             _no_data(ax, f"{why}:\nno ratio to show")
     fig.suptitle(
         f"{cfg['experiment']} / {workload}: mean(arm) / mean(baseline); error bars: "
-        f"{aggregate.INTERVAL_METHOD.split(' (')[0]}, only from {aggregate.MIN_REPEATS_FOR_INTERVAL} "
+        f"{stats.INTERVAL_METHOD.split(' (')[0]}, only from {stats.MIN_REPEATS_FOR_INTERVAL} "
         "repeats on",
         fontsize=9,
     )
@@ -311,20 +311,20 @@ def plot_decode(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> li
     N sequences reads the weights once, so memory bandwidth caps it (KV-cache reads, ignored here, lower it)."""
     sub = df[df["workload"] == workload].copy()
     sub["decode_tps"] = sub["concurrency"] * 1000.0 / sub["tpot_ms_median"]
-    summ = aggregate.summary_frame(sub, ["decode_tps"])
-    summ["decode_tps_flags"] = aggregate.summary_frame(sub, ["tpot_ms_median"])["tpot_ms_median_flags"]
-    bound = aggregate.decode_bound_ms(cfg)
+    summ = stats.summary_frame(sub, ["decode_tps"])
+    summ["decode_tps_flags"] = stats.summary_frame(sub, ["tpot_ms_median"])["tpot_ms_median_flags"]
+    bound = tidy.decode_bound_ms(cfg)
     fig, axes = plt.subplots(
         1, 2 if bound else 1, figsize=(10 if bound else 6.5, 4.2), squeeze=False, gridspec_kw={"wspace": 0.3}
     )
     ax = axes[0][0]
     marks = Marks()
     concurrency = cfg["workloads"][workload]["concurrency"]
-    for i, arm in enumerate(aggregate.arms_of(cfg)):
+    for i, arm in enumerate(runinfo.arms_of(cfg)):
         s = _arm_series(summ, arm["name"])
         if s.empty:
             continue
-        label = aggregate.arm_label(arm["name"], bool(s["flagged"].any()))
+        label = markdown.arm_label(arm["name"], bool(s["flagged"].any()))
         _errorbar_sd(ax, s, "decode_tps", color=arm_color(i), label=label)
         marks.levels(ax, s, "decode_tps", "decode_tps_mean")
         if bound:  # the same points as a share of the bound, where arms a few percent apart separate
@@ -363,8 +363,8 @@ def plot_kernels(shares: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
 
     families = list(FAMILIES) + sorted(set(shares["family"]) - set(FAMILIES))
     colors = {f: f"C{i % 10}" for i, f in enumerate(families)}
-    arms = [a["name"] for a in aggregate.arms_of(cfg)]
-    phases = [p for p in aggregate.KERNEL_PHASES if (shares["phase"] == p).any()] or ["all"]
+    arms = [a["name"] for a in runinfo.arms_of(cfg)]
+    phases = [p for p in tabletext.KERNEL_PHASES if (shares["phase"] == p).any()] or ["all"]
     if not (shares["phase"].isin(phases)).any():
         phases = ["all"]
     fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 0.6 * len(arms) + 1.8), squeeze=False)
@@ -414,10 +414,10 @@ def plot_kernels(shares: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
 def plot_vs_published(vp: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
     """Ours / the article's number per level (1 = reproduced), generation (solid) and prompt (dashed) throughput,
     one panel per workload. Error bars: ± 1 sd of our repeats over the published value (the article gives one run)."""
-    workloads = aggregate.workload_names(cfg)
+    workloads = runinfo.workload_names(cfg)
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
     axes = axes[0]
-    arms = {a["name"]: i for i, a in enumerate(aggregate.arms_of(cfg))}
+    arms = {a["name"]: i for i, a in enumerate(runinfo.arms_of(cfg))}
     if vp.empty:
         for ax in axes:
             _no_data(ax, "no arm with a published counterpart\n(arms[].article_backend)")
@@ -438,7 +438,7 @@ def plot_vs_published(vp: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
                     linestyle=style,
                     marker="o",
                     color=arm_color(arms[arm]),
-                    label=f"{aggregate.arm_label(arm, bool(g['flagged'].any()))} ({g['article_backend'].iloc[0]}):"
+                    label=f"{markdown.arm_label(arm, bool(g['flagged'].any()))} ({g['article_backend'].iloc[0]}):"
                     f" {word}",
                 )
         if not at.empty:
@@ -455,15 +455,15 @@ def plot_vs_published(vp: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
 
 
 def _read_table(exp_dir: Path, name: str) -> pd.DataFrame:
-    path = aggregate.tables_dir(exp_dir) / name
+    path = layout.tables_dir(exp_dir) / name
     if not path.exists():
-        raise aggregate.AggregateError(f"{path} is missing: run `attnbench aggregate {exp_dir} --config CFG` first")
+        raise runinfo.AggregateError(f"{path} is missing: run `attnbench aggregate {exp_dir} --config CFG` first")
     return pd.read_csv(path, dtype={"flags": str, "published_pair": str}, keep_default_na=True)
 
 
 def write_plots(exp_dir: Path, cfg: dict) -> list[Path]:
     exp_dir = Path(exp_dir)
-    df = aggregate.read_levels_csv(exp_dir)
+    df = tidy.read_levels_csv(exp_dir)
     comp = aggregate.read_comparisons(exp_dir)
     vp = _read_table(exp_dir, "vs_published.csv")
     shares = _read_table(exp_dir, "kernel_shares.csv")
@@ -471,7 +471,7 @@ def write_plots(exp_dir: Path, cfg: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     with plt.rc_context(RC):
-        for workload in aggregate.workload_names(cfg):
+        for workload in runinfo.workload_names(cfg):
             paths += plot_throughput(df, cfg, workload, out)
             paths += plot_ttft(df, cfg, workload, out)
             paths += plot_speedup(comp, cfg, workload, out)
@@ -481,15 +481,6 @@ def write_plots(exp_dir: Path, cfg: dict) -> list[Path]:
     return paths
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    cfg = aggregate.load_cfg(args.config)
-    for path in write_plots(Path(args.exp_dir), cfg):
-        print(path)
-    return 0
-
-
 def register(subparsers) -> None:
-    p = subparsers.add_parser("plots", help="draw the plots of one experiment (PNG + SVG) from its tables/")
-    p.add_argument("exp_dir", metavar="EXP_DIR", help="results/<experiment>")
-    p.add_argument("--config", required=True, help="the experiment's config YAML")
-    p.set_defaults(func=_cmd)
+    about = "draw the plots of one experiment (PNG + SVG) from its tables/"
+    aggregate.experiment_parser(subparsers, "plots", about).set_defaults(func=aggregate.print_written(write_plots))

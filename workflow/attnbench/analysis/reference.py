@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.analysis import aggregate
+from attnbench.analysis import markdown, runinfo, tidy
 from attnbench.errors import AttnbenchError
 from attnbench.measure.crosscheck import MEAN_KEYS
 
 COLUMNS = ["arm", "workload", "concurrency", "metric", "value", "note"]
 
 
-class ReferenceError(AttnbenchError):
-    pass
+class ReferenceFileError(AttnbenchError):
+    """The config's analysis.reference file is missing, lacks a column, or names a metric the tables do not have."""
 
 
 @dataclass
@@ -60,20 +60,20 @@ class Row:
 def read_reference(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise ReferenceError(f"analysis.reference.file: {path} does not exist")
+        raise ReferenceFileError(f"analysis.reference.file: {path} does not exist")
     ref = pd.read_csv(path, comment="#")
     missing = [c for c in COLUMNS if c not in ref.columns]
     if missing:
-        raise ReferenceError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
+        raise ReferenceFileError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
     return ref
 
 
-def compare(levels: pd.DataFrame, runs: list[aggregate.RunInfo], ref: pd.DataFrame) -> list[Row]:
+def compare(levels: pd.DataFrame, runs: list[runinfo.RunInfo], ref: pd.DataFrame) -> list[Row]:
     gpu_of = {(r.arm, r.repeat): (r.run.get("gpu") or {}).get("gpu") for r in runs}
     rows = []
     for item in ref.itertuples(index=False):
         if item.metric not in levels.columns:
-            raise ReferenceError(f"reference metric {item.metric!r} is not a column of tables/levels.csv")
+            raise ReferenceFileError(f"reference metric {item.metric!r} is not a column of tables/levels.csv")
         sel = levels[
             (levels["arm"] == item.arm)
             & (levels["workload"] == item.workload)
@@ -104,7 +104,7 @@ def compare(levels: pd.DataFrame, runs: list[aggregate.RunInfo], ref: pd.DataFra
     return rows
 
 
-def _crosscheck_vllm(runs: list[aggregate.RunInfo], arm: str, point: str, metric: str) -> float | None:
+def _crosscheck_vllm(runs: list[runinfo.RunInfo], arm: str, point: str, metric: str) -> float | None:
     if metric not in MEAN_KEYS:  # the crosscheck keeps these figures, under the same names as levels.csv
         return None
     values = [
@@ -147,7 +147,7 @@ def section(rows: list[Row], label: str, source: str) -> str:
         "spread). 'vLLM client, our server' is vLLM's own benchmark on this arm's server in the crosscheck (mean "
         "over its repetitions and runs): when it agrees with ours and both differ from the reference, the "
         "difference is the machine, not the client.\n\n"
-        + aggregate.md_table(
+        + markdown.md_table(
             [
                 "Arm",
                 "Workload",
@@ -168,10 +168,10 @@ def section(rows: list[Row], label: str, source: str) -> str:
     )
 
 
-def reference_section(exp_dir: Path, cfg: dict, runs: list[aggregate.RunInfo]) -> str:
+def reference_section(exp_dir: Path, cfg: dict, runs: list[runinfo.RunInfo]) -> str:
     """The report section, or '' when the config names no reference."""
     spec = (cfg.get("analysis") or {}).get("reference")
     if not spec:
         return ""
-    rows = compare(aggregate.read_levels_csv(exp_dir), runs, read_reference(spec["file"]))
+    rows = compare(tidy.read_levels_csv(exp_dir), runs, read_reference(spec["file"]))
     return section(rows, spec.get("label") or Path(spec["file"]).stem, spec["file"])

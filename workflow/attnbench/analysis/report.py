@@ -1,23 +1,22 @@
-"""The report of one experiment: report.md, and report.html rendered from it with the PNGs embedded.
+"""The report of one experiment: report.md, and report.html rendered from it with the PNGs embedded (mdhtml.py).
 
 It is assembled from what `aggregate` and `plots` wrote (tables/, plots/) plus the config and each run's run.json,
-so it shows nothing that is not in those files. Sections: what ran (config, engine versions, host/GPU), flags, the
+so it shows nothing that is not in those files. Sections: what ran (config, engine versions, host/GPU), the
+departures from the article's command line (where the config's `report.departures` lists them), flags, the
 answer block (each arm against its baseline and the config's extra `analysis.compare` pairs, with intervals), the
 decode efficiency, the kernels table, the article-format tables, the comparisons and the plots.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import html
 import math
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from attnbench.analysis import aggregate, plots
+from attnbench import layout
+from attnbench.analysis import aggregate, markdown, mdhtml, plots, runinfo, stats
 from attnbench.analysis.reference import reference_section
 from attnbench.measure import openloop, servermetrics
 
@@ -47,8 +46,14 @@ def _shift_headings(md: str, by: int) -> str:
 
 
 def _read_table(exp_dir: Path, name: str) -> str | None:
-    path = aggregate.tables_dir(exp_dir) / name
+    path = layout.tables_dir(exp_dir) / name
     return path.read_text(encoding="utf-8") if path.exists() else None
+
+
+def _embedded(exp_dir: Path, names: list[str], shift: int) -> list[str]:
+    """The tables of `names` that exist and are not empty, their headings moved `shift` levels down."""
+    texts = [_read_table(exp_dir, name) for name in names]
+    return [_shift_headings(text, shift) for text in texts if text]
 
 
 def what_ran(cfg: dict) -> str:
@@ -68,7 +73,7 @@ def what_ran(cfg: dict) -> str:
         f"per level, then at least {sweep.get('requests_per_level') or _level_size(sweep)} requests and "
         f"{sweep.get('min_level_seconds', 0):g} s measured per level, ignore_eos {sweep.get('ignore_eos', 'n/a')}, "
         f"temperature {sweep.get('temperature', 'n/a')}",
-        f"- Baseline arm: `{aggregate.baseline_of(cfg)}`",
+        f"- Baseline arm: `{runinfo.baseline_of(cfg)}`",
         "",
         "Workloads:\n",
     ]
@@ -77,11 +82,11 @@ def what_ran(cfg: dict) -> str:
         for name, w in cfg["workloads"].items()
     ]
     lines.append(
-        aggregate.md_table(["Workload", "Prompt tokens", "Output tokens", "Concurrency"], wl_rows, right={1, 2})
+        markdown.md_table(["Workload", "Prompt tokens", "Output tokens", "Concurrency"], wl_rows, right={1, 2})
     )
     lines.append("Arms:\n")
     arm_rows = []
-    for arm in aggregate.arms_of(cfg):
+    for arm in runinfo.arms_of(cfg):
         expect = arm.get("expect_kernels") or {}
         arm_rows.append(
             [
@@ -95,13 +100,25 @@ def what_ran(cfg: dict) -> str:
             ]
         )
     lines.append(
-        aggregate.md_table(
+        markdown.md_table(
             ["Arm", "Backend", "FA version", "Variant", "Article backend", "Expect kernels", "Description"],
             arm_rows,
             right=set(),
         )
     )
     return "\n".join(lines)
+
+
+def departures_section(cfg: dict) -> str:
+    """The config's `report.departures` as a table ('' without any, so a report without them is unchanged)."""
+    departures = (cfg.get("report") or {}).get("departures") or []
+    if not departures:
+        return ""
+    rows = [[" ".join(d["what"].split()), " ".join(d["why"].split())] for d in departures]
+    return (
+        "## Departures from the article\n\nWhere this experiment's server command differs from the article's, and "
+        "why (config `report.departures`).\n\n" + markdown.md_table(["What", "Why"], rows, right=set())
+    )
 
 
 def _gpu_telemetry(gpu: dict | None) -> list[str]:
@@ -121,7 +138,7 @@ def _gpu_telemetry(gpu: dict | None) -> list[str]:
     ]
 
 
-def provenance(runs: list[aggregate.RunInfo]) -> str:
+def provenance(runs: list[runinfo.RunInfo]) -> str:
     rows = []
     for info in runs:
         run = info.run
@@ -131,7 +148,7 @@ def provenance(runs: list[aggregate.RunInfo]) -> str:
         gpu = ", ".join(g.get("name", str(g)) if isinstance(g, dict) else str(g) for g in gpus) or "none"
         rows.append(
             [
-                aggregate.arm_label(info.arm, bool(info.flags)),
+                markdown.arm_label(info.arm, bool(info.flags)),
                 str(info.repeat),
                 info.status,
                 " ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v) or "n/a",
@@ -150,7 +167,7 @@ def provenance(runs: list[aggregate.RunInfo]) -> str:
             for r in runs
         }
     )
-    return f"## Runs and hosts\n\nCode: git {', '.join(commits) or 'unknown'}\n\n" + aggregate.md_table(
+    return f"## Runs and hosts\n\nCode: git {', '.join(commits) or 'unknown'}\n\n" + markdown.md_table(
         [
             "Arm",
             "Repeat",
@@ -187,7 +204,7 @@ def _crosscheck_absolute(xc: dict) -> list[str]:
     ]
 
 
-def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
+def crosscheck_section(runs: list[runinfo.RunInfo]) -> str:
     """vLLM's own benchmark client against ours on the same server (run-arm's crosscheck points), if any ran."""
     rows = [
         [
@@ -210,7 +227,7 @@ def crosscheck_section(runs: list[aggregate.RunInfo]) -> str:
         "## Cross-check with vLLM's own benchmark client\n\nBoth clients back to back on the arm's own server after "
         "its sweep (run folder crosscheck/). Ratio > 1: ours measured more output tokens/s; differences are ours - "
         "vLLM's. Noise is each tool's spread between its own repetitions (0 with one repetition: not measured).\n\n"
-        + aggregate.md_table(
+        + markdown.md_table(
             [
                 "Arm",
                 "Repeat",
@@ -253,20 +270,20 @@ def _pair_summary(gen: pd.DataFrame) -> str:
     """One sentence per pair: range of generation ratios with their n, how many levels the repeats resolve, and the
     article's range for the same claim."""
     ns = sorted(set(zip(gen["arm_n"], gen["base_n"])))
-    n_text = ", ".join(aggregate.repeats_text(a, b) for a, b in ns)
+    n_text = ", ".join(stats.repeats_text(a, b) for a, b in ns)
     resolved = gen[gen["verdict"] == "resolved"]
     text = (
         f"Generation throughput ratio {gen['ratio'].min():.3f} to {gen['ratio'].max():.3f} over {len(gen)} level(s) "
         f"({n_text} per level). "
     )
-    if (gen[["arm_n", "base_n"]].min(axis=1) < aggregate.MIN_REPEATS_FOR_INTERVAL).all():
-        text += f"With fewer than {aggregate.MIN_REPEATS_FOR_INTERVAL} repeats no level has an interval: not resolved. "
+    if (gen[["arm_n", "base_n"]].min(axis=1) < stats.MIN_REPEATS_FOR_INTERVAL).all():
+        text += f"With fewer than {stats.MIN_REPEATS_FOR_INTERVAL} repeats no level has an interval: not resolved. "
     else:
         up, down = int((resolved["ratio"] > 1).sum()), int((resolved["ratio"] < 1).sum())
         text += (
             f"Resolved at {len(resolved)} of {len(gen)} level(s) ({up} higher, {down} lower); the others are "
             "not resolved (interval spans 1, too few repeats, or a spread above "
-            f"{100 * aggregate.NOISY_CV:.0f}%). "
+            f"{100 * stats.NOISY_CV:.0f}%). "
         )
     pub = gen["published_ratio"].dropna()
     if not pub.empty:
@@ -280,15 +297,15 @@ def _pair_summary(gen: pd.DataFrame) -> str:
 def answer_block(exp_dir: Path, cfg: dict) -> str:
     """Each comparison pair per workload and level, from tables/comparisons.csv: the ratio with its interval (or why
     there is none), the number of repeats, the verdict and the ratio the article published for the same claim."""
-    pairs = aggregate.comparison_pairs(cfg)
+    pairs = stats.comparison_pairs(cfg)
     if not pairs:
         return "## Answer\n\nOne arm only: no speedup to report.\n"
     comp = aggregate.read_comparisons(exp_dir)
     parts = [
         "## Answer: speedups\n",
         "Ratio = mean throughput of the arm / mean throughput of the other arm over repeats (n: repeats of arm / "
-        f"other arm). Interval: {aggregate.INTERVAL_METHOD}. higher / lower: the repeats resolve the difference "
-        f"(interval excludes 1, both sides' CV at most {100 * aggregate.NOISY_CV:.0f}%); otherwise not resolved, with "
+        f"other arm). Interval: {stats.INTERVAL_METHOD}. higher / lower: the repeats resolve the difference "
+        f"(interval excludes 1, both sides' CV at most {100 * stats.NOISY_CV:.0f}%); otherwise not resolved, with "
         "the reason. Article: the ratio the article published for the same claim (its arm backends, "
         "config/reference/article_published.csv; one run per level). Flags: tables/flags.md.\n",
     ]
@@ -303,7 +320,7 @@ def answer_block(exp_dir: Path, cfg: dict) -> str:
         has_pub = bool(gen["published_pair"].iloc[0])
         cells = {(c.workload, c.concurrency, c.metric): c for c in sub.itertuples(index=False)}
         rows = []
-        for workload in aggregate.workload_names(cfg):
+        for workload in runinfo.workload_names(cfg):
             for conc in sorted({k[1] for k in cells if k[0] == workload}):
                 row, flags, n = [workload, str(conc)], {}, "n/a"
                 for m, word in ANSWER_METRICS:
@@ -313,31 +330,33 @@ def answer_block(exp_dir: Path, cfg: dict) -> str:
                         continue
                     n = n if n != "n/a" else f"{c.arm_n}/{c.base_n}"
                     row += [_ratio_cell(c), _verdict_word(c)] + (
-                        [aggregate.fmt(c.published_ratio, 3)] if has_pub else []
+                        [markdown.fmt(c.published_ratio, 3)] if has_pub else []
                     )
                     flags[word] = {f for f in c.flags.split("+") if f}
                 row.insert(2, n)
-                row[1] = aggregate.arm_label(row[1], any("run" in f for f in flags.values()))
+                row[1] = markdown.arm_label(row[1], any("run" in f for f in flags.values()))
                 rows.append(row + [_flags_cell(flags)])
         headers = ["Workload", "Concurrency", "n"]
         for _, word in ANSWER_METRICS:
             headers += [f"{word} ratio [95% CI]", f"{word} verdict"] + ([f"{word}: article"] if has_pub else [])
         parts.append(
-            aggregate.md_table(headers + ["flags"], rows, right={1, 2, 3, 5, 6, 8} if has_pub else {1, 2, 3, 5})
+            markdown.md_table(headers + ["flags"], rows, right={1, 2, 3, 5, 6, 8} if has_pub else {1, 2, 3, 5})
         )
     return "\n".join(parts)
 
 
 def build_report_md(exp_dir: Path, cfg: dict) -> str:
     exp_dir = Path(exp_dir)
-    runs = aggregate.load_runs(exp_dir, cfg)
+    runs = runinfo.load_runs(exp_dir, cfg)
     parts = [f"# attnbench report: {cfg['experiment']}\n"]
     if cfg.get("description"):
         parts.append(cfg["description"].strip() + "\n")
-    parts += [what_ran(cfg), provenance(runs)]
-    flags = _read_table(exp_dir, "flags.md")
-    if flags:
-        parts.append(_shift_headings(flags, 1))
+    parts.append(what_ran(cfg))
+    departures = departures_section(cfg)
+    if departures:  # only where the config lists some: reports made before the field existed stay as they were
+        parts.append(departures)
+    parts.append(provenance(runs))
+    parts += _embedded(exp_dir, ["flags.md"], 1)
     missing = _read_table(exp_dir, "missing_runs.txt")
     if missing:
         parts.append("Runs the config names that hold no records yet: " + ", ".join(missing.split()) + "\n")
@@ -350,22 +369,13 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     ):
         if section:
             parts.append(section)
-    for name in ("decode_efficiency.md", "kernels.md"):
-        text = _read_table(exp_dir, name)
-        if text:
-            parts.append(_shift_headings(text, 1))
+    parts += _embedded(exp_dir, ["decode_efficiency.md", "kernels.md"], 1)
     parts.append("## Article-format tables\n\nOne per arm and workload, mean over repeats (tables/article_*.md).\n")
-    for arm in aggregate.arms_of(cfg):
-        for workload in aggregate.workload_names(cfg):
-            text = _read_table(exp_dir, f"article_{arm['name']}_{workload}.md")
-            if text:
-                parts.append(_shift_headings(text, 2))
-    for name in ("arms_vs_baseline.md", "vs_published.md"):
-        text = _read_table(exp_dir, name)
-        if text:
-            parts.append(_shift_headings(text, 1))
+    articles = [f"article_{a['name']}_{w}.md" for a in runinfo.arms_of(cfg) for w in runinfo.workload_names(cfg)]
+    parts += _embedded(exp_dir, articles, 2)
+    parts += _embedded(exp_dir, ["arms_vs_baseline.md", "vs_published.md"], 1)
     parts.append("## Plots\n")
-    for workload in aggregate.workload_names(cfg):
+    for workload in runinfo.workload_names(cfg):
         for kind in plots.KINDS:
             png = Path(plots.PLOTS_DIR) / f"{kind}_{workload}.png"
             if (exp_dir / png).exists():
@@ -381,100 +391,15 @@ def build_report_md(exp_dir: Path, cfg: dict) -> str:
     return "\n".join(parts)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Markdown -> HTML for the subset the report uses (headings, paragraphs, lists, pipe tables, images, code spans).
-
-CSS = (
-    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}"
-    "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #bbb;padding:2px 6px}"
-    "th{background:#eee}td.r{text-align:right}img{max-width:100%}code{background:#f4f4f4}"
-)
-
-
-def _inline(text: str) -> str:
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-
-
-def _table_html(lines: list[str]) -> str:
-    def cells(line: str) -> list[str]:
-        return [c.strip() for c in line.strip().strip("|").split("|")]
-
-    head, rule, body = cells(lines[0]), cells(lines[1]), [cells(x) for x in lines[2:]]
-    right = [c.endswith(":") for c in rule]
-    out = ["<table>", "<tr>" + "".join(f"<th>{_inline(h)}</th>" for h in head) + "</tr>"]
-    for row in body:
-        out.append(
-            "<tr>" + "".join(f"<td{' class=r' if r else ''}>{_inline(c)}</td>" for c, r in zip(row, right)) + "</tr>"
-        )
-    return "\n".join(out + ["</table>"])
-
-
-def _image_html(alt: str, src: str, base: Path) -> str:
-    path = base / src
-    if path.exists() and path.suffix == ".png":
-        src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<p><img alt="{html.escape(alt)}" src="{src}"></p>'
-
-
-def md_to_html(md: str, base: Path, title: str) -> str:
-    out, lines, i = [], md.splitlines(), 0
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            i += 1
-        elif m := re.match(r"^(#{1,6}) (.*)$", line):
-            level = len(m.group(1))
-            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-            i += 1
-        elif line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append(lines[i])
-                i += 1
-            out.append(_table_html(block))
-        elif m := re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", line):
-            out.append(_image_html(m.group(1), m.group(2), base))
-            i += 1
-        elif line.startswith("- "):
-            out.append("<ul>")
-            while i < len(lines) and lines[i].startswith("- "):
-                out.append(f"<li>{_inline(lines[i][2:])}</li>")
-                i += 1
-            out.append("</ul>")
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not re.match(r"^(#|\||!\[|- )", lines[i]):
-                para.append(lines[i])
-                i += 1
-            out.append(f"<p>{'<br>'.join(_inline(p) for p in para)}</p>")
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
-    )
-
-
 def write_report(exp_dir: Path, cfg: dict) -> list[Path]:
     exp_dir = Path(exp_dir)
     md = build_report_md(exp_dir, cfg)
     md_path, html_path = exp_dir / "report.md", exp_dir / "report.html"
     md_path.write_text(md, encoding="utf-8", newline="\n")
-    html_path.write_text(md_to_html(md, exp_dir, f"attnbench report: {cfg['experiment']}"), encoding="utf-8")
+    html_path.write_text(mdhtml.md_to_html(md, exp_dir, f"attnbench report: {cfg['experiment']}"), encoding="utf-8")
     return [md_path, html_path]
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    cfg = aggregate.load_cfg(args.config)
-    for path in write_report(Path(args.exp_dir), cfg):
-        print(path)
-    return 0
-
-
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="write report.md and report.html of one experiment (after aggregate, plots)"
-    )
-    p.add_argument("exp_dir", metavar="EXP_DIR", help="results/<experiment>")
-    p.add_argument("--config", required=True, help="the experiment's config YAML")
-    p.set_defaults(func=_cmd)
+    about = "write report.md and report.html of one experiment (after aggregate and plots)"
+    aggregate.experiment_parser(subparsers, "report", about).set_defaults(func=aggregate.print_written(write_report))

@@ -19,29 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.analysis.aggregate import (
-    ARTICLE_COLUMNS,
-    COMPARED_METRICS,
-    FLAG_MARK,
-    FLOAT_FORMAT,
-    _mean,
-    _std,
-    arm_label,
-    arms_of,
-    article_head,
-    comparison_pairs,
-    decode_efficiency_md,
-    flagged_line,
-    fmt,
-    kernels_md,
-    levels_csv,
-    levels_frame,
-    load_runs,
-    md_table,
-    missing_runs,
-    read_published,
-    workload_names,
-)
+from attnbench.analysis.markdown import FLAG_MARK, arm_label, fmt, md_table
+from attnbench.analysis.runinfo import arms_of, load_runs, missing_runs, workload_names
+from attnbench.analysis.stats import COMPARED_METRICS, comparison_pairs, read_published
+from attnbench.analysis.stats import mean_of as _mean
+from attnbench.analysis.stats import sample_sd as _std
+from attnbench.analysis.tabletext import ARTICLE_COLUMNS, article_head, decode_efficiency_md, flagged_line, kernels_md
+from attnbench.analysis.tidy import FLOAT_FORMAT, levels_csv, levels_frame
 
 BOOTSTRAP_RESAMPLES = 2000
 # Columns format 2 added to levels.csv; format 1 did not have them.

@@ -2,9 +2,9 @@
 
 The schema (workflow/schemas/config.schema.yaml) is the one source of defaults: load_config fills them into the
 config, and these classes carry no defaults of their own, so a field the schema does not fill is an error here, not a
-second default. Three fields have no schema default on purpose and are marked where they are defined
+second default. Four fields have no schema default on purpose and are marked where they are defined
 (Workload.rates: a workload without rates runs no open loop; AnalysisSettings.reference and Reference.label: see the
-schema's comment on `reference`).
+schema's comment on `reference`; Experiment.report: a config without it keeps its report, and its bundle, as before).
 
 Callers that hand the measuring functions a partial settings mapping (tests, the crosscheck, the bare CLI without a
 config) get the schema's defaults for the rest through SweepSettings.for_caller / OpenLoopSettings.for_caller.
@@ -205,6 +205,17 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
+class Departure:
+    what: str
+    why: str
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    departures: tuple[Departure, ...]  # from the article's command line (report.md lists them)
+
+
+@dataclass(frozen=True)
 class GpuSettings:
     type: str
     count: int
@@ -260,6 +271,8 @@ class Experiment:
     analysis: AnalysisSettings
     gpu: GpuSettings
     slurm: SlurmSettings
+    # No schema default: filled in, it would change every effective config and bundle that lists no departure.
+    report: ReportSettings | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Experiment:
@@ -338,6 +351,7 @@ __all__ = [
     "ArmPair",
     "CrosscheckPoint",
     "CrosscheckSettings",
+    "Departure",
     "EngineSpec",
     "Experiment",
     "GpuSettings",
@@ -346,6 +360,7 @@ __all__ = [
     "ModelSpec",
     "OpenLoopSettings",
     "Reference",
+    "ReportSettings",
     "ServerMetricsSettings",
     "SlurmBuildJob",
     "SlurmGpuModel",
