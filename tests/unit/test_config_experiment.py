@@ -53,7 +53,15 @@ def test_the_tree_carries_no_defaults_of_its_own():
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 defaulted.add(f"{cls.__name__}.{f.name}")
-    assert defaulted == {"Workload.rates", "AnalysisSettings.reference", "Reference.label", "Experiment.report"}
+    assert defaulted == {
+        "Workload.rates",
+        "AnalysisSettings.reference",
+        "Reference.label",
+        "Experiment.report",
+        "Experiment.bundle",  # no schema default on purpose: unsigned bundles, effective configs as before
+        "BundleSettings.sign_key",
+        "BundleSettings.allowed_signers",
+    }
 
 
 def _classes(cls):

@@ -31,7 +31,7 @@ def test_h100_bundle_says_what_ran():
 
 
 def test_errata_bundle_ran_the_article_engine_through_apptainer_with_its_kernels():
-    """The vLLM 0.7.1 errata bundle: every run in the Apptainer image (its sha256 in run.json), the server started by
+    """The vLLM 0.7.1 errata bundle (12 runs, two sessions, two H100 machines): every run in the Apptainer image (its sha256 in run.json), the server started by
     `apptainer exec --nv`, awq_marlin as the article's command gets, and each arm's kernels (the erratum: XFORMERS
     prefilled through PyTorch's FlashAttention-2)."""
     import json
@@ -40,13 +40,14 @@ def test_errata_bundle_ran_the_article_engine_through_apptainer_with_its_kernels
     (path,) = [p for p in PUBLISHED if p.parent.name == "h100-vllm0.7.1-errata"]
     manifest = verify.verify_bundle(path).manifest
     ran = {(a["name"], r["repeat"]) for a in manifest["arms"] for r in a["runs"] if r["status"] == "ok"}
-    assert ran == {(arm, k) for arm in ("xformers", "flash_attn") for k in range(3)} | {
-        ("xformers_cutlass", 0),
-        ("xformers_cutlass", 1),
-    }
+    arms = ("xformers", "flash_attn", "xformers_cutlass", "flash_attn_fa3")
+    assert ran == {(arm, k) for arm in arms for k in range(3)} and manifest["complete"] is True
     with tarfile.open(path) as tar:
         runs = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith("/run.json")}
-    assert len(runs) == 8
+    assert len(runs) == 12
+    # Runs from two sessions on two machines, merged: each run names its card (a hash of the GPU's UUID).
+    cards = {run["arm"] + str(run["repeat"]): run["gpu"]["gpu"] for run in runs.values()}
+    assert len(set(cards.values())) == 2 and all(len(c) == 12 for c in cards.values()), cards
     for name, run in runs.items():
         assert run["server"]["argv"][:4] == ["apptainer", "exec", "--cleanenv", "--nv"], name
         assert run["engine"]["image_sha256"] == "0506d99f42e7c4b5e50955a5a05aba2fecd6a8ae891c4201499340e64b3f838d"
@@ -65,5 +66,6 @@ def test_errata_bundle_ran_the_article_engine_through_apptainer_with_its_kernels
                 "xformers": {"pytorch_flash", "paged_attention"},
                 "flash_attn": {"fa2"},
                 "xformers_cutlass": {"xformers_cutlass", "paged_attention"},
+                "flash_attn_fa3": {"fa3"},  # 0.7.1's Hopper default when VLLM_FLASH_ATTN_VERSION is not set
             }[arm]
         ), (name, families)

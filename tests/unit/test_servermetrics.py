@@ -27,7 +27,7 @@ process_cpu_seconds_total 12.0
 class _Handler(http.server.BaseHTTPRequestHandler):
     replies: list = []
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):  # http.server's name
         status, body = self.replies.pop(0) if self.replies else (200, TEXT.format(running=0, kv=0, pre=0, n=0, s=0))
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))

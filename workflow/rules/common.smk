@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 from attnbench.config import check_cross_fields, engine_id, engine_venv_dir
 from attnbench.engines.cluster import build_resources, remote_rules, run_resources
 from attnbench.errors import ConfigError
+from attnbench.layout import RUN_FILES
 
 try:
     check_cross_fields(config)
@@ -28,7 +29,6 @@ EXP_DIR = f"results/{EXP}"
 ARMS = [arm["name"] for arm in config["arms"]]
 REPEATS = list(range(config["sweep"]["repeats"]))
 RUN_DIR = f"{EXP_DIR}/runs/{{arm}}/rep{{repeat}}"
-RUN_FILES = ["records.jsonl", "levels.jsonl", "run.json", "server.log"]
 SYNTHETIC = config["model"].get("architecture") is not None
 MODEL_DIR = f"{EXP_DIR}/models/{config['model']['name']}"
 ENGINE_LOCK = f"{EXP_DIR}/engine/{engine_id(config)}/engine-lock.txt"

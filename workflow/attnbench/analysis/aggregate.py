@@ -44,7 +44,7 @@ def build_tables(exp_dir: Path, cfg: dict, *, tables_format: int | None = None) 
     bundle's tables as they were made."""
     exp_dir = Path(exp_dir)
     if (tables_format or tables_format_of(exp_dir)) == 1:
-        from attnbench.analysis import tables_v1  # noqa: PLC0415  (format 1 only; it imports the modules above)
+        from attnbench.analysis import tables_v1  # format 1 only; it imports the modules above
 
         return tables_v1.build_tables(exp_dir, cfg)
     runs = load_runs(exp_dir, cfg)
@@ -56,7 +56,8 @@ def build_tables(exp_dir: Path, cfg: dict, *, tables_format: int | None = None) 
             text = tbl.article_table(df, cfg, arm, workload)
             if text is not None:
                 tables[f"article_{arm['name']}_{workload}.md"] = text
-    comp = comparisons_frame(df, cfg, published)
+    cards = {(r.arm, r.repeat): (r.run.get("gpu") or {}).get("gpu") for r in runs}
+    comp = comparisons_frame(df, cfg, published, cards)
     tables[COMPARISONS_FILE] = _csv(comp)
     tables["arms_vs_baseline.md"] = tbl.arms_vs_baseline(comp, cfg)
     vp = tbl.vs_published_frame(df, cfg, published)
@@ -120,7 +121,7 @@ def read_comparisons(exp_dir: Path) -> pd.DataFrame:
 
 
 def load_cfg(path: str) -> dict:
-    from attnbench.config import load_config  # noqa: PLC0415  (config.py belongs to the pipeline)
+    from attnbench.config import load_config  # config.py belongs to the pipeline
 
     return load_config(path)
 

@@ -66,7 +66,7 @@ class Source:
 
 
 def load_bundle(path: Path, *, allow_unverified: bool = False, allowed_signers: Path | None = None) -> Source:
-    from attnbench.bundles.verify import verify_bundle  # noqa: PLC0415
+    from attnbench.bundles.verify import verify_bundle
 
     with tempfile.TemporaryDirectory(prefix="attnbench-compare-") as tmp:
         root = Path(tmp) / "bundle"

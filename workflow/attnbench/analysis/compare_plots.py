@@ -40,10 +40,10 @@ def _workload_panels(frame: pd.DataFrame, plt):
 def write_plots(sbs: pd.DataFrame, rat: pd.DataFrame, out_dir: Path, references: set[str]) -> list[Path]:
     """Metric vs concurrency per workload, one line per (source, arm), dashed for a published reference (its
     label in `references`); and the ratios with their intervals."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = _short_names(sbs)

@@ -62,6 +62,8 @@ def arm_label(arm: str, flagged: bool) -> str:
 
 FLAG_WORDS = {
     "run": "a run of the level is flagged (did not finish, or its kernels contradict its arm)",
+    "machines": "the two arms' repeats ran on different GPUs (or in different proportions): the ratio includes the "
+    "machines' own difference",
     **metrics.ARTIFACTS,
 }
 

@@ -359,7 +359,7 @@ def plot_decode(df: pd.DataFrame, cfg: dict, workload: str, out_dir: Path) -> li
 def plot_kernels(shares: pd.DataFrame, cfg: dict, out_dir: Path) -> list[Path]:
     """Kernel evidence: per arm, the share of attention time each kernel family took in prefill and in decode,
     mean over the arm's probed runs (kernels.json); the family colours are fixed by kernels.FAMILIES' order."""
-    from attnbench.engines.kernels import FAMILIES  # noqa: PLC0415
+    from attnbench.engines.kernels import FAMILIES
 
     families = list(FAMILIES) + sorted(set(shares["family"]) - set(FAMILIES))
     colors = {f: f"C{i % 10}" for i, f in enumerate(families)}

@@ -285,6 +285,11 @@ def _pair_summary(gen: pd.DataFrame) -> str:
             "not resolved (interval spans 1, too few repeats, or a spread above "
             f"{100 * stats.NOISY_CV:.0f}%). "
         )
+    if gen["flags"].astype(str).str.contains("machines").any():
+        text += (
+            "The two arms' repeats ran on different GPUs [machines]: these ratios include the difference between the "
+            "machines, which the repeats of one arm on both (if any) show. "
+        )
     pub = gen["published_ratio"].dropna()
     if not pub.empty:
         text += (

@@ -7,7 +7,7 @@ plots read comparisons.csv, and `attnbench compare` calls the same functions for
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,10 +211,21 @@ def published_value(published: pd.DataFrame, backend: str, workload: str, conc: 
     return float(hit.iloc[0][metric]) if not hit.empty else float("nan")
 
 
-def comparisons_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> pd.DataFrame:
+def machines_differ(cards: Mapping[tuple[str, int], str | None], arm: str, a_reps, base: str, b_reps) -> bool:
+    """True when both sides name their GPUs and the repeats ran on different cards or in different proportions
+    (arm on A, A, A against baseline on A, A, B): the ratio then includes the machines' own difference."""
+    a = sorted(str(cards.get((arm, int(r)))) for r in a_reps)
+    b = sorted(str(cards.get((base, int(r)))) for r in b_reps)
+    return "None" not in a + b and a != b
+
+
+def comparisons_frame(
+    df: pd.DataFrame, cfg: dict, published: pd.DataFrame, cards: Mapping[tuple[str, int], str | None] | None = None
+) -> pd.DataFrame:
     """Every comparison of the experiment, computed once (tables/comparisons.csv; report and plots read it): each
     pair, workload, shared level and COMPARED_METRICS metric, with both sides' spread over repeats, the ratio of
-    means, its interval (INTERVAL_METHOD), the verdict, the flags of either side and the article's ratio."""
+    means, its interval (INTERVAL_METHOD), the verdict, the flags of either side and the article's ratio. `cards`:
+    (arm, repeat) -> the run's GPU id, for the `machines` flag (runs merged from several sessions or hosts)."""
     rows = []
     for arm, base in comparison_pairs(cfg):
         pub = published_pair(cfg, arm, base)
@@ -227,6 +238,9 @@ def comparisons_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> p
                     if metric not in df:
                         continue
                     a, b = Spread.of(a_rows[metric]), Spread.of(b_rows[metric])
+                    flags = set(level_flags(a_rows, metric)) | set(level_flags(b_rows, metric))
+                    if cards and machines_differ(cards, arm, a_rows["repeat"], base, b_rows["repeat"]):
+                        flags.add("machines")
                     ratio = a.mean / b.mean if a.n and b.n and b.mean else float("nan")
                     interval = log_ratio_interval(a, b)
                     pub_ratio = float("nan")
@@ -253,7 +267,7 @@ def comparisons_frame(df: pd.DataFrame, cfg: dict, published: pd.DataFrame) -> p
                             interval[0] if interval else float("nan"),
                             interval[1] if interval else float("nan"),
                             verdict(a, b, interval),
-                            "+".join(sorted(set(level_flags(a_rows, metric)) | set(level_flags(b_rows, metric)))),
+                            "+".join(sorted(flags)),
                             f"{pub[0]}/{pub[1]}" if pub else "",
                             pub_ratio,
                         ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from attnbench import safejson
 from attnbench.analysis.finding import Finding
 from attnbench.bundles.rundata import RunData
+from attnbench.engines.backend import check_backend, parse_backend
 from attnbench.errors import AttnbenchError
 
 
@@ -79,9 +80,7 @@ def _check_levels(rel: str, requests, levels, workloads: dict) -> list[Finding]:
 
 def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Path, device: str) -> list[Finding]:
     """Re-read the backend evidence from the bundled server log with the pipeline's own parser and policy
-    (server.parse_backend, backend.check_backend) and hold it against run.json and the arm's expectation."""
-    from attnbench.engines.backend import check_backend  # noqa: PLC0415
-    from attnbench.engines.server import parse_backend  # noqa: PLC0415
+    (backend.parse_backend, backend.check_backend) and hold it against run.json and the arm's expectation."""
 
     out = []
     if run.get("status") != "ok":
@@ -106,7 +105,7 @@ def _check_backend(rel: str, run: dict, arm_entry: dict, arm_cfg: dict, rdir: Pa
         out.append(Finding(f"{rel}/server.log", "backend", evidence["expected"], found))
     expect_kernels = arm_cfg.get("expect_kernels") or {}
     if run.get("status") == "ok" and (expect_kernels.get("require") or expect_kernels.get("forbid")):
-        from attnbench.engines.kernels import check_expectations  # noqa: PLC0415  (kernels.py owns the policy)
+        from attnbench.engines.kernels import check_expectations  # kernels.py owns the policy
 
         attribution = safejson.read_json(rdir / "kernels.json")
         if attribution is None:

@@ -25,7 +25,7 @@ import yaml
 from attnbench import safejson
 from attnbench.analysis.finding import Finding
 from attnbench.bundles.rundata import RunData
-from attnbench.engines import gpu as gpu_mod
+from attnbench.engines import compat, gputype
 from attnbench.errors import AttnbenchError, UnsafeInputError
 from attnbench.layout import run_rel
 from attnbench.measure.records import LevelRecord, RequestRecord
@@ -188,7 +188,7 @@ def check_gpu_identity(runs: list[RunData], manifest: dict) -> list[Finding]:
             first = gpus[0]
             names[run.rel] = first.get("name")
             try:
-                key = gpu_mod.gpu_type_key(
+                key = gputype.gpu_type_key(
                     first.get("name") or "", first.get("compute_cap") or "", int(first.get("memory_mib") or 0)
                 )
             except AttnbenchError as exc:
@@ -254,9 +254,9 @@ def weights_read_per_step(cfg: dict, search: list[Path]) -> tuple[float, str] | 
     model = cfg.get("model") or {}
     if isinstance(arch, dict):
         try:
-            total = gpu_mod.estimate_weight_bytes(arch, model.get("dtype") or "auto", model.get("quantization"))
+            total = compat.estimate_weight_bytes(arch, model.get("dtype") or "auto", model.get("quantization"))
             dtype = arch.get("torch_dtype", "float16") if (model.get("dtype") or "auto") == "auto" else model["dtype"]
-            embedding = arch["vocab_size"] * arch["hidden_size"] * gpu_mod.DTYPE_BYTES.get(str(dtype), 2)
+            embedding = arch["vocab_size"] * arch["hidden_size"] * compat.DTYPE_BYTES.get(str(dtype), 2)
             return float(total - embedding), f"weights of {model.get('architecture')} less the embedding table"
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             pass
@@ -273,7 +273,7 @@ def check_decode_physics(runs: list[RunData], manifest: dict, search: list[Path]
     if (cfg.get("engine") or {}).get("device") != "cuda":
         return [], None
     name = (manifest.get("host") or {}).get("gpu_name")
-    bandwidth = load_bandwidths().get(gpu_mod.slugify(name)) if isinstance(name, str) else None
+    bandwidth = load_bandwidths().get(gputype.slugify(name)) if isinstance(name, str) else None
     weights = weights_read_per_step(cfg, search)
     if bandwidth is None or weights is None:
         return [], None

@@ -73,7 +73,7 @@ def first_difference(name: str, expected: str, found: str) -> Finding:
 
 
 def _default_build_tables() -> Callable[[Path, dict], dict[str, str]]:
-    from attnbench.analysis.aggregate import build_tables  # noqa: PLC0415
+    from attnbench.analysis.aggregate import build_tables
 
     return build_tables
 
@@ -82,7 +82,7 @@ def check_tables(root: Path, manifest: dict, build_tables: Callable | None = Non
     builder = build_tables or _default_build_tables()
     try:
         recomputed = builder(root, manifest["config"])
-    except Exception as exc:  # noqa: BLE001  (any failure to recompute is a finding, not a crash)
+    except Exception as exc:  # any failure to recompute is a finding, not a crash
         return [Finding("tables/", "recompute", "tables rebuilt from raw records", f"{type(exc).__name__}: {exc}")]
     findings = []
     for name, text in sorted(recomputed.items()):
@@ -102,12 +102,12 @@ def check_tables(root: Path, manifest: dict, build_tables: Callable | None = Non
 def _check_parquet(path: Path, csv_text: str) -> list[Finding]:
     """levels.parquet holds the rows of levels.csv (aggregate writes it from the CSV text); Parquet bytes depend on
     the pyarrow build, so compare values, not bytes."""
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     rel = "tables/levels.parquet"
     try:
         stored = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001  (pyarrow raises several types for a damaged file)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
         return [Finding(rel, "parquet", "readable Parquet", f"{type(exc).__name__}: {exc}")]
     expected = pd.read_csv(io.StringIO(csv_text))
     if list(stored.columns) != list(expected.columns) or len(stored) != len(expected):
@@ -226,7 +226,7 @@ def _unsafe(file: str, what: str, exc: BaseException) -> VerifyResult:
 
 def check_config(manifest: dict) -> list[Finding]:
     """The bundled config must be a valid experiment config: every later check reads it."""
-    from attnbench import config  # noqa: PLC0415
+    from attnbench import config
 
     validator = jsonschema.Draft202012Validator(config.load_schema())
     return [
@@ -301,7 +301,7 @@ def check_report(root: Path, manifest: dict) -> list[Finding]:
     """report.md regenerated from the bundle (tables, run files, config) must equal the bundled one. Where the
     report cannot be regenerated here (a section reads a file outside the bundle, such as analysis.reference),
     each derived table it embeds must still appear in it exactly as the bundle's tables/ has it."""
-    from attnbench.analysis import report  # noqa: PLC0415
+    from attnbench.analysis import report
 
     path = root / "report.md"
     if not path.is_file():
@@ -309,7 +309,7 @@ def check_report(root: Path, manifest: dict) -> list[Finding]:
     stored = safejson.read_text(path, "report.md")
     try:
         expected = report.build_report_md(root, manifest["config"])
-    except Exception:  # noqa: BLE001  (not regenerable here: fall back to the tables it embeds)
+    except Exception:  # not regenerable here: fall back to the tables it embeds
         expected = None
     if expected is not None:
         return [] if stored == expected else [first_difference("report.md", expected, stored)]

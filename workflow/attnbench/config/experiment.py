@@ -216,6 +216,12 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
+class BundleSettings:
+    sign_key: str | None = None  # rule bundle signs with it (attnbench bundle --sign-key)
+    allowed_signers: str | None = None  # rule compare_received trusts only these (attnbench compare --allowed-signers)
+
+
+@dataclass(frozen=True)
 class GpuSettings:
     type: str
     count: int
@@ -273,6 +279,8 @@ class Experiment:
     slurm: SlurmSettings
     # No schema default: filled in, it would change every effective config and bundle that lists no departure.
     report: ReportSettings | None = None
+    # No schema defaults either: left out, bundles are unsigned and the effective config stays as before.
+    bundle: BundleSettings | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Experiment:

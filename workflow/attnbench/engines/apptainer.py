@@ -31,7 +31,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from attnbench.engines.apptainer_exec import apptainer_env as apptainer_env  # moved to apptainer_exec
 from attnbench.engines.apptainer_exec import (
     apptainer_version,
     base_dir,
@@ -39,10 +38,6 @@ from attnbench.engines.apptainer_exec import (
     base_sif,
     run_apptainer,
 )
-from attnbench.engines.apptainer_exec import exec_argv as exec_argv  # moved to apptainer_exec
-from attnbench.engines.apptainer_exec import install_hint as install_hint  # moved to apptainer_exec
-from attnbench.engines.apptainer_transfer import export_image as export_image  # moved to apptainer_transfer
-from attnbench.engines.apptainer_transfer import import_image as import_image  # moved to apptainer_transfer
 from attnbench.engines.backend import backend_selection
 from attnbench.engines.compat import check_compatible
 from attnbench.engines.files import read_json, sha256_file, tree_digest, write_json
@@ -56,10 +51,6 @@ from attnbench.engines.lock import (
     variant_dir,
 )
 from attnbench.errors import ContainerError
-
-# Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
-# parallel branches (the workflow's rules, integration tests) still merge. Drop them once every caller imports the new
-# module.
 
 BASE_DEF_TEMPLATE = CONTAINERS_DIR / "base.def.in"
 INSTALL_SCRIPT = CONTAINERS_DIR / "install-engine.sh"

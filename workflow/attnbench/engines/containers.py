@@ -16,18 +16,9 @@ from attnbench.engines.apptainer_exec import IMAGES_DIR, base_sif
 from attnbench.engines.apptainer_transfer import export_image, import_image
 from attnbench.engines.compat import check_compatible
 from attnbench.engines.dockerbuild import build_image, inspect_docker_image
-from attnbench.engines.dockerserver import ROLE_LABEL as ROLE_LABEL  # moved to dockerserver
-from attnbench.engines.dockerserver import DockerServer as DockerServer  # moved to dockerserver
-from attnbench.engines.dockerserver import cleanup_orphans as cleanup_orphans  # moved to dockerserver
 from attnbench.engines.gpu import resolve_gpu_type
-from attnbench.engines.images import image_files as image_files  # moved to images
 from attnbench.engines.images import image_spec, render_dockerfile
 from attnbench.engines.lock import load_lock
-from attnbench.engines.lock import lock_entry as lock_entry  # moved to lock
-
-# Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
-# parallel branches (the workflow's rules, integration tests, tests/gpu scripts) still merge. Drop them once every
-# caller imports the new module.
 
 # --- docker -------------------------------------------------------------------------------------------------------
 

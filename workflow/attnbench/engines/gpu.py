@@ -14,17 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from attnbench.config import arm_by_name, load_config
-from attnbench.engines.compat import DTYPE_BYTES as DTYPE_BYTES  # moved to compat
 from attnbench.engines.compat import check_compatible
-from attnbench.engines.compat import estimate_weight_bytes as estimate_weight_bytes  # moved to compat
 from attnbench.engines.gputype import cpu_key, gpu_type_key, parse_gpu_type
-from attnbench.engines.gputype import slugify as slugify  # moved to gputype
 from attnbench.engines.lock import load_lock
 from attnbench.errors import AttnbenchError
-
-# Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
-# parallel branches (bundles/plausibility.py, the workflow's rules) still merge. Drop them once every caller imports
-# the new module.
 
 NVIDIA_SMI_QUERY = ["--query-gpu=name,compute_cap,memory.total,driver_version", "--format=csv,noheader"]
 

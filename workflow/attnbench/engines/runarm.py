@@ -37,8 +37,6 @@ from attnbench.measure.servermetrics import DEFAULT_INTERVAL_S as DEFAULT_SCRAPE
 from attnbench.measure.servermetrics import Scraper
 from attnbench.measure.servermetrics import run_summary as servermetrics_summary
 
-RUN_FILES = ("records.jsonl", "levels.jsonl", "server.log", "run.json")
-
 
 class Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so every `finally` (server stop, run.json) still runs."""

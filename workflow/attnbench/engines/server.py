@@ -23,12 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from attnbench.engines.backend import parse_backend as parse_backend  # moved to backend
-from attnbench.engines.backend import parse_quantization as parse_quantization  # moved to backend
 from attnbench.errors import AttnbenchError, ServerError
-
-# Imports marked "moved to X" are re-exports (issue 17): old names stay importable from here for this session, so that
-# parallel branches (bundles/verify.py) still merge. Drop them once every caller imports the new module.
 
 LOG_TAIL_LINES = 25
 

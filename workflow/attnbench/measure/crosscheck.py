@@ -361,7 +361,7 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
         raise CrosscheckError("--engine-python not given and ATTNBENCH_ENGINE_PYTHON not set")
     if args.repeats < 2:
         raise CrosscheckError("--repeats must be >= 2: the noise is measured between repetitions")
-    from attnbench.config import check_cli_inputs  # noqa: PLC0415
+    from attnbench.config import check_cli_inputs
 
     check_cli_inputs(
         base_url=args.base_url,
