@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnbench import safejson
-from attnbench.analysis.finding import Finding
+from attnbench.bundles.finding import Finding
 from attnbench.bundles.rundata import RunData
 from attnbench.engines.backend import check_backend, parse_backend
 from attnbench.errors import AttnbenchError

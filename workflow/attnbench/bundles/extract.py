@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from attnbench.analysis.finding import Finding
+from attnbench.bundles.finding import Finding
 from attnbench.errors import BundleError, UnsafeInputError
 from attnbench.safejson import printable
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from attnbench import safejson
-from attnbench.analysis.finding import Finding
+from attnbench.bundles.finding import Finding
 from attnbench.bundles.rundata import RunData
 from attnbench.engines import compat, gputype
 from attnbench.errors import AttnbenchError, UnsafeInputError

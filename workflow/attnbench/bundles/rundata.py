@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench import safejson
-from attnbench.analysis.finding import Finding
+from attnbench.bundles.finding import Finding
 from attnbench.measure.records import LevelRecord, RequestRecord
 
 

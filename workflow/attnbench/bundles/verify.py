@@ -30,11 +30,11 @@ import jsonschema
 import yaml
 
 from attnbench import safejson
-from attnbench.analysis.finding import Finding, short
 from attnbench.bundles import manifest as manifest_mod
 from attnbench.bundles import plausibility, rundata, signing
 from attnbench.bundles.consistency import allowed_mismatches, check_consistency
 from attnbench.bundles.extract import DEFAULT_LIMITS, Limits, safe_extract
+from attnbench.bundles.finding import Finding, short
 from attnbench.bundles.rundata import RunData
 from attnbench.engines.files import sha256_file
 from attnbench.errors import BundleError, UnsafeInputError
