@@ -31,9 +31,9 @@ def test_h100_bundle_says_what_ran():
 
 
 def test_errata_bundle_ran_the_article_engine_through_apptainer_with_its_kernels():
-    """The vLLM 0.7.1 errata bundle (12 runs, two sessions, two H100 machines): every run in the Apptainer image (its sha256 in run.json), the server started by
-    `apptainer exec --nv`, awq_marlin as the article's command gets, and each arm's kernels (the erratum: XFORMERS
-    prefilled through PyTorch's FlashAttention-2)."""
+    """The vLLM 0.7.1 errata bundle (12 runs, two sessions, two H100 machines): every run in the Apptainer image (its
+    sha256 in run.json), the server started by `apptainer exec --nv`, awq_marlin as the article's command gets, and
+    each arm's kernels (the erratum: XFORMERS prefilled through PyTorch's FlashAttention-2)."""
     import json
     import tarfile
 
