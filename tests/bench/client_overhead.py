@@ -42,6 +42,8 @@ FAST_TOKENS = 256
 PACED_TOKENS = 32
 TTFT_DELAY_S = 0.050
 PACED_ITL_S = 0.020
+WARMUP_TOKENS = 4  # each driver's untimed first wave, on the client it then measures: connection set-up and
+# imports are not in the figures (a sweep's warm-up requests do the same for its levels)
 
 # --- the load source --------------------------------------------------------------------------------------------
 
@@ -180,7 +182,6 @@ async def _closed_loop(send, concurrency: int, seconds: float | None, count: int
 async def drive_ours(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None) -> dict:
     from attnbench.measure.client import Client, Sampling
 
-    sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
     ids = dict(
         experiment="b",
         arm="b",
@@ -194,11 +195,17 @@ async def drive_ours(url: str, concurrency: int, tokens: int, seconds: float | N
     )
     async with Client(url, "m", concurrency=concurrency, timeout_s=120) as client:
 
-        async def send():
-            rec = await client.request("hi", sampling, ids)
-            return rec.ok, rec.completion_tokens or 0, rec.ttft or 0.0
+        def sender(max_tokens: int):
+            sampling = Sampling(max_tokens=max_tokens, ignore_eos=True, system_prompt=None)
 
-        return await _closed_loop(send, concurrency, seconds, count)
+            async def send():
+                rec = await client.request("hi", sampling, ids)
+                return rec.ok, rec.completion_tokens or 0, rec.ttft or 0.0
+
+            return send
+
+        await _closed_loop(sender(WARMUP_TOKENS), concurrency, None, concurrency)  # untimed: connections opened
+        return await _closed_loop(sender(tokens), concurrency, seconds, count)
 
 
 class _Discard:
@@ -260,20 +267,25 @@ async def drive_vllm(url: str, concurrency: int, tokens: int, seconds: float | N
     async with aiohttp.ClientSession(
         connector=connector, trust_env=True, timeout=aiohttp.ClientTimeout(total=6 * 60 * 60)
     ) as session:
-        inp = RequestFuncInput(
-            prompt="hi",
-            api_url=url + "/v1/chat/completions",
-            prompt_len=1,
-            output_len=tokens,
-            model="m",
-            ignore_eos=True,
-        )
 
-        async def send():
-            out = await async_request_openai_chat_completions(inp, session)
-            return out.success, out.output_tokens or 0, out.ttft
+        def sender(max_tokens: int):
+            inp = RequestFuncInput(
+                prompt="hi",
+                api_url=url + "/v1/chat/completions",
+                prompt_len=1,
+                output_len=max_tokens,
+                model="m",
+                ignore_eos=True,
+            )
 
-        return await _closed_loop(send, concurrency, seconds, count)
+            async def send():
+                out = await async_request_openai_chat_completions(inp, session)
+                return out.success, out.output_tokens or 0, out.ttft
+
+            return send
+
+        await _closed_loop(sender(WARMUP_TOKENS), concurrency, None, concurrency)  # untimed: connections opened
+        return await _closed_loop(sender(tokens), concurrency, seconds, count)
 
 
 def drive(args: argparse.Namespace) -> None:
@@ -281,8 +293,6 @@ def drive(args: argparse.Namespace) -> None:
     sys.path.insert(0, args.workflow)  # whose attnbench "ours" is: this checkout's, or --baseline's
     seconds = args.seconds if args.seconds > 0 else None
     count = args.count if args.count > 0 else None
-    # One short untimed round first, so connection set-up and imports are not in the figure.
-    asyncio.run(fn(args.url, args.concurrency, 4, None, args.concurrency))
     print(json.dumps(asyncio.run(fn(args.url, args.concurrency, args.tokens, seconds, count))))
 
 
