@@ -44,7 +44,8 @@ class _ReadTimer:
 
     One timer serves all reads: it fires at the earliest moment a read could be overdue, and re-arms itself from
     the start of the read in progress (or stops while none is), so a read costs two attribute stores. On expiry it
-    cancels the task that reads, and `wait` turns that cancellation into the timeout."""
+    cancels the task that sent the request, which must be the one that reads its body (as in the streaming client
+    and httpx's send/stream), and `wait` turns that cancellation into the timeout."""
 
     __slots__ = ("seconds", "loop", "task", "since", "handle", "fired", "request")
 
