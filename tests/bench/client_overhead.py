@@ -1,20 +1,27 @@
 """Client overhead benchmark: our client against vLLM's benchmark client, on the same local load source.
 
     python tests/bench/client_overhead.py [--engine-python PY] [--concurrency 1,32,256] [--seconds 8] [--rounds 3]
+                                          [--baseline OTHER_CHECKOUT]
 
 The load source is a small asyncio HTTP/1.1 server (its own process) that answers every chat request with an SSE
-stream shaped like vLLM's: one `data:` event per token, a usage event, `data: [DONE]`. It is not a stand-in for
-vLLM in correctness tests; it only produces tokens as fast as asked, so the client is the bottleneck.
+stream shaped like vLLM's: one `data:` event per token, each written on its own as a server does, a usage event,
+`data: [DONE]`. It is not a stand-in for vLLM in correctness tests; it only produces tokens as fast as asked (it
+waits for the socket only when the client falls behind), so the client is the bottleneck.
 
-Two figures per client and concurrency level:   max tokens/s  the source streams 256 tokens per request with no delay;
-the client runs a closed loop of C                 requests for a fixed time; tokens/s = completion tokens received /
-wall time.   TTFT error    the source waits exactly TTFT_DELAY_S before the first token and then paces tokens every
-PACED_ITL_S; error = client-measured TTFT - TTFT_DELAY_S (median and p99, ms). It includes sending                 the
-request and reading the reply through the loopback, which is what a client adds. Ours runs under this interpreter (the
-project venv), in one process ("ours") and spread over two client processes ("ours2p", attnbench.measure.multiproc; it
-runs a request count calibrated to --seconds, so its figure includes the tail of the last wave, which the one-process
-loop's deadline does not); vLLM's (vllm.benchmarks.lib.endpoint_request_func, aiohttp, a session configured as
-vllm/benchmarks/serve.py does) under --engine-python. Numbers are printed, not asserted.
+Two figures per client and concurrency level:
+  max tokens/s  the source streams 256 tokens per request with no delay; the client runs a closed loop of C
+                requests for a fixed time; tokens/s = completion tokens received / wall time.
+  TTFT error    the source waits TTFT_DELAY_S after a request arrives before the first token and then paces tokens
+                every PACED_ITL_S; error = client-measured TTFT - TTFT_DELAY_S (median and p99, ms). It includes
+                sending the request and reading the reply through the loopback, which is what a client adds, and
+                the source's own lateness (its timer's overshoot, reading the request), printed as "source lag":
+                a floor under every client's figure that no client can remove.
+Ours runs under this interpreter (the project venv), in one process ("ours") and spread over two client processes
+("ours2p", attnbench.measure.multiproc; it runs a request count calibrated to --seconds, so its figure includes the
+tail of the last wave, which the one-process loop's deadline does not); with --baseline, another checkout's client
+runs as "base" in the same rounds (a change measured against what it changes). vLLM's
+(vllm.benchmarks.lib.endpoint_request_func, aiohttp, a session configured as vllm/benchmarks/serve.py does) runs
+under --engine-python. Numbers are printed, not asserted, with the host's load average beside them.
 """
 
 from __future__ import annotations
@@ -28,11 +35,15 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
+WORKFLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "workflow")
 FAST_TOKENS = 256
 PACED_TOKENS = 32
 TTFT_DELAY_S = 0.050
 PACED_ITL_S = 0.020
+WARMUP_TOKENS = 4  # each driver's untimed first wave, on the client it then measures: connection set-up and
+# imports are not in the figures (a sweep's warm-up requests do the same for its levels)
 
 # --- the load source --------------------------------------------------------------------------------------------
 
@@ -65,12 +76,19 @@ DONE = _event(
 )
 
 
-async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paced: bool) -> None:
+async def _serve_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paced: bool, lags: list[float]
+) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport = writer.transport
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET /source-lag "):  # the orchestrator's question, see _source_lag
+                _answer_lag(writer, lags)
+                continue
+            arrived = time.perf_counter()
             length = 0
             for line in head.split(b"\r\n"):
                 if line[:15].lower() == b"content-length:":
@@ -80,11 +98,15 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             writer.write(HEAD)
             if paced:
                 await asyncio.sleep(TTFT_DELAY_S)
-            for i in range(n):
-                if paced and i:
-                    await asyncio.sleep(PACED_ITL_S)
                 writer.write(TOKEN)
+                lags.append(time.perf_counter() - arrived - TTFT_DELAY_S)
                 await writer.drain()
+            for _ in range(1 if paced else 0, n):
+                if paced:
+                    await asyncio.sleep(PACED_ITL_S)
+                writer.write(TOKEN)  # one write (a send, while the socket keeps up) per token, as a server does
+                if transport.get_write_buffer_size():  # drain only when the client falls behind: it costs per token
+                    await writer.drain()
             usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
             writer.write(
                 _event({"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": [], "usage": usage})
@@ -97,6 +119,14 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         writer.close()
 
 
+def _answer_lag(writer: asyncio.StreamWriter, lags: list[float]) -> None:
+    """The source's own lateness since the last question (median ms): how much later than TTFT_DELAY_S after a
+    request arrived its first token was written. It is in every client's TTFT error, so it is a floor under both."""
+    body = json.dumps({"median_ms": statistics.median(lags) * 1000 if lags else None, "n": len(lags)}).encode()
+    lags.clear()
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+
 def _event_raw(payload: bytes) -> bytes:
     data = b"data: " + payload + b"\n\n"
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
@@ -104,8 +134,9 @@ def _event_raw(payload: bytes) -> bytes:
 
 def serve(port: int, paced: bool) -> None:
     async def main() -> None:
+        lags: list[float] = []
         server = await asyncio.start_server(
-            lambda r, w: _serve_connection(r, w, paced), "127.0.0.1", port, backlog=1024
+            lambda r, w: _serve_connection(r, w, paced, lags), "127.0.0.1", port, backlog=1024
         )
         print("ready", flush=True)
         async with server:
@@ -149,10 +180,8 @@ async def _closed_loop(send, concurrency: int, seconds: float | None, count: int
 
 
 async def drive_ours(url: str, concurrency: int, tokens: int, seconds: float | None, count: int | None) -> dict:
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
     from attnbench.measure.client import Client, Sampling
 
-    sampling = Sampling(max_tokens=tokens, ignore_eos=True, system_prompt=None)
     ids = dict(
         experiment="b",
         arm="b",
@@ -166,11 +195,17 @@ async def drive_ours(url: str, concurrency: int, tokens: int, seconds: float | N
     )
     async with Client(url, "m", concurrency=concurrency, timeout_s=120) as client:
 
-        async def send():
-            rec = await client.request("hi", sampling, ids)
-            return rec.ok, rec.completion_tokens or 0, rec.ttft or 0.0
+        def sender(max_tokens: int):
+            sampling = Sampling(max_tokens=max_tokens, ignore_eos=True, system_prompt=None)
 
-        return await _closed_loop(send, concurrency, seconds, count)
+            async def send():
+                rec = await client.request("hi", sampling, ids)
+                return rec.ok, rec.completion_tokens or 0, rec.ttft or 0.0
+
+            return send
+
+        await _closed_loop(sender(WARMUP_TOKENS), concurrency, None, concurrency)  # untimed: connections opened
+        return await _closed_loop(sender(tokens), concurrency, seconds, count)
 
 
 class _Discard:
@@ -183,7 +218,6 @@ async def drive_ours_mp(
 ) -> dict:
     """Ours spread over `processes` client processes (attnbench.measure.multiproc). The pool runs a level of a
     given request count, not a time: in --seconds mode a first level calibrates the count to about `seconds` of work."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "workflow"))
     from attnbench.measure.client import Sampling
     from attnbench.measure.level import Level
     from attnbench.measure.multiproc import ClientPool
@@ -233,28 +267,32 @@ async def drive_vllm(url: str, concurrency: int, tokens: int, seconds: float | N
     async with aiohttp.ClientSession(
         connector=connector, trust_env=True, timeout=aiohttp.ClientTimeout(total=6 * 60 * 60)
     ) as session:
-        inp = RequestFuncInput(
-            prompt="hi",
-            api_url=url + "/v1/chat/completions",
-            prompt_len=1,
-            output_len=tokens,
-            model="m",
-            ignore_eos=True,
-        )
 
-        async def send():
-            out = await async_request_openai_chat_completions(inp, session)
-            return out.success, out.output_tokens or 0, out.ttft
+        def sender(max_tokens: int):
+            inp = RequestFuncInput(
+                prompt="hi",
+                api_url=url + "/v1/chat/completions",
+                prompt_len=1,
+                output_len=max_tokens,
+                model="m",
+                ignore_eos=True,
+            )
 
-        return await _closed_loop(send, concurrency, seconds, count)
+            async def send():
+                out = await async_request_openai_chat_completions(inp, session)
+                return out.success, out.output_tokens or 0, out.ttft
+
+            return send
+
+        await _closed_loop(sender(WARMUP_TOKENS), concurrency, None, concurrency)  # untimed: connections opened
+        return await _closed_loop(sender(tokens), concurrency, seconds, count)
 
 
 def drive(args: argparse.Namespace) -> None:
     fn = {"ours": drive_ours, "ours2p": drive_ours_mp, "vllm": drive_vllm}[args.client]
+    sys.path.insert(0, args.workflow)  # whose attnbench "ours" is: this checkout's, or --baseline's
     seconds = args.seconds if args.seconds > 0 else None
     count = args.count if args.count > 0 else None
-    # One short untimed round first, so connection set-up and imports are not in the figure.
-    asyncio.run(fn(args.url, args.concurrency, 4, None, args.concurrency))
     print(json.dumps(asyncio.run(fn(args.url, args.concurrency, args.tokens, seconds, count))))
 
 
@@ -275,11 +313,21 @@ def _start_source(paced: bool) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def _run_driver(python: str, client: str, url: str, concurrency: int, tokens: int, seconds: float, count: int) -> dict:
+def _source_lag(url: str) -> float | None:
+    """The source's median lateness (ms) since the last call, see _answer_lag."""
+    with urllib.request.urlopen(url + "/source-lag", timeout=30) as reply:
+        return json.loads(reply.read())["median_ms"]
+
+
+def _run_driver(
+    python: str, client: str, url: str, concurrency: int, tokens: int, seconds: float, count: int, workflow: str
+) -> dict:
     argv = [
         python,
         __file__,
         "drive",
+        "--workflow",
+        workflow,
         "--client",
         client,
         "--url",
@@ -301,41 +349,71 @@ def _run_driver(python: str, client: str, url: str, concurrency: int, tokens: in
 
 def main(args: argparse.Namespace) -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
-    clients = [("ours", sys.executable), ("ours2p", sys.executable)] + (
-        [("vllm", args.engine_python)] if args.engine_python else []
-    )
+    # (name in the table, driver, interpreter, attnbench's workflow folder)
+    clients = [("ours", "ours", sys.executable, WORKFLOW), ("ours2p", "ours2p", sys.executable, WORKFLOW)]
+    if args.baseline:
+        clients.append(("base", "ours", sys.executable, os.path.join(os.path.abspath(args.baseline), "workflow")))
+    if args.engine_python:
+        clients.append(("vllm", "vllm", args.engine_python, WORKFLOW))
     rows = []
     for paced in (False, True):
         source, url = _start_source(paced)
         try:
             for c in levels:
                 for _ in range(args.rounds):  # clients alternate, so a change of machine load hits both
-                    for name, python in clients:
+                    for name, driver, python, workflow in clients:
                         if paced:  # enough requests for a stable median at every level
-                            res = _run_driver(python, name, url, c, PACED_TOKENS, 0, max(2 * c, 32))
+                            _source_lag(url)  # forget what earlier runs left
+                            res = _run_driver(python, driver, url, c, PACED_TOKENS, 0, max(2 * c, 32), workflow)
+                            res["source_lag_ms"] = _source_lag(url)
                         else:
-                            res = _run_driver(python, name, url, c, FAST_TOKENS, args.seconds, 0)
+                            res = _run_driver(python, driver, url, c, FAST_TOKENS, args.seconds, 0, workflow)
+                        res["load"] = os.getloadavg()[0]
                         rows.append((paced, c, name, res))
-                        print(f"  {'paced' if paced else 'max  '} c={c:<4} {name:5} {json.dumps(res)}", file=sys.stderr)
+                        print(f"  {'paced' if paced else 'max  '} c={c:<4} {name:6} {json.dumps(res)}", file=sys.stderr)
         finally:
             os.killpg(source.pid, 9)
             source.wait()
+    _print_table(rows, levels, [name for name, *_ in clients], args.rounds)
+
+
+def _print_table(rows: list, levels: list[int], names: list[str], rounds: int) -> None:
     print(
         f"\nclient overhead (load source: {FAST_TOKENS} tokens/request unpaced; "
         f"paced: TTFT {TTFT_DELAY_S * 1000:.0f} ms, "
         f"ITL {PACED_ITL_S * 1000:.0f} ms, {PACED_TOKENS} tokens)"
     )
-    print(f"medians over {args.rounds} alternating rounds; host load average now {os.getloadavg()[0]:.1f}")
-    print(f"{'conc':>5} {'client':>7} {'max tok/s':>11} {'failed':>7} {'TTFT err med ms':>16} {'TTFT err p99 ms':>16}")
+    loads = [r["load"] for *_, r in rows]
+    print(
+        f"medians over {rounds} alternating rounds; host load average (1 min) while it ran: "
+        f"{min(loads):.1f} to {max(loads):.1f}, now {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'conc':>5} {'client':>7} {'max tok/s':>11} {'failed':>7} {'TTFT err med ms':>16} {'TTFT err p99 ms':>16}"
+        f" {'source lag ms':>14}"
+    )
+    table: dict[tuple[int, str], tuple[float, float]] = {}
     for c in levels:
-        for name, _ in clients:
+        for name in names:
             fast = [r for p, cc, n, r in rows if not p and cc == c and n == name]
             paced = [r for p, cc, n, r in rows if p and cc == c and n == name]
             tps = statistics.median(r["tokens_per_s"] for r in fast)
             failed = sum(r["failed"] for r in fast + paced)
             err_med = statistics.median(r["ttft_ms_median"] for r in paced) - TTFT_DELAY_S * 1000
             err_p99 = statistics.median(r["ttft_ms_p99"] for r in paced) - TTFT_DELAY_S * 1000
-            print(f"{c:>5} {name:>7} {tps:>11.0f} {failed:>7} {err_med:>16.2f} {err_p99:>16.2f}")
+            lag = statistics.median(r["source_lag_ms"] for r in paced)
+            table[c, name] = (tps, err_med)
+            print(f"{c:>5} {name:>7} {tps:>11.0f} {failed:>7} {err_med:>16.2f} {err_p99:>16.2f} {lag:>14.2f}")
+    if "vllm" not in names:
+        return
+    print("\nagainst vLLM's client (target: tok/s >= 1.5x at 32 and 256, TTFT error <= 1/3 at every level)")
+    for name in names:
+        if name != "vllm":
+            cells = []
+            for c in levels:
+                (tps, err), (vtps, verr) = table[c, name], table[c, "vllm"]
+                cells.append(f"c={c}: tok/s {tps / vtps:.2f}x, TTFT err {err / verr:.2f}x")
+            print(f"{name:>7}  " + "; ".join(cells))
 
 
 if __name__ == "__main__":
@@ -351,10 +429,16 @@ if __name__ == "__main__":
     d.add_argument("--tokens", type=int, required=True)
     d.add_argument("--seconds", type=float, default=0)
     d.add_argument("--count", type=int, default=0)
+    d.add_argument("--workflow", default=WORKFLOW)
     parser.add_argument("--engine-python", default=os.environ.get("ATTNBENCH_ENGINE_PYTHON"))
     parser.add_argument("--concurrency", default="1,32,256")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3, help="measurements per client and level (median printed)")
+    parser.add_argument(
+        "--baseline",
+        help="another checkout of this project (e.g. from git worktree or git archive): its client runs as 'base' "
+        "beside this one's, in the same alternating rounds",
+    )
     a = parser.parse_args()
     if a.cmd == "serve":
         serve(a.port, a.paced)

@@ -201,3 +201,54 @@ def test_request_body_without_system_prompt():
     assert body["messages"] == [{"role": "user", "content": "p"}] and "ignore_eos" not in body
     with pytest.raises(ValueError):
         request_body("embeddings", "m", "p", Sampling(max_tokens=5))
+
+
+def _state_after(reads, api="chat"):
+    """A StreamState fed `reads` (bytes, arrival time) in order; its outcome as comparable values."""
+    st = StreamState(api, 0.0)
+    for data, now in reads:
+        st.feed(data, now)
+    st.finish(9.0)
+    return st.chunks, st.usage, st.done, st.first, st.last, st.gaps
+
+
+MIXED = (
+    b": keep-alive\r\n\r\n"
+    + b"event: message\ndata: "
+    + json.dumps({"choices": [{"index": 0, "delta": {"content": " \u00e9t\u00e9 \u2603"}}]}).encode()
+    + b"\r\n\r\n"
+    + chunk(role=True)
+    + b"data:"
+    + json.dumps({"choices": [{"index": 0, "delta": {"content": " b"}}]}).encode()
+    + b"  \n\n"
+    + chunk(" c")
+    + chunk(" d")
+    + chunk(usage=USAGE)
+    + b"data: [DONE]"  # no newline at the end: finish() still counts it
+)
+
+
+def test_bulk_reads_parse_like_single_lines():
+    # The same bytes in one read, line by line, and byte by byte give the same events; every event of a read
+    # gets that read's arrival time, so events read together have gaps of 0.
+    lines = [line + b"\n" for line in MIXED.split(b"\n")]
+    lines[-1] = lines[-1][:-1]
+    one = _state_after([(MIXED, 1.0)])
+    per_line = _state_after([(line, 1.0) for line in lines])
+    per_byte = _state_after([(MIXED[i : i + 1], 1.0) for i in range(len(MIXED))])
+    assert one == per_line == per_byte
+    chunks, usage, done, first, last, gaps = one
+    assert (chunks, usage, done, first, last, gaps) == (6, USAGE, True, 1.0, 1.0, [0.0, 0.0, 0.0])
+    timed = _state_after([(line, 1.0 + 0.25 * i) for i, line in enumerate(lines)])
+    assert timed[3] < timed[4] and len(timed[5]) == 3 and all(g > 0 for g in timed[5])
+
+
+def test_malformed_line_in_a_bulk_read_keeps_what_came_before():
+    st = StreamState("chat", 0.0)
+    with pytest.raises(StreamError, match="not JSON"):
+        st.feed(chunk(" a") + chunk(" b") + b"data: {broken\n\n" + chunk(" c"), 2.0)
+    assert (st.first, st.chunks, st.gaps) == (2.0, 2, [0.0])
+    err = StreamState("completions", 0.0)
+    with pytest.raises(StreamError, match="server error in stream: overloaded"):
+        err.feed(b'data: {"choices": [{"text": "x"}]}\n\ndata: {"error": {"message": "overloaded"}}\n\n', 1.0)
+    assert err.first == 1.0

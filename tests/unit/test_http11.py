@@ -116,3 +116,51 @@ def test_https_is_refused_clearly():
 
     with pytest.raises(httpx.UnsupportedProtocol):
         asyncio.run(go())
+
+
+class Trickle(LoopbackServer):
+    """Answers with a chunked body whose chunks come `gap` seconds apart (`head_delay` before the head)."""
+
+    def __init__(self, gap, count, head_delay=0.0):
+        self.gap, self.count, self.head_delay = gap, count, head_delay
+
+    async def handle(self, reader, writer):
+        await read_request(reader)
+        await asyncio.sleep(self.head_delay)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(self.count):
+            await asyncio.sleep(self.gap)
+            writer.write(b"1\r\nx\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+
+def _read_body(server, timeout):
+    async def go():
+        async with server as srv, httpx.AsyncClient(transport=LoopbackTransport(1), timeout=timeout) as c:
+            return (await c.get(srv.url + "/")).content
+
+    return asyncio.run(go())
+
+
+def test_read_timeout_is_per_read_not_per_body():
+    # 6 reads 0.15 s apart take longer than the 0.4 s limit in all, but no single read waits that long.
+    assert _read_body(Trickle(0.15, 6), timeout=0.4) == b"x" * 6
+    with pytest.raises(httpx.ReadTimeout):
+        _read_body(Trickle(0.6, 2), timeout=0.3)  # a body read that waits too long
+    with pytest.raises(httpx.ReadTimeout):
+        _read_body(Trickle(0.0, 1, head_delay=0.6), timeout=0.3)  # the response head waits too long
+
+
+def test_a_callers_cancel_is_not_taken_for_a_timeout():
+    async def go():
+        async with Trickle(0.0, 1, head_delay=2) as srv, httpx.AsyncClient(transport=LoopbackTransport(1)) as c:
+            task = asyncio.create_task(c.get(srv.url + "/", timeout=5))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(go())

@@ -10,26 +10,33 @@ TTFT is the time to the first chunk carrying non-empty content (the role-only fi
 token); `itl` holds the gaps between successive content chunks (a chunk may carry more than one token when the
 server batches its writes, which is why TPOT is computed from usage, not from the number of gaps).
 
-The SSE stream is split into lines by hand from raw bytes: it is the hot loop of the client at high concurrency,
-and httpx's generic line iterator costs more per chunk than the few byte operations needed here. For the same
-reason plain-http servers are reached through attnbench.measure.http11.LoopbackTransport (see there why).
+The SSE stream is the hot loop of the client at high concurrency, so it is parsed in bulk: every network read is
+split into lines at once, and a well-formed `data: {...}` line is decoded by the C JSON scanner directly (one call,
+no wrapper); anything else (comments, other fields, CRLF endings, errors, [DONE]) takes the general per-line path,
+so both give the same records. Every event of one read gets that read's arrival time. For the same reason
+plain-http servers are reached through attnbench.measure.http11.LoopbackTransport with request bytes built once per
+client (see there why); https goes through httpx's own transport.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 
-from attnbench.measure.http11 import LoopbackTransport
+from attnbench.measure.http11 import LoopbackTransport, request_bytes, request_head
 from attnbench.measure.records import RequestRecord
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what llmapibenchmark sends
 API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+JSON_HEADERS = {"Content-Type": "application/json"}
 ERROR_TEXT_LIMIT = 300  # characters of a server's error body kept in a record
-_decode_json = json.JSONDecoder().decode  # on str: skips json.loads' encoding sniffing, once per token
+_JSON = json.JSONDecoder()
+_decode_json = _JSON.decode  # on str: skips json.loads' encoding sniffing
+_scan_json = _JSON.scan_once  # the C scanner: (value, end) from a start index, StopIteration if none there
 
 
 @dataclass
@@ -80,6 +87,21 @@ def _short(text: str | bytes, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def encode_json(body: dict) -> bytes:
+    """A request body as httpx's `json=` encodes it."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _http_error(status: int, body: bytes) -> str:
+    """A record's error for a non-200 answer: the status and the server's message."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        text = _error_message(json.loads(text))
+    except ValueError:
+        pass
+    return f"HTTP {status}: {_short(text, ERROR_TEXT_LIMIT)}"
+
+
 def _error_message(payload: object) -> str:
     if isinstance(payload, dict):
         err = payload.get("error", payload)
@@ -90,9 +112,9 @@ def _error_message(payload: object) -> str:
 
 
 class StreamState:
-    """Parses SSE lines of one response and keeps its timings (perf_counter seconds relative to the send)."""
+    """Parses the SSE stream of one response and keeps its timings (perf_counter seconds relative to the send)."""
 
-    __slots__ = ("api", "t0", "first", "last", "gaps", "usage", "done", "chunks")
+    __slots__ = ("api", "t0", "first", "last", "gaps", "usage", "done", "chunks", "tail", "status")
 
     def __init__(self, api: str, t0: float):
         self.api = api
@@ -103,20 +125,85 @@ class StreamState:
         self.usage: dict | None = None
         self.done = False  # saw "data: [DONE]"
         self.chunks = 0
+        self.tail = b""  # an incomplete last line, waiting for the next read
+        self.status: int | None = None  # the response's HTTP status
+
+    def feed(self, data: bytes, now: float) -> None:
+        """Bytes as read from the body, split anywhere; its complete lines are parsed with arrival time `now`
+        (an incomplete last line waits for the next read). Raises StreamError on a malformed line."""
+        if self.tail:
+            data = self.tail + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.tail = data
+            return
+        self.tail = data[cut + 1 :]
+        chat = self.api == "chat"
+        content = 0  # content events in this read
+        try:
+            for line in data[:cut].split(b"\n"):
+                payload = None
+                if line[:7] == b"data: {" and not self.done:  # the common case, decoded inline
+                    try:
+                        text = line[6:].decode()
+                        payload, end = _scan_json(text, 0)
+                        if end != len(text) or "error" in payload or payload.get("object") == "error":
+                            payload = None  # _parse_line says what is wrong, or strips what is around it
+                    except (ValueError, StopIteration):  # also UnicodeDecodeError
+                        payload = None
+                if payload is None:
+                    if not line or line == b"\r":  # every other line is an event separator
+                        continue
+                    payload = self._parse_line(line)
+                    if payload is None:
+                        continue
+                self.chunks += 1
+                usage = payload.get("usage")
+                if usage:
+                    self.usage = usage
+                choices = payload.get("choices")
+                if choices:
+                    choice = choices[0]
+                    if (choice.get("delta") or {}).get("content") if chat else choice.get("text"):
+                        content += 1
+        finally:  # what arrived before a malformed line is kept
+            if content:
+                self._arrived(content, now)
 
     def feed_line(self, line: bytes, now: float) -> None:
-        """One line of the stream (without its newline). Raises StreamError on a malformed line."""
+        """One complete line of the stream (without its newline)."""
+        self.feed(line + b"\n", now)
+
+    def finish(self, now: float) -> None:
+        """The body ended: a last line without its newline still counts."""
+        tail, self.tail = self.tail, b""
+        if tail.strip():
+            self.feed_line(tail, now)
+
+    def _arrived(self, count: int, now: float) -> None:
+        """`count` content events read at `now`: the first sets TTFT or a gap, the rest are gaps of 0."""
+        if self.first is None:
+            self.first = now
+        else:
+            self.gaps.append(round(now - self.last, 6))
+        if count > 1:
+            self.gaps.extend([0.0] * (count - 1))
+        self.last = now
+
+    def _parse_line(self, line: bytes) -> dict | None:
+        """The general path for one line: the event's payload, or None for a line that carries none (comment,
+        other SSE field, [DONE]). Raises StreamError on a malformed line."""
         line = line.rstrip(b"\r")
         if not line or line.startswith(b":"):  # event separator / SSE comment (keep-alive)
-            return
+            return None
         if not line.startswith(b"data:"):
             if line.startswith((b"event:", b"id:", b"retry:")):
-                return
+                return None
             raise StreamError(f"malformed SSE line: {_short(line)!r}")
         data = line[5:].strip()
         if data == b"[DONE]":
             self.done = True
-            return
+            return None
         if self.done:
             raise StreamError(f"data after [DONE]: {_short(data)!r}")
         try:
@@ -127,20 +214,7 @@ class StreamState:
             raise StreamError(f"malformed SSE data (not an object): {_short(data)!r}")
         if "error" in payload or payload.get("object") == "error":  # new and old vLLM error shapes
             raise StreamError(f"server error in stream: {_short(_error_message(payload), 200)}")
-        self.chunks += 1
-        usage = payload.get("usage")
-        if usage:
-            self.usage = usage
-        choices = payload.get("choices")
-        if choices:
-            choice = choices[0]
-            content = (choice.get("delta") or {}).get("content") if self.api == "chat" else choice.get("text")
-            if content:
-                if self.first is None:
-                    self.first = now
-                else:
-                    self.gaps.append(round(now - self.last, 6))
-                self.last = now
+        return payload
 
 
 class Client:
@@ -169,13 +243,20 @@ class Client:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"  # kept only in the client's headers, never recorded
         # Plain-http servers (the benchmark case) get the lean transport; https keeps httpx's default one.
-        transport = LoopbackTransport(concurrency) if self.base_url.startswith("http://") else None
+        self._loopback = LoopbackTransport(concurrency) if self.base_url.startswith("http://") else None
+        self._connect_timeout = min(timeout_s, 30.0)
         self._http = httpx.AsyncClient(
             headers=headers,
-            transport=transport,
+            transport=self._loopback,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
+            timeout=httpx.Timeout(timeout_s, connect=self._connect_timeout),
         )
+        if self._loopback is not None:
+            # The request head is the same for every request (only Content-Length and the body differ): built once
+            # by httpx, with exactly the headers it would send, then reused as bytes.
+            template = self._http.build_request("POST", self.url, content=b"", headers=JSON_HEADERS)
+            self._head = request_head(template)
+            self._origin = (template.url.host, template.url.port or 80)
 
     async def __aenter__(self) -> Client:
         return self
@@ -189,24 +270,15 @@ class Client:
     async def request(self, prompt: str, sampling: Sampling, ids: dict) -> RequestRecord:
         """Send one streaming request; `ids` are the RequestRecord identity fields (experiment, arm, repeat,
         workload, concurrency, phase, index, request_id, prompt_seed)."""
-        body = request_body(self.api, self.model, prompt, sampling)
+        payload = encode_json(request_body(self.api, self.model, prompt, sampling))
         start = time.time()
         t0 = time.perf_counter()
         state = StreamState(self.api, t0)
-        status = None
-        error = None
         try:
-            async with self._http.stream("POST", self.url, json=body) as response:
-                status = response.status_code
-                if status != 200:
-                    text = (await response.aread()).decode("utf-8", errors="replace")
-                    try:
-                        text = _error_message(json.loads(text))
-                    except ValueError:
-                        pass
-                    error = f"HTTP {status}: {_short(text, ERROR_TEXT_LIMIT)}"
-                else:
-                    await self._read_stream(response, state, t0)
+            if self._loopback is not None:
+                error = await self._post_loopback(payload, state)
+            else:
+                error = await self._post_httpx(payload, state)
         except StreamError as exc:
             error = str(exc)
         except httpx.TimeoutException as exc:
@@ -236,24 +308,42 @@ class Client:
             itl=state.gaps,
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
-            http_status=status,
+            http_status=state.status,
             ok=error is None,
             error=error,
         )
 
-    async def _read_stream(self, response: httpx.Response, state: StreamState, t0: float) -> None:
-        deadline = t0 + self.timeout_s
-        buffer = b""
-        async for raw in response.aiter_raw():
-            now = time.perf_counter()
-            buffer += raw
-            if b"\n" not in raw:
-                continue
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line and line != b"\r":  # every other line is an event separator
-                    state.feed_line(line, now)
+    async def _post_loopback(self, payload: bytes, state: StreamState) -> str | None:
+        """The request over the lean transport; returns the error of a non-200 answer, None after a 200 stream."""
+        response = await self._loopback.send(
+            self._origin, request_bytes(self._head, payload), self._connect_timeout, self.timeout_s
+        )
+        chunks = response.__aiter__()
+        try:
+            state.status = response.status
+            if response.status != 200:
+                return _http_error(response.status, b"".join([data async for data in chunks]))
+            await self._read_stream(chunks, state)
+        finally:
+            await chunks.aclose()  # a body left unread gives its connection up (it cannot be reused)
+            await response.aclose()
+        return None
+
+    async def _post_httpx(self, payload: bytes, state: StreamState) -> str | None:
+        """The request through httpx (https); as _post_loopback."""
+        async with self._http.stream("POST", self.url, content=payload, headers=JSON_HEADERS) as response:
+            state.status = response.status_code
+            if response.status_code != 200:
+                return _http_error(response.status_code, await response.aread())
+            await self._read_stream(response.aiter_raw(), state)
+        return None
+
+    async def _read_stream(self, chunks: AsyncIterator[bytes], state: StreamState) -> None:
+        deadline = state.t0 + self.timeout_s
+        clock = time.perf_counter
+        async for data in chunks:
+            now = clock()  # the arrival time of every event in this read
+            state.feed(data, now)
             if now > deadline:
                 raise httpx.ReadTimeout("request exceeded its total time limit")
-        if buffer.strip():
-            state.feed_line(buffer, time.perf_counter())
+        state.finish(clock())

@@ -212,11 +212,11 @@ async def run_open_loop(
                     raise SweepError(
                         f"open loop aborted at {wl.name} rate {rate:g}/s: {level.abort}; records kept in {out_dir}"
                     )
-                if o.knee and rate == rates[-1] and len(rates) < int(o.knee_max_rates):
+                if o.knee and rate == rates[-1]:
                     broken = breaks(lv, level.records)
-                    if broken:
+                    if broken:  # also at the last rate knee_max_rates allows
                         print(f"{wl.name}: the knee is below {rate:g}/s ({broken})", file=sys.stderr)
-                    else:
+                    elif len(rates) < int(o.knee_max_rates):
                         rates.append(round(rate * float(o.knee_factor), 6))
     return run.summary
 
