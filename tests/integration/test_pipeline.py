@@ -309,7 +309,15 @@ def test_signal_to_run_arm_stops_the_server(engine_python, tmp_path, sig):
         str(exp),
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+        # Ctrl-C reaches a foreground job; a test runner started in the background (`cmd &`) passes SIGINT on as
+        # ignored, and Python then installs no KeyboardInterrupt handler. Give the child a foreground job's SIGINT.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 900
