@@ -75,7 +75,8 @@ class Level:
     async def wants_more(self) -> bool:
         """Another request to send: a prepared prompt is left, or the time floor is not reached (then one more
         prompt is built and appended). The floor counts from the first call, made just before the first send, so
-        the level's window (first start to last end) is at least floor_s long."""
+        the level's window (first start to last end) is at least floor_s long, to within the microseconds between
+        these checks and the client's own time stamps."""
         if self.min_end is None and self.floor_s:
             self.min_end = time.time() + self.floor_s
         if self.next < len(self.prompts):
