@@ -63,7 +63,7 @@ def _ours(client) -> list:
     return client.containers.list(all=True, filters={"label": f"{dockerserver.ROLE_LABEL}=server"})
 
 
-def _health_server_spec(port: int, *, exit_after_s: float | None = None) -> LaunchSpec:
+def _health_server_spec(port: int, *, exit_after_s: float | None = None, nice: int = 0) -> LaunchSpec:
     """A stand-in server (python's http.server in the engine image) that answers /health, for lifecycle tests that
     need no model. With exit_after_s it dies with code 3, like a crashing engine."""
     # inside, listen on all interfaces: the published port on 127.0.0.1 reaches it (DockerServer)
@@ -73,6 +73,7 @@ def _health_server_spec(port: int, *, exit_after_s: float | None = None) -> Laun
         env={"ATTNBENCH_TEST": "1"},
         runtime="docker",
         description={"image": CPU_IMAGE, "device": "cpu"},
+        nice=nice,
     )
 
 
@@ -90,6 +91,21 @@ def test_container_lifecycle_port_logs_cleanup(podman_api, cpu_image, tmp_path):
     assert srv.exit_reason() is not None
     assert cid not in [c.id for c in _ours(podman_api)]
     assert "stand-in server up" in log.read_text()
+
+
+def test_nice_runs_the_containers_server_at_the_lower_priority(podman_api, cpu_image, tmp_path):
+    """engine.nice under runtime docker: `nice` runs inside the image, and the container's session autogroup is
+    lowered from the host (its init is a host process under podman)."""
+    port = free_port()
+    spec = _health_server_spec(port, nice=6)
+    with dockerserver.DockerServer(spec, tmp_path / "s.log", f"http://127.0.0.1:{port}", 60) as srv:
+        srv.wait_ready()
+        top = srv.container.top(ps_args="-o pid,ni,args")
+        nices = {row[1] for row in top["Processes"] if "stand-in" in row[-1] or "python3" in row[-1]}
+        assert nices == {"6"}, top
+        assert srv.priority["nice"] == 6
+        if os.path.exists(f"/proc/{srv.pid}/autogroup"):
+            assert srv.priority["autogroup"] == "nice 6"
 
 
 def test_dying_server_fails_startup_with_its_exit_code(podman_api, cpu_image, tmp_path):

@@ -76,6 +76,15 @@ def test_venv_spec_runs_the_engine_venv_python():
     assert spec.env["VLLM_CPU_ATTN_SPLIT_KV"] == "0"
 
 
+def test_engine_nice_reaches_the_launch_spec():
+    """The demo lowers its server's priority (engine.nice: 10); a GPU experiment keeps the inherited one (0)."""
+    demo = _spec(_cfg("demo.yaml"))
+    assert (demo.nice, demo.description["nice"]) == (10, 10)
+    assert demo.argv[0] != "nice"  # the spec's argv stays the engine's; server.niced wraps it when it starts
+    errata = _spec(_cfg("errata.yaml"), trace_dir=None)
+    assert (errata.nice, errata.description["nice"]) == (0, 0)
+
+
 def test_native_spec_uses_configured_python():
     cfg = _cfg("demo.yaml")
     cfg["engine"]["runtime"] = "native"

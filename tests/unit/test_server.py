@@ -216,3 +216,40 @@ def test_every_runtime_shares_one_startup_wait():
 
     assert DockerServer.wait_ready is Server.wait_ready is ServerLifecycle.wait_ready
     assert (Server.error, DockerServer.error) == (ServerError, ContainerError)
+
+
+def _nice_of(pid: int) -> int:
+    # /proc/PID/stat field 19 (after "pid (comm)": index 16) is the nice value.
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[-1].split()[16])
+
+
+def test_nice_lowers_the_server_its_children_and_its_autogroup(tmp_path):
+    """engine.nice: the server process, the child it forks after starting (vLLM's engine core and workers) and its
+    session's autogroup run at the lower priority; the parent (the client) keeps its own."""
+    port = free_port()
+    spec = LaunchSpec(argv=[sys.executable, "-c", HEALTHY, str(port)], nice=7)
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    with Server(spec, tmp_path / "s.log", f"http://127.0.0.1:{port}", startup_timeout_s=30) as srv:
+        srv.wait_ready()
+        members = _group_pids(srv.proc.pid)
+        assert len(members) == 2  # the server and the child it forked
+        assert {_nice_of(pid) for pid in members} == {before + 7}
+        assert os.getpriority(os.PRIO_PROCESS, 0) == before
+        autogroup = f"/proc/{srv.proc.pid}/autogroup"
+        if os.path.exists(autogroup):
+            assert open(autogroup).read().split()[-1] == "7"
+            assert srv.priority == {"nice": 7, "autogroup": "nice 7"}
+        else:  # a kernel without autogroup scheduling: only the nice value applies, and the run says so
+            assert srv.priority["autogroup"].startswith("not set")
+    log = (tmp_path / "s.log").read_text()
+    assert log.startswith("attnbench: starting nice -n 7 ")
+
+
+def test_nice_zero_leaves_the_priority_and_the_argv_alone(tmp_path):
+    port = free_port()
+    spec = LaunchSpec(argv=[sys.executable, "-c", HEALTHY, str(port)])
+    with Server(spec, tmp_path / "s.log", f"http://127.0.0.1:{port}", startup_timeout_s=30) as srv:
+        srv.wait_ready()
+        assert _nice_of(srv.proc.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        assert srv.priority == {"nice": 0, "autogroup": "unchanged"}
+    assert (tmp_path / "s.log").read_text().startswith(f"attnbench: starting {sys.executable} ")

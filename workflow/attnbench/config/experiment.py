@@ -53,6 +53,7 @@ class EngineSpec:
     host: str
     startup_timeout_s: float
     stop_grace_s: float
+    nice: int
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from attnbench.engines.dockerbuild import docker_client
 from attnbench.engines.images import LABEL_PREFIX
-from attnbench.engines.server import ServerLifecycle
+from attnbench.engines.server import ServerLifecycle, niced, set_autogroup_nice
 from attnbench.errors import ContainerError
 
 # Containers started by DockerServer carry these labels, so ones orphaned by a SIGKILLed parent can be found.
@@ -117,8 +117,8 @@ class DockerServer(ServerLifecycle):
             self.container = self.client.containers.run(
                 self.image,
                 # entrypoint=argv[0]: an empty entrypoint means "keep the image's" to podman, so set it explicitly.
-                entrypoint=container_argv(self.spec.argv)[:1],
-                command=container_argv(self.spec.argv)[1:],
+                entrypoint=self._argv()[:1],
+                command=self._argv()[1:],
                 environment=dict(self.spec.env),
                 ports={f"{url.port}/tcp": ("127.0.0.1", url.port)},
                 volumes=_bind_paths(self.spec),
@@ -139,8 +139,18 @@ class DockerServer(ServerLifecycle):
             self._restore_sigterm_handler()
             raise ContainerError(f"cannot start container from {self.image}: {exc.explanation or exc}") from None
         self.started_at = time.monotonic()
+        if self.spec.nice:
+            # The container's first process (its init, a host pid under podman) heads the container's session.
+            self.container.reload()
+            pid = self.pid
+            autogroup = set_autogroup_nice(pid, self.spec.nice) if pid else "not set (no host pid)"
+            self.priority = {"nice": self.spec.nice, "autogroup": autogroup}
         self._log_thread = threading.Thread(target=self._stream_logs, name="docker-server-log", daemon=True)
         self._log_thread.start()
+
+    def _argv(self) -> list[str]:
+        # `nice` runs inside the image (coreutils): the server and its workers start at the lower priority.
+        return container_argv(niced(self.spec.argv, self.spec.nice))
 
     def _stream_logs(self) -> None:
         # Appends raw bytes as they come; a crash of the parent keeps everything written so far.

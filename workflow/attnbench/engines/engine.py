@@ -138,7 +138,9 @@ def launch_spec(
         raise ConfigError(
             f"engine.runtime: {runtime!r} is not allowed; allowed values: venv, native, docker, apptainer"
         )
-    return LaunchSpec(argv=argv, env=env, runtime=runtime, description=description)
+    nice = int(engine.get("nice") or 0)
+    description["nice"] = nice
+    return LaunchSpec(argv=argv, env=env, runtime=runtime, description=description, nice=nice)
 
 
 # --- the pinned CPU engine as a venv -------------------------------------------------------------------------

@@ -260,6 +260,8 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         with server:
             server.start()
             run["server"]["pid"] = getattr(server, "pid", None)
+            if server.priority:  # engine.nice: the argv above ran under `nice -n N`
+                run["server"]["priority"] = server.priority
             run["server"]["ready_s"] = round(server.wait_ready(), 2)
             with httpx.Client(headers=headers) as client:
                 run["server"]["version_endpoint"] = _get_json(client, f"{base_url}/version")

@@ -37,6 +37,30 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     runtime: str = "venv"  # venv | native | docker | apptainer
     description: dict = field(default_factory=dict)  # free-form facts for provenance (image, engine version...)
+    nice: int = 0  # engine.nice: run the server at this lower CPU priority (see niced, set_autogroup_nice)
+
+
+def niced(argv: list[str], nice: int) -> list[str]:
+    """argv run through coreutils' `nice`: the priority is set before the server's first instruction, so every
+    thread and process it starts inherits it (a setpriority after the start would race with vLLM's workers)."""
+    return ["nice", "-n", str(nice), *argv] if nice else list(argv)
+
+
+def set_autogroup_nice(pid: int, nice: int) -> str:
+    """Give the autogroup of `pid`'s session the nice value too; what happened, for run.json.
+
+    Linux with autogroup scheduling (the default on Debian and Ubuntu kernels) first shares a core fairly between
+    sessions, and only then by nice value within a session. The server runs in its own session
+    (start_new_session), so its processes' nice value alone would not rank it below the client; its session's
+    autogroup has to be lowered as well. Raising a nice value needs no privilege."""
+    if not nice:
+        return "unchanged"
+    path = Path(f"/proc/{pid}/autogroup")
+    try:
+        path.write_text(str(nice))
+        return f"nice {nice}"
+    except OSError as exc:  # no autogroup in this kernel, or the process is already gone
+        return f"not set ({exc.strerror or exc})"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -63,6 +87,7 @@ class ServerLifecycle:
     log_path: Path
     startup_timeout_s: float
     started_at: float | None = None
+    priority: dict | None = None  # what start() applied of LaunchSpec.nice, for run.json
     _old_sigterm = None
     # What a failed start raises, and how long to wait before quoting the log of a server that died during startup
     # (a container's log reaches the file through a stream that lags behind the container).
@@ -153,13 +178,13 @@ class Server(ServerLifecycle):
         self._log_fh = self.log_path.open("ab")
         # The command line heads the log (an `apptainer exec ...` shows the image and binds); run-arm redacts
         # secrets from the whole log when the run ends.
-        self._log_fh.write(f"attnbench: starting {shlex.join(self.spec.argv)}\n".encode())
+        self._log_fh.write(f"attnbench: starting {shlex.join(niced(self.spec.argv, self.spec.nice))}\n".encode())
         self._log_fh.flush()
         env = {**os.environ, **self.spec.env}
         self._install_sigterm_handler()
         try:
             self.proc = subprocess.Popen(
-                self.spec.argv,
+                niced(self.spec.argv, self.spec.nice),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_fh,
@@ -171,6 +196,8 @@ class Server(ServerLifecycle):
             self._log_fh.close()
             raise ServerError(f"cannot start server {self.spec.argv[0]!r}: {exc.strerror or exc}") from None
         self.started_at = time.monotonic()
+        # Popen returns after the child's setsid and exec, so its session (and autogroup) exists already.
+        self.priority = {"nice": self.spec.nice, "autogroup": set_autogroup_nice(self.proc.pid, self.spec.nice)}
 
     # --- state ------------------------------------------------------------------------------------------------
     @property
