@@ -158,6 +158,16 @@ def test_runtime_needs_its_fields(demo):
     assert "engine.image" in _error(demo)
 
 
+def test_engine_cpus_is_refused_for_docker_and_checked_for_shape(demo):
+    demo["engine"].update(runtime="docker", image="vllm-cpu-0.32.0")
+    assert _error(demo).startswith("engine.cpus: not for runtime docker")
+    demo["engine"].update(runtime="venv", cpus=[1, 1])
+    assert "engine.cpus" in _error(demo)  # the schema: unique CPU ids
+    demo["engine"]["cpus"] = None
+    demo["sweep"]["client_cpus"] = [-1]
+    assert "sweep.client_cpus" in _error(demo)
+
+
 def test_workload_must_fit_max_model_len(demo):
     demo["model"]["max_model_len"] = 500
     msg = _error(demo)

@@ -192,6 +192,11 @@ def check_cross_fields(cfg: dict) -> dict:
         raise ConfigError("engine.requirements: runtime venv needs a pinned requirements file")
     if runtime in ("docker", "apptainer") and not engine.get("image"):
         raise ConfigError(f"engine.image: runtime {runtime} needs an image key from containers/lock.yaml")
+    if runtime == "docker" and engine.get("cpus"):
+        raise ConfigError(
+            "engine.cpus: not for runtime docker (a container's cpuset would also hold the engine's worker); "
+            "use runtime venv, native or apptainer, or null"
+        )
 
     if (model.get("architecture") is None) == (model.get("path") is None):
         raise ConfigError("model: give exactly one of model.architecture (synthetic, dummy weights) or model.path")

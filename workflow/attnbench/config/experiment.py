@@ -54,6 +54,7 @@ class EngineSpec:
     startup_timeout_s: float
     stop_grace_s: float
     nice: int
+    cpus: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class SweepSettings:
     api_key_env: str | None
     client_lag_limit_ms: float
     client_processes: int
+    client_cpus: tuple[int, ...] | None
 
     @classmethod
     def for_caller(cls, given: SweepSettings | Mapping[str, Any] | None) -> SweepSettings:

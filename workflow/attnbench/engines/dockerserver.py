@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from attnbench.engines.dockerbuild import docker_client
 from attnbench.engines.images import LABEL_PREFIX
-from attnbench.engines.server import ServerLifecycle, niced, set_autogroup_nice
+from attnbench.engines.server import ServerLifecycle, launch_argv, set_autogroup_nice
 from attnbench.errors import ContainerError
 
 # Containers started by DockerServer carry these labels, so ones orphaned by a SIGKILLed parent can be found.
@@ -149,8 +149,9 @@ class DockerServer(ServerLifecycle):
         self._log_thread.start()
 
     def _argv(self) -> list[str]:
-        # `nice` runs inside the image (coreutils): the server and its workers start at the lower priority.
-        return container_argv(niced(self.spec.argv, self.spec.nice))
+        # `nice` runs inside the image (coreutils): the server and its workers start at the lower priority. (engine.cpus
+        # is refused for runtime docker by the config rules: a container's cpuset would also bind the engine's worker.)
+        return container_argv(launch_argv(self.spec))
 
     def _stream_logs(self) -> None:
         # Appends raw bytes as they come; a crash of the parent keeps everything written so far.

@@ -139,8 +139,9 @@ def launch_spec(
             f"engine.runtime: {runtime!r} is not allowed; allowed values: venv, native, docker, apptainer"
         )
     nice = int(engine.get("nice") or 0)
-    description["nice"] = nice
-    return LaunchSpec(argv=argv, env=env, runtime=runtime, description=description, nice=nice)
+    cpus = tuple(engine["cpus"]) if engine.get("cpus") else None
+    description.update(nice=nice, cpus=list(cpus) if cpus else None)
+    return LaunchSpec(argv=argv, env=env, runtime=runtime, description=description, nice=nice, cpus=cpus)
 
 
 # --- the pinned CPU engine as a venv -------------------------------------------------------------------------

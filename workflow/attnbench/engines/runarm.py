@@ -29,7 +29,7 @@ from attnbench.engines.dockerserver import DockerServer
 from attnbench.engines.engine import engine_python, launch_spec
 from attnbench.engines.files import tree_digest
 from attnbench.engines.image_provenance import image_provenance
-from attnbench.engines.server import Server, free_port
+from attnbench.engines.server import Server, check_cpus, free_port
 from attnbench.errors import AttnbenchError, ServerError
 from attnbench.measure.gpumon import GpuMonitor
 from attnbench.measure.gpumon import summarize as gpu_summary
@@ -256,12 +256,20 @@ def run_arm(cfg: dict, arm_name: str, repeat: int, out_dir: Path, exp_dir: Path 
         if versions_argv:
             run["engine"]["versions"] = provenance.engine_versions(versions_argv, spec.env)
 
+        client_cpus = cfg["sweep"].get("client_cpus")
+        check_cpus("engine.cpus", spec.cpus)
+        check_cpus("sweep.client_cpus", client_cpus)
         server = _make_server(spec, out_dir / "server.log", base_url, engine["startup_timeout_s"])
         with server:
             server.start()
             run["server"]["pid"] = getattr(server, "pid", None)
-            if server.priority:  # engine.nice: the argv above ran under `nice -n N`
+            if server.priority:  # engine.nice / engine.cpus: the argv above ran under `taskset` / `nice`
                 run["server"]["priority"] = server.priority
+            if client_cpus:
+                # After the start, so the server does not inherit it. This thread (the sweep's event loop) and the
+                # threads and client processes it starts from now on stay on these CPUs.
+                os.sched_setaffinity(0, client_cpus)
+                run["client"] = {"cpus": sorted(client_cpus)}
             run["server"]["ready_s"] = round(server.wait_ready(), 2)
             with httpx.Client(headers=headers) as client:
                 run["server"]["version_endpoint"] = _get_json(client, f"{base_url}/version")

