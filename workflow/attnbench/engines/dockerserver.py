@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from attnbench.engines.dockerbuild import docker_client
 from attnbench.engines.images import LABEL_PREFIX
-from attnbench.engines.server import ServerLifecycle, launch_argv, set_autogroup_nice
+from attnbench.engines.server import ServerLifecycle, applied_priority, launch_argv
 from attnbench.errors import ContainerError
 
 # Containers started by DockerServer carry these labels, so ones orphaned by a SIGKILLed parent can be found.
@@ -142,9 +142,7 @@ class DockerServer(ServerLifecycle):
         if self.spec.nice:
             # The container's first process (its init, a host pid under podman) heads the container's session.
             self.container.reload()
-            pid = self.pid
-            autogroup = set_autogroup_nice(pid, self.spec.nice) if pid else "not set (no host pid)"
-            self.priority = {"nice": self.spec.nice, "autogroup": autogroup}
+            self.priority = applied_priority(self.spec, self.pid)
         self._log_thread = threading.Thread(target=self._stream_logs, name="docker-server-log", daemon=True)
         self._log_thread.start()
 

@@ -85,6 +85,12 @@ def set_autogroup_nice(pid: int, nice: int) -> str:
         return f"not set ({exc.strerror or exc})"
 
 
+def applied_priority(spec: LaunchSpec, pid: int | None) -> dict:
+    """What a started server got of spec.nice and spec.cpus (its autogroup lowered through `pid`), for run.json."""
+    autogroup = set_autogroup_nice(pid, spec.nice) if pid else "not set (no host pid)"
+    return {"nice": spec.nice, "autogroup": autogroup, **({"cpus": list(spec.cpus)} if spec.cpus else {})}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on `host` right now (the OS picks it; another process could still take it before use)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -200,13 +206,14 @@ class Server(ServerLifecycle):
         self._log_fh = self.log_path.open("ab")
         # The command line heads the log (an `apptainer exec ...` shows the image and binds); run-arm redacts
         # secrets from the whole log when the run ends.
-        self._log_fh.write(f"attnbench: starting {shlex.join(launch_argv(self.spec))}\n".encode())
+        argv = launch_argv(self.spec)
+        self._log_fh.write(f"attnbench: starting {shlex.join(argv)}\n".encode())
         self._log_fh.flush()
         env = {**os.environ, **self.spec.env}
         self._install_sigterm_handler()
         try:
             self.proc = subprocess.Popen(
-                launch_argv(self.spec),
+                argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_fh,
@@ -216,12 +223,10 @@ class Server(ServerLifecycle):
         except OSError as exc:
             self._restore_sigterm_handler()
             self._log_fh.close()
-            raise ServerError(f"cannot start server {self.spec.argv[0]!r}: {exc.strerror or exc}") from None
+            raise ServerError(f"cannot start server {argv[0]!r}: {exc.strerror or exc}") from None
         self.started_at = time.monotonic()
         # Popen returns after the child's setsid and exec, so its session (and autogroup) exists already.
-        self.priority = {"nice": self.spec.nice, "autogroup": set_autogroup_nice(self.proc.pid, self.spec.nice)}
-        if self.spec.cpus:
-            self.priority["cpus"] = list(self.spec.cpus)
+        self.priority = applied_priority(self.spec, self.proc.pid)
 
     # --- state ------------------------------------------------------------------------------------------------
     @property
