@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -127,9 +128,10 @@ def test_dying_server_fails_startup_with_its_exit_code(podman_api, cpu_image, tm
 
 
 PARENT = """
-import signal, sys, time
+import faulthandler, signal, sys, time
 # Ctrl-C as a terminal delivers it, even when this test runs where SIGINT is ignored (a background job).
 signal.signal(signal.SIGINT, signal.default_int_handler)
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks where a parent that did not exit is
 from pathlib import Path
 from attnbench.engines import dockerserver
 from attnbench.engines.server import LaunchSpec
@@ -139,7 +141,10 @@ port = int(sys.argv[1])
 with dockerserver.DockerServer(_health_server_spec(port), Path(sys.argv[2]), f"http://127.0.0.1:{{port}}", 60) as srv:
     srv.wait_ready()
     print(srv.container.id, flush=True)
-    time.sleep(600)
+    # Short sleeps: the kernel may hand the signal to the log thread, and then only the main thread's next wake-up
+    # runs Python's handler (one long sleep would outlast the test).
+    for _ in range(3000):
+        time.sleep(0.2)
 """
 
 
@@ -149,6 +154,7 @@ def test_parent_terminated_or_interrupted_removes_the_container(podman_api, cpu_
     proc = subprocess.Popen(
         [sys.executable, "-c", PARENT.format(tests=str(ROOT / "tests")), str(port), str(tmp_path / "s.log")],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=os.environ.copy(),
     )
@@ -156,10 +162,18 @@ def test_parent_terminated_or_interrupted_removes_the_container(podman_api, cpu_
         cid = proc.stdout.readline().strip()
         assert cid, "parent did not start its container"
         proc.send_signal(sig)
-        proc.wait(timeout=150)  # docker stop: TERM, up to 20 s grace, KILL, removal; slow on a loaded machine
+        # docker stop (TERM, up to 20 s grace, KILL) and removal: about a second here, seconds on a loaded machine.
+        # 240 s is past the sum of the SDK's own timeouts for those calls (150 s), so only a hang fails.
+        proc.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack, to stderr
+        time.sleep(2)
+        proc.kill()
+        pytest.fail(f"parent still running 240 s after {sig.name}; its threads:\n{proc.communicate(timeout=30)[1]}")
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.communicate(timeout=30)
     assert cid not in [c.id for c in _ours(podman_api)]
 
 

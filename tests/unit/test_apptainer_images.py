@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,26 @@ def test_check_base_names_a_lock_mismatch(built):
     apptainer_exec.base_record_path(KEY, images).write_text(json.dumps({**record, "lock_sha256": "e" * 64}))
     with pytest.raises(ContainerError, match="rebuild the image"):
         apptainer.check_base(KEY, lock, images)
+
+
+def test_a_failed_build_names_apptainers_own_last_words(tmp_path):
+    log = tmp_path / "build.log"
+    log.write_text(
+        "INFO:    Starting build...\nERROR:   first complaint\nsome pip line\n"
+        "FATAL:   While performing build: packer failed to pack: copy Failed: no space left on device\n"
+        "[image x] squash into SIF\n"
+    )
+    assert apptainer_exec.failure_line(log).startswith("FATAL:   While performing build: packer failed")
+    log.write_text("INFO: fine\n" * 10)
+    assert apptainer_exec.failure_line(log) is None
+    assert apptainer_exec.failure_line(tmp_path / "absent.log") is None
+
+
+def test_the_squash_is_refused_with_numbers_where_the_disk_is_short(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    free = shutil.disk_usage(tmp_path).free
+    apptainer.check_squash_space(1 << 20, scratch, tmp_path)  # 1 MiB fits anywhere this test runs
+    # A sandbox as large as the free space: its copy fits, the copy plus the SIF does not.
+    with pytest.raises(ContainerError, match=r"not enough free disk to squash the image: about [\d.]+ GB needed in "):
+        apptainer.check_squash_space(free, scratch, tmp_path)

@@ -73,18 +73,42 @@ def apptainer_env() -> dict[str, str]:
     return {"APPTAINER_DROP_CAPS": ",".join(missing)} if missing else {}
 
 
-def run_apptainer(args: list[str], what: str, log=None, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run_apptainer(
+    args: list[str], what: str, log=None, timeout: float | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run apptainer with `env` added to this process's environment; a failure is a ContainerError that names
+    Apptainer's own last FATAL/ERROR line (from `log`, an open file, where the output went there)."""
     exe = shutil.which("apptainer")
     if exe is None:
         raise ContainerError(f"{what}: apptainer is not on PATH ({install_hint()})")
-    env = {**os.environ, **apptainer_env()}
+    full_env = {**os.environ, **apptainer_env(), **(env or {})}
     proc = subprocess.run(
-        [exe, *args], env=env, text=True, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
+        [exe, *args], env=full_env, text=True, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
     )
     if proc.returncode != 0:
-        tail = " | ".join((proc.stdout or "").strip().splitlines()[-8:]) if log is None else f"see {log.name}"
+        if log is None:
+            tail = " | ".join((proc.stdout or "").strip().splitlines()[-8:])
+        else:
+            log.flush()
+            cause = failure_line(Path(log.name))
+            tail = f"{cause} (see {log.name})" if cause else f"see {log.name}"
         raise ContainerError(f"{what} failed (exit {proc.returncode}): {tail}")
     return proc
+
+
+def failure_line(log_path: Path, window: int = 64 * 1024) -> str | None:
+    """The last line in the end of an Apptainer log that says why it stopped (FATAL:, ERROR:, a full disk)."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(0, log_path.stat().st_size - window))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        text = line.strip()
+        if text.startswith(("FATAL", "ERROR")) or "No space left" in text:
+            return text[:300]
+    return None
 
 
 def install_hint() -> str:
