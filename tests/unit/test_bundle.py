@@ -13,7 +13,7 @@ import pytest
 from bundlefixture import HF_SECRET, KEY_ENV, SECRET, make_experiment, write_derived
 
 from attnbench.analysis import aggregate
-from attnbench.bundles import bundle, verify
+from attnbench.bundles import bundle, serverlog, verify
 from attnbench.cli import main
 from attnbench.errors import BundleError
 from attnbench.measure.records import read_requests
@@ -68,7 +68,7 @@ def test_clean_bundle_passes_and_describes_the_run(built, capsys):
     result = verify.verify_bundle(path)
     assert result.findings == []
     m = result.manifest
-    assert m["bundle_schema"] == 1 and m["experiment"] == "unit" and m["gpu_type"] == "cpu-x86_64"
+    assert m["bundle_schema"] == 2 and m["experiment"] == "unit" and m["gpu_type"] == "cpu-x86_64"
     assert m["complete"] is True and m["missing"] == []
     assert [a["name"] for a in m["arms"]] == ["fast", "slow"]
     assert all(r["status"] == "ok" and r["logged_backend"] == "CPU_ATTN" for a in m["arms"] for r in a["runs"])
@@ -152,6 +152,187 @@ def test_partial_bundle_says_what_is_missing_and_verifies(tmp_path):
         {"arm": "slow", "repeat": 0, "reason": "not run"},
         {"arm": "slow", "repeat": 1, "reason": "not run"},
     ]
+
+
+# --- server logs: prompts elided ----------------------------------------------------------------------------------
+
+_PARAMS = (
+    "SamplingParams(n=1, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0, temperature=1.0, "
+    "top_p=1.0, top_k=-1, min_p=0.0, seed=None, stop=[], stop_token_ids=[], bad_words=[], "
+    "include_stop_str_in_output=False, ignore_eos={eos}, max_tokens={max_tokens}, min_tokens=0, logprobs=None, "
+    "prompt_logprobs=None, skip_special_tokens=True, spaces_between_special_tokens=True, "
+    "truncate_prompt_tokens=None, guided_decoding=None)"
+)
+_TAIL = ", lora_request: None, prompt_adapter_request: None."
+# Real vLLM 0.7.1 request lines (results/errata/runs/xformers/rep0/server.log); the chat prompt shortened to 127
+# characters (its last words cut).
+CHAT_071 = (
+    "INFO 12-06 12:58:11 logger.py:37] Received request chatcmpl-a6cd841f819c45d08a1b2ade43e4ab72: prompt: "
+    "'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\nmuzi safu fazi doda"
+    "<|im_end|>\\n<|im_start|>assistant\\n', params: "
+    + _PARAMS.format(eos=True, max_tokens=512)
+    + ", prompt_token_ids: None"
+    + _TAIL
+)
+CMPL_071 = (
+    "INFO 12-06 13:00:11 logger.py:37] Received request cmpl-59233d14558e4d1a89fad1d04e6059a3-0: prompt: 'probe', "
+    "params: " + _PARAMS.format(eos=False, max_tokens=1) + ", prompt_token_ids: [3]" + _TAIL
+)
+TOKN_071 = (
+    "INFO 12-06 12:58:11 logger.py:37] Received request tokn-66d9022d163f455ba6c0c572799181aa: prompt: "
+    "'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<|im_end|>\\n"
+    "<|im_start|>assistant\\n', params: None, prompt_token_ids: None" + _TAIL
+)
+CHAT_071_ELIDED = (
+    "INFO 12-06 12:58:11 logger.py:37] Received request chatcmpl-a6cd841f819c45d08a1b2ade43e4ab72: prompt: "
+    "<elided: 127 chars>, params: " + _PARAMS.format(eos=True, max_tokens=512) + ", prompt_token_ids: None" + _TAIL
+)
+CMPL_071_ELIDED = (
+    "INFO 12-06 13:00:11 logger.py:37] Received request cmpl-59233d14558e4d1a89fad1d04e6059a3-0: prompt: "
+    "<elided: 5 chars>, params: "
+    + _PARAMS.format(eos=False, max_tokens=1)
+    + ", prompt_token_ids: <elided: 1 ids>"
+    + _TAIL
+)
+
+
+@pytest.mark.parametrize(
+    "line, elided",
+    [
+        (CHAT_071, CHAT_071_ELIDED),
+        (CMPL_071, CMPL_071_ELIDED),
+        (
+            TOKN_071,
+            "INFO 12-06 12:58:11 logger.py:37] Received request tokn-66d9022d163f455ba6c0c572799181aa: prompt: "
+            "<elided: 108 chars>, params: None, prompt_token_ids: None" + _TAIL,
+        ),
+        # prompts with quotes (%r switches to double quotes, or escapes) and a longer prompt's ids
+        (
+            CMPL_071.replace("'probe'", repr("it's")).replace("[3]", "[3, 1045, 27]"),
+            CMPL_071_ELIDED.replace("5 chars", "4 chars").replace("1 ids", "3 ids"),
+        ),
+        (
+            CMPL_071.replace("'probe'", repr('it\'s "q"\t')),
+            CMPL_071_ELIDED.replace("5 chars", "9 chars"),
+        ),
+        # vLLM 0.32's DEBUG line holds the same two fields
+        (
+            "DEBUG 05-01 10:00:00 [request_logger.py:55] Request cmpl-1-0 details: prompt: 'hi there', "
+            "prompt_token_ids: [9, 8], prompt_embeds shape: None.",
+            "DEBUG 05-01 10:00:00 [request_logger.py:55] Request cmpl-1-0 details: prompt: <elided: 8 chars>, "
+            "prompt_token_ids: <elided: 2 ids>, prompt_embeds shape: None.",
+        ),
+    ],
+)
+def test_request_line_loses_its_prompt_and_keeps_the_rest(line, elided):
+    assert serverlog.elide_requests(line + "\n") == (elided + "\n", 1)
+    assert serverlog.count_marked(elided) == 1
+    assert serverlog.elide_requests(elided) == (elided, 0)  # a bundled log has nothing left to elide
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "INFO 12-06 13:00:37 awq_marlin.py:109] The model is convertible to awq_marlin during runtime. "
+        "Using awq_marlin kernel.",
+        "INFO 12-06 13:00:41 cuda.py:235] Using XFormers backend.",
+        'INFO:     127.0.0.1:39834 - "POST /tokenize HTTP/1.1" 200 OK',
+        "Capturing CUDA graph shapes:   0%|          | 0/35 [00:00<?, ?it/s]\rCapturing CUDA graph shapes:   3%|",
+        # vLLM 0.32's INFO request line names no prompt
+        "(APIServer pid=1) INFO 05-01 10:00:00 [request_logger.py:65] Received request cmpl-1-0: "
+        "params: SamplingParams(n=1, max_tokens=4), lora_request: None.",
+        # a request line cut short (a killed server) or with a prompt that is no string: not recognised
+        CHAT_071[:200],
+        CMPL_071.replace("'probe'", "'\\x4'"),
+        CMPL_071.replace("[3]", "[3, x]"),
+        CHAT_071.replace("prompt: '<", "prompt: <"),
+        # nothing to elide
+        CMPL_071.replace("'probe'", "None").replace("[3]", "None"),
+    ],
+)
+def test_lines_it_does_not_recognise_stay_byte_for_byte(line):
+    text = line + "\r\n" + line
+    assert serverlog.elide_requests(text) == (text, 0)
+
+
+def _log_requests(exp_dir: Path) -> Path:
+    """Append vLLM 0.7.1's request lines (and a tqdm line with its \\r) to one run's raw server log."""
+    log = exp_dir / "runs/fast/rep0/server.log"
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(f"{TOKN_071}\nCapturing: 0%|  | 0/35\rCapturing: 3%|  | 1/35\n{CHAT_071}\n{CMPL_071}\n")
+    return log
+
+
+@pytest.fixture
+def elided(tmp_path):
+    """A bundle whose fast/rep0 server log had three request lines."""
+    exp_dir, cfg = make_experiment(tmp_path / "results")
+    log = _log_requests(exp_dir)
+    path = bundle.build_bundle(exp_dir, cfg, tmp_path / "out", environ={KEY_ENV: SECRET})
+    return path, log
+
+
+def test_bundled_log_has_no_prompt_and_the_manifest_ties_it_to_the_original(elided, tmp_path):
+    path, log = elided
+    result = verify.verify_bundle(path)
+    assert result.findings == []
+    rel = "runs/fast/rep0/server.log"
+    raw = log.read_bytes()
+    assert result.manifest["elided"] == {
+        rel: {
+            "original_sha256": bundle.sha256_file(log),
+            "original_bytes": len(raw),
+            "original_lines": raw.count(b"\n"),
+            "elided_lines": 3,
+        }
+    }
+    bundled = (extract(path, tmp_path / "x") / rel).read_bytes()
+    assert b"muzi" not in bundled and b"probe" not in bundled and b"[3]" not in bundled
+    assert CHAT_071_ELIDED.encode() in bundled and CMPL_071_ELIDED.encode() in bundled
+    # every other line as the run wrote it (secrets blanked), the backend evidence included
+    raw_lines, bundled_lines = raw.split(b"\n"), bundled.split(b"\n")
+    assert len(raw_lines) == len(bundled_lines)
+    kept = [(r, b) for r, b in zip(raw_lines, bundled_lines) if b"Received request" not in r]
+    assert b"Capturing: 0%|  | 0/35\rCapturing: 3%|  | 1/35" in [b for _, b in kept]
+    assert all(bundle.scrub(r.decode(), [SECRET]).encode() == b for r, b in kept)
+    assert all(r["logged_backend"] == "CPU_ATTN" for a in result.manifest["arms"] for r in a["runs"])
+
+
+def test_tampered_elided_log_is_named(elided, tmp_path):
+    path, _ = elided
+    rel = "runs/fast/rep0/server.log"
+    root = extract(path, tmp_path / "x")
+    log = root / rel
+    original = log.read_bytes()  # bytes: read as text, the tqdm line's \\r would become a line of its own
+
+    def edit(old: str, new: str) -> None:
+        log.write_bytes(original.replace(old.encode(), new.encode()))
+
+    edit("<elided: 127 chars>", "<elided: 128 chars>")
+    found = findings_of(pack(root, tmp_path / "t.tar.gz"))
+    assert [(f.file, f.field) for f in found] == [(rel, "sha256")]
+    # A forger who puts a prompt back and fixes the checksums: the marked lines no longer add up.
+    edit(CHAT_071_ELIDED, CHAT_071)
+    reseal(root)
+    found = findings_of(pack(root, tmp_path / "t2.tar.gz"))
+    assert found == [verify.Finding(rel, "elided lines", "3 (manifest: elided.elided_lines)", 2)]
+    # ... or drops a request line
+    edit(CMPL_071_ELIDED + "\n", "")
+    reseal(root)
+    found = findings_of(pack(root, tmp_path / "t3.tar.gz"))
+    lines = original.count(b"\n")
+    assert found == [
+        verify.Finding(rel, "lines", f"{lines} (manifest: elided.original_lines)", lines - 1),
+        verify.Finding(rel, "elided lines", "3 (manifest: elided.elided_lines)", 2),
+    ]
+    # The original's facts are sealed: an edit is named by its section.
+    log.write_bytes(original)
+    reseal(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["elided"][rel]["original_bytes"] += 1
+    manifest["manifest_sha256"] = bundle.manifest_digest(manifest)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert [(f.field, f.found) for f in findings_of(pack(root, tmp_path / "t4.tar.gz"))] == [("elided", "edited")]
 
 
 # --- tampering ---------------------------------------------------------------------------------------------------

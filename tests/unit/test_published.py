@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.bundles import verify
+from attnbench.bundles import serverlog, verify
 
 PUBLISHED = sorted((Path(__file__).parents[2] / "results" / "published").glob("*/bundle-*.tar.gz"))
 
@@ -28,6 +28,8 @@ def test_h100_bundle_says_what_ran():
     ran = {(a["name"], r["repeat"]) for a in manifest["arms"] for r in a["runs"] if r["status"] == "ok"}
     assert ran == {("fa3", 0), ("fa3", 1), ("fa3", 2), ("fa2", 0), ("fa2", 1), ("triton", 0), ("triton", 1)}
     assert manifest["complete"] is False
+    # Written before server logs lost their prompts (bundle schema 2): a version 1 bundle still verifies as it is.
+    assert manifest["bundle_schema"] == 1 and "elided" not in manifest
 
 
 def test_errata_bundle_ran_the_article_engine_through_apptainer_with_its_kernels():
@@ -69,3 +71,25 @@ def test_errata_bundle_ran_the_article_engine_through_apptainer_with_its_kernels
                 "flash_attn_fa3": {"fa3"},  # 0.7.1's Hopper default when VLLM_FLASH_ATTN_VERSION is not set
             }[arm]
         ), (name, families)
+
+
+def test_errata_bundle_is_small_and_its_server_logs_carry_no_prompt():
+    """vLLM 0.7.1 logs every request's prompt; the bundle keeps each log's lines with the prompts elided, and the
+    manifest ties each log to the file the run wrote (results/errata/runs/<arm>/rep<k>/server.log, not in git)."""
+    import tarfile
+
+    (path,) = [p for p in PUBLISHED if p.parent.name == "h100-vllm0.7.1-errata"]
+    assert path.stat().st_size < 5 * 2**20
+    manifest = verify.verify_bundle(path).manifest
+    assert manifest["bundle_schema"] == 2
+    logs = sorted(rel for rel in manifest["files"] if rel.endswith("/server.log"))
+    assert len(logs) == 12 and sorted(manifest["elided"]) == logs
+    with tarfile.open(path) as tar:
+        for rel in logs:
+            text = tar.extractfile(rel).read().decode("utf-8")
+            original = manifest["elided"][rel]
+            # every request line of the run (685 each: its chat requests, the tokenizer's and the kernel probe's)
+            assert original["elided_lines"] == serverlog.count_marked(text) == 685, rel
+            assert serverlog.elide_requests(text) == (text, 0), rel  # no request line still holds its prompt
+            assert "muzi" not in text and "<|im_start|>" not in text, rel  # words of the synthetic prompts
+            assert original["original_lines"] == serverlog.count_lines(text) and original["original_bytes"] > 10**6

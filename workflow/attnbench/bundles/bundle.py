@@ -1,9 +1,11 @@
 """Write a result bundle: one deterministic tar.gz that a peer can verify, compare and merge.
 
-A bundle holds an experiment folder's raw records, run.json files, redacted server logs, derived tables, plots and
-report, plus `manifest.json`: what was run (the resolved config), where (host, GPU, engine), what each arm asked for and
-got (backend, kernel families), which runs are missing or failed, and a SHA-256 for every file. Member paths mirror
-`results/<exp>/`, so an extracted bundle is itself an experiment folder that `aggregate.build_tables` can read.
+A bundle holds an experiment folder's raw records, run.json files, redacted server logs (request lines without
+their prompts: serverlog.py), derived tables, plots and report, plus `manifest.json`: what was run (the resolved
+config), where (host, GPU, engine), what each arm asked for and got (backend, kernel families), which runs are
+missing or failed, a SHA-256 for every file, and the sha256, size and line count of each server log as the run wrote
+it where the bundle's copy lost prompts. Member paths mirror `results/<exp>/`, so an extracted bundle is itself an
+experiment folder that `aggregate.build_tables` can read.
 
 The archive is byte-for-byte reproducible: sorted members, fixed mtime/uid/gid/mode and a gzip header without a
 timestamp, so the same inputs always give the same file and its digest can be quoted.
@@ -25,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from attnbench.analysis.aggregate import experiment_parser, load_cfg
-from attnbench.bundles import signing, verify
+from attnbench.bundles import serverlog, signing, verify
 from attnbench.bundles.manifest import (
     BUNDLE_SCHEMA_VERSION,
     MANIFEST,
@@ -50,6 +52,8 @@ DERIVED_DIRS = ("tables", "plots")
 DERIVED_FILES = ("report.md", "report.html")
 # Suffixes read as text and scrubbed of secrets before they enter the bundle.
 TEXT_SUFFIXES = {".jsonl", ".json", ".log", ".txt", ".md", ".csv", ".svg", ".html", ".yaml"}
+# Run files whose request-log lines lose their prompts on the way in (serverlog.py says why).
+ELIDED_NAMES = {"server.log"}
 FIXED_MTIME = 0
 REDACTED = provenance.REDACTED
 
@@ -95,22 +99,46 @@ def collect_files(exp_dir: Path, cfg: dict) -> list[str]:
     return sorted(found)
 
 
-def stage(exp_dir: Path, cfg: dict, dest: Path, environ: dict[str, str] | None = None) -> list[str]:
-    """Copy the bundle's files into dest, scrubbing secrets from text files on the way."""
+def original_facts(src: Path, text: str, elided_lines: int) -> dict:
+    """What the bundle records of a log it changed, so that whoever holds the experiment folder can tie the bundled
+    copy to the file the run wrote (same lines, in the same order; elided_lines of them shortened)."""
+    return {
+        "original_sha256": sha256_file(src),
+        "original_bytes": src.stat().st_size,
+        "original_lines": serverlog.count_lines(text),
+        "elided_lines": elided_lines,
+    }
+
+
+def stage(
+    exp_dir: Path, cfg: dict, dest: Path, environ: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, dict]]:
+    """Copy the bundle's files into dest, eliding prompts from server logs and scrubbing secrets from text files on
+    the way. Returns the paths and, for each log that lost a prompt, its original_facts."""
     secrets = secret_values(cfg, environ)
     paths = collect_files(exp_dir, cfg)
+    elided: dict[str, dict] = {}
     for rel in paths:
         src, dst = Path(exp_dir) / rel, dest / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if Path(rel).suffix in TEXT_SUFFIXES:
-            text = src.read_text(encoding="utf-8", errors="surrogateescape")
-            dst.write_text(scrub(text, secrets), encoding="utf-8", errors="surrogateescape")
+            # Decoded from bytes, not read as text: no newline translation, so what neither filter touches stays
+            # byte for byte (a log's tqdm lines keep their \r) and line counts are the file's own.
+            text = src.read_bytes().decode("utf-8", errors="surrogateescape")
+            if Path(rel).name in ELIDED_NAMES:
+                short, lines = serverlog.elide_requests(text)
+                if lines:
+                    elided[rel] = original_facts(src, text, lines)
+                text = short
+            dst.write_bytes(scrub(text, secrets).encode("utf-8", errors="surrogateescape"))
         else:
             shutil.copyfile(src, dst)
-    return paths
+    return paths, elided
 
 
-def build_manifest(staged: Path, cfg: dict, paths: list[str], secrets: list[str] = ()) -> dict:
+def build_manifest(
+    staged: Path, cfg: dict, paths: list[str], secrets: list[str] = (), elided: dict[str, dict] | None = None
+) -> dict:
     manifest = {
         "bundle_schema": BUNDLE_SCHEMA_VERSION,
         "attnbench": attnbench_info(),
@@ -118,6 +146,8 @@ def build_manifest(staged: Path, cfg: dict, paths: list[str], secrets: list[str]
         "config": json.loads(scrub(json.dumps(cfg), list(secrets))),
         **describe(staged, cfg),
         "files": {rel: {"sha256": sha256_file(staged / rel), "bytes": (staged / rel).stat().st_size} for rel in paths},
+        # The originals of the changed logs are not in the bundle: their facts are sealed like the config.
+        "elided": elided or {},
     }
     # Fields nothing in the bundle can recompute get their own digest, so that an edit is named by section.
     manifest["section_sha256"] = {k: section_digest(manifest[k]) for k in SEALED_SECTIONS}
@@ -161,10 +191,10 @@ def build_bundle(exp_dir: Path, cfg: dict, out: Path | None = None, *, environ: 
         raise BundleError(f"{exp_dir}: experiment folder not found")
     with tempfile.TemporaryDirectory(prefix="attnbench-bundle-") as tmp:
         staged = Path(tmp)
-        paths = stage(exp_dir, cfg, staged, environ)
+        paths, elided = stage(exp_dir, cfg, staged, environ)
         if not paths:
             raise BundleError(f"{exp_dir}: nothing to bundle (no runs, tables or plots for the configured arms)")
-        manifest = build_manifest(staged, cfg, paths, secret_values(cfg, environ))
+        manifest = build_manifest(staged, cfg, paths, secret_values(cfg, environ), elided)
         out = Path(out) if out is not None else exp_dir
         target = out if out.name.endswith(".tar.gz") else out / bundle_name(manifest)
         write_archive(staged, manifest, target)

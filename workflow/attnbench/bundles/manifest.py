@@ -15,9 +15,13 @@ from attnbench import safejson
 from attnbench.engines import provenance
 from attnbench.layout import run_dir
 
-BUNDLE_SCHEMA_VERSION = 1
+# 2: server logs enter with their request lines' prompts elided, and the manifest's `elided` section records each
+# changed log's original (its sha256, bytes and lines). Version 1 bundles (logs as written) still verify.
+BUNDLE_SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
-SEALED_SECTIONS = ("attnbench", "config")  # manifest fields not derivable from the bundled files
+# Manifest fields not derivable from the bundled files, by bundle schema version: each gets its own digest.
+SEALED_BY_VERSION = {1: ("attnbench", "config"), 2: ("attnbench", "config", "elided")}
+SEALED_SECTIONS = SEALED_BY_VERSION[BUNDLE_SCHEMA_VERSION]
 
 
 def canonical_json(obj) -> str:

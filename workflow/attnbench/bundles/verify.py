@@ -4,7 +4,8 @@ Order of checks, each building on the one before (the module doing each in brack
 1. safe extraction into a fresh folder: only plain files with relative paths inside it (no `..`, no absolute
    paths, no links or devices); a truncated or corrupt archive is an error of its own, exit 2 (extract.py);
 2. the manifest against workflow/schemas/bundle.schema.yaml, and its own digest (catches hand edits);
-3. every file's SHA-256 and size; no file missing, none extra;
+3. every file's SHA-256 and size; no file missing, none extra; each server log the manifest says lost its prompts
+   has the original's line count and as many elided lines as recorded (serverlog.py);
 4. the run folders read as typed records (rundata.py), and the derived manifest fields (host, engine, arms,
    statuses, missing runs) recomputed from the run.json files (manifest.describe);
 5. every derived table recomputed from the raw records with `aggregate.build_tables` and compared exactly, and
@@ -31,7 +32,7 @@ import yaml
 
 from attnbench import safejson
 from attnbench.bundles import manifest as manifest_mod
-from attnbench.bundles import plausibility, rundata, signing
+from attnbench.bundles import plausibility, rundata, serverlog, signing
 from attnbench.bundles.consistency import allowed_mismatches, check_consistency
 from attnbench.bundles.extract import DEFAULT_LIMITS, Limits, safe_extract
 from attnbench.bundles.finding import Finding, short
@@ -189,6 +190,28 @@ def check_files(root: Path, manifest: dict) -> list[Finding]:
     return findings
 
 
+def check_elided(root: Path, manifest: dict) -> list[Finding]:
+    """The logs bundled with prompts elided, against what the manifest recorded of their originals: elision keeps
+    every line, and marks the recorded number of them. The original's sha256 and size are sealed facts; only the
+    experiment folder can confirm them."""
+    findings = []
+    for rel, original in (manifest.get("elided") or {}).items():
+        if rel not in manifest["files"]:
+            findings.append(Finding(rel, "elided", "a bundled server log", "not in the bundle"))
+            continue
+        if not (root / rel).is_file():
+            continue  # check_files names it
+        # as bundle.stage reads it: bytes decoded without newline translation (only newlines and markers count)
+        text = (root / rel).read_bytes().decode("utf-8", errors="replace")
+        for label, key, found in (
+            ("lines", "original_lines", serverlog.count_lines(text)),
+            ("elided lines", "elided_lines", serverlog.count_marked(text)),
+        ):
+            if original[key] != found:
+                findings.append(Finding(rel, label, f"{original[key]} (manifest: elided.{key})", found))
+    return findings
+
+
 def check_derived_manifest(root: Path, manifest: dict) -> list[Finding]:
     try:
         derived = manifest_mod.describe(root, manifest["config"])
@@ -266,11 +289,12 @@ def verify_extracted(
     digest = manifest_mod.manifest_digest(manifest)
     if manifest["manifest_sha256"] != digest:
         findings.append(Finding(manifest_mod.MANIFEST, "manifest_sha256", digest, manifest["manifest_sha256"]))
-    for section in manifest_mod.SEALED_SECTIONS:
+    for section in manifest_mod.SEALED_BY_VERSION[manifest["bundle_schema"]]:
         sealed = manifest["section_sha256"].get(section)
         if sealed != manifest_mod.section_digest(manifest[section]):
             findings.append(Finding(manifest_mod.MANIFEST, section, f"content with digest {sealed}", "edited"))
     findings += check_files(root, manifest)
+    findings += check_elided(root, manifest)
     notes: list[str] = []
     if archive_name is not None:
         name_findings, notes = plausibility.bundle_name_matches(archive_name, manifest_mod.bundle_name(manifest))
