@@ -120,6 +120,11 @@ def test_a_failed_build_names_apptainers_own_last_words(tmp_path):
         "[image x] squash into SIF\n"
     )
     assert apptainer_exec.failure_line(log).startswith("FATAL:   While performing build: packer failed")
+    # Only what the failed command wrote counts: an earlier build's FATAL in the same log is not its cause.
+    start = log.stat().st_size
+    with log.open("a") as f:
+        f.write("INFO:    Starting build...\nsome output without a verdict\n")
+    assert apptainer_exec.failure_line(log, start) is None
     log.write_text("INFO: fine\n" * 10)
     assert apptainer_exec.failure_line(log) is None
     assert apptainer_exec.failure_line(tmp_path / "absent.log") is None

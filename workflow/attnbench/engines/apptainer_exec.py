@@ -82,6 +82,9 @@ def run_apptainer(
     if exe is None:
         raise ContainerError(f"{what}: apptainer is not on PATH ({install_hint()})")
     full_env = {**os.environ, **apptainer_env(), **(env or {})}
+    if log is not None:  # where this command's output starts: the log holds earlier steps and builds too
+        log.flush()
+        start = os.fstat(log.fileno()).st_size
     proc = subprocess.run(
         [exe, *args], env=full_env, text=True, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout
     )
@@ -90,17 +93,18 @@ def run_apptainer(
             tail = " | ".join((proc.stdout or "").strip().splitlines()[-8:])
         else:
             log.flush()
-            cause = failure_line(Path(log.name))
+            cause = failure_line(Path(log.name), start)
             tail = f"{cause} (see {log.name})" if cause else f"see {log.name}"
         raise ContainerError(f"{what} failed (exit {proc.returncode}): {tail}")
     return proc
 
 
-def failure_line(log_path: Path, window: int = 64 * 1024) -> str | None:
-    """The last line in the end of an Apptainer log that says why it stopped (FATAL:, ERROR:, a full disk)."""
+def failure_line(log_path: Path, start: int = 0, window: int = 64 * 1024) -> str | None:
+    """The last line that says why Apptainer stopped (FATAL:, ERROR:, a full disk), in the end of what it wrote to
+    its log from byte `start` on."""
     try:
         with log_path.open("rb") as f:
-            f.seek(max(0, log_path.stat().st_size - window))
+            f.seek(max(start, log_path.stat().st_size - window))
             lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return None
